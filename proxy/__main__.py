@@ -1,0 +1,7 @@
+"""`python -m proxy` is the same as the `gini-auth-proxy` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

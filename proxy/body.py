@@ -1,0 +1,50 @@
+"""Bounded body reading and decoding, shared by request and response relaying (no aiohttp web)."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+
+from aiohttp import StreamReader
+
+
+async def read_bounded(stream: StreamReader, limit: int) -> tuple[bytes, bool]:
+    """Read until EOF or until more than `limit` bytes arrived.
+
+    Returns the bytes read and whether that was the whole body. When it was not, the caller
+    relays the returned prefix and then the rest of the stream unchanged.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await stream.read(limit + 1 - size)
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks), False
+
+
+def recode_json(
+    body: bytes, encoding: str, limit: int, rewrite: Callable[[bytes], bytes]
+) -> bytes | None:
+    """Apply `rewrite` to a possibly compressed JSON body.
+
+    Returns the rewritten *identity-encoded* body, or None when the body must be relayed as it
+    is: nothing to rewrite, an encoding this proxy cannot undo, a corrupt stream, or more than
+    `limit` bytes once decompressed (a zip bomb must not cost memory).
+    """
+    if encoding == "identity":
+        rewritten = rewrite(body)
+        return rewritten if rewritten is not body else None
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        return None
+    decoder = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
+    try:
+        plain = decoder.decompress(body, limit + 1)
+    except zlib.error:
+        return None
+    if decoder.unconsumed_tail or len(plain) > limit or not decoder.eof:
+        return None
+    rewritten = rewrite(plain)
+    return rewritten if rewritten is not plain else None

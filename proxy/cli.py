@@ -1,0 +1,71 @@
+"""Command line: `serve`, `demo`, `check-config`, `hash-user` with the contract's exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import Config, config_path, load_config
+from .errors import ProxyError
+from .identity import derive_identifier, validate_user_id
+from .validation import ConfigError
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_STARTUP = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gini-auth-proxy",
+        description="Authenticating reverse proxy and token vendor for the Gini Pay API.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_help = "config file (default: $GINI_PROXY_CONFIG, else ./config.yaml)"
+    serve = commands.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", help=config_help)
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("--config", help=config_help)
+    hash_user = commands.add_parser("hash-user", help="print the X-User-Identifier for a user id")
+    hash_user.add_argument("user_id", metavar="ID")
+    hash_user.add_argument("--config", help=config_help)
+    demo = commands.add_parser("demo", help="run the proxy against a built-in Gini simulator")
+    demo.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
+    demo.add_argument("--admin-port", type=int, default=9090, help="admin port (default 9090)")
+    return parser
+
+
+def _load(path_arg: str | None) -> Config:
+    return load_config(config_path(path_arg))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `gini-auth-proxy` console script and `python -m proxy`."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            config = _load(args.config)
+            print(f"{config_path(args.config)}: configuration is valid")
+            return EXIT_OK
+        if args.command == "hash-user":
+            config = _load(args.config)
+            try:
+                user_id = validate_user_id(args.user_id)
+            except ProxyError as exc:
+                print(f"error: {exc.message}", file=sys.stderr)
+                return EXIT_CONFIG
+            print(derive_identifier(config.identity.hmac_key.encode(), user_id))
+            return EXIT_OK
+        if args.command == "serve":
+            from .server import serve  # noqa: PLC0415 - keeps check-config fast and light
+
+            return serve(_load(args.config))
+        from .demo import demo  # noqa: PLC0415
+
+        return demo(args.port, args.admin_port)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG

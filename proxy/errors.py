@@ -1,0 +1,107 @@
+"""The proxy's own errors: one tree, each error knows its HTTP status and public code.
+
+Errors are raised anywhere below the HTTP boundary and turned into the contract's JSON body
+exactly once, by the middleware. Messages are written for the caller and must never contain a
+secret, a token, a password or a raw user id: they are fixed sentences, not formatted input.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ProxyError(Exception):
+    """Base of every error the proxy answers itself (the contract's JSON error body)."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    default_message: ClassVar[str] = "The proxy failed to handle this request."
+
+    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None):
+        self.message = message or self.default_message
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+
+class MissingUser(ProxyError):
+    status = 400
+    code = "missing_user"
+    default_message = "The request carries no user id header."
+
+
+class InvalidUser(ProxyError):
+    status = 400
+    code = "invalid_user"
+    default_message = (
+        "The user id header is empty, longer than 256 bytes or contains control characters."
+    )
+
+
+class BadRequest(ProxyError):
+    status = 400
+    code = "bad_request"
+    default_message = "The request target is not a path on this proxy."
+
+
+class Unauthenticated(ProxyError):
+    status = 401
+    code = "unauthenticated"
+    default_message = "The proxy key header is missing or not valid."
+
+
+class NotFound(ProxyError):
+    status = 404
+    code = "not_found"
+    default_message = "Nothing is known here for this user."
+
+
+class MethodNotAllowed(ProxyError):
+    status = 405
+    code = "method_not_allowed"
+    default_message = "This endpoint does not accept that method."
+
+
+class PayloadTooLarge(ProxyError):
+    status = 413
+    code = "payload_too_large"
+    default_message = "The request body is larger than this proxy accepts."
+
+
+class UpstreamRejected(ProxyError):
+    """Gini or the User Center refused our client credentials: a configuration problem."""
+
+    status = 502
+    code = "upstream_rejected"
+    default_message = "Gini refused this proxy's client credentials; check the configuration."
+
+
+class BadGateway(ProxyError):
+    status = 502
+    code = "bad_gateway"
+    default_message = "Gini sent an answer the proxy could not understand."
+
+
+class UpstreamUnavailable(ProxyError):
+    status = 503
+    code = "upstream_unavailable"
+    default_message = "Gini cannot be reached right now; try again later."
+
+
+class StoreUnavailable(UpstreamUnavailable):
+    default_message = "The credential store cannot be reached right now; try again later."
+
+
+class Draining(ProxyError):
+    status = 503
+    code = "draining"
+    default_message = "The proxy is shutting down; retry on another instance."
+
+
+class UpstreamTimeout(ProxyError):
+    status = 504
+    code = "upstream_timeout"
+    default_message = "Gini did not answer in time."
+
+
+class InternalError(ProxyError):
+    """Stands in for an unexpected exception at the boundary; the details go to the log only."""

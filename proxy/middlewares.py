@@ -1,0 +1,135 @@
+"""The proxy listener's single middleware: request id, inbound auth, errors, metrics, access log.
+
+One layer instead of four: each aiohttp middleware costs a measurable share of the hot path,
+and these concerns all wrap the same span of the request anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from .config import Config
+from .context import CONTEXT, RequestContext
+from .errors import InternalError, MethodNotAllowed, NotFound, ProxyError, Unauthenticated
+from .lifecycle import Lifecycle
+from .metrics import Metrics
+from .routes import RouteTable
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+access_log = logging.getLogger("proxy.access")
+log = logging.getLogger("proxy.errors")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
+CLIENT_CLOSED = 499  # nginx's convention for "the caller went away"; metrics only
+
+
+def new_request_id() -> str:
+    return os.urandom(16).hex()
+
+
+def error_response(error: ProxyError, request_id: str) -> web.Response:
+    """The contract's JSON error body, with the request id in body and header."""
+    body = {"error": error.code, "message": error.message, "requestId": request_id}
+    response = web.json_response(body, status=error.status, headers=error.headers)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+def _as_proxy_error(exc: web.HTTPException) -> ProxyError:
+    if exc.status == 405:
+        return MethodNotAllowed(headers={"Allow": exc.headers.get("Allow", "")})
+    return NotFound("No such endpoint on this proxy.")
+
+
+def observe(
+    config: Config, metrics: Metrics, routes: RouteTable, lifecycle: Lifecycle
+) -> Middleware:
+    """Build the middleware with every config-dependent choice made here, once."""
+    auth_header = config.inbound_auth.header if config.inbound_auth else None
+    auth_keys = tuple(k.encode() for k in config.inbound_auth.keys) if config.inbound_auth else ()
+    log_every = config.logging.access_log and config.logging.access_log_sample_rate >= 1.0
+    sample_rate = config.logging.access_log_sample_rate if config.logging.access_log else 0.0
+    in_flight = metrics.in_flight
+
+    def authenticated(request: web.Request) -> bool:
+        offered = request.headers.get(auth_header or "", "").encode("utf-8", "surrogateescape")
+        # Compare against every key, always: timing must not reveal which one (or none) matched.
+        matched = False
+        for key in auth_keys:
+            matched |= hmac.compare_digest(offered, key)
+        return matched and bool(offered)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        request_id = request.headers.get("X-Request-Id")
+        if request_id is None or not _REQUEST_ID.fullmatch(request_id):
+            request_id = new_request_id()
+        ctx = RequestContext(request_id, routes.match(request.path))
+        request[CONTEXT] = ctx
+        in_flight.inc()
+        lifecycle.in_flight += 1
+        status = CLIENT_CLOSED
+        try:
+            try:
+                if auth_header is not None and not authenticated(request):
+                    raise Unauthenticated
+                if lifecycle.refusing:
+                    raise lifecycle.draining_error()
+                response = await handler(request)
+            except ProxyError as exc:
+                response = error_response(exc, request_id)
+            except web.HTTPException as exc:  # the router's 404/405 for /_proxy/ paths
+                response = error_response(_as_proxy_error(exc), request_id)
+            except (asyncio.CancelledError, ConnectionResetError):
+                raise  # the caller went away; nothing to answer
+            except Exception:
+                log.exception(
+                    "unhandled error", extra={"request_id": request_id, "route": ctx.route}
+                )
+                response = error_response(InternalError(), request_id)
+            status = response.status
+            if not ctx.bytes_out and response.content_length:
+                ctx.bytes_out = response.content_length
+            if not response.prepared:
+                response.headers["X-Request-Id"] = request_id
+            return response
+        finally:
+            in_flight.dec()
+            lifecycle.request_done()
+            seconds = time.perf_counter() - started
+            metrics.observe_request(request.method, ctx.route, status, seconds)
+            if log_every or (sample_rate and random.random() < sample_rate):  # noqa: S311
+                _log_access(request, ctx, status, seconds)
+
+    return middleware
+
+
+def _log_access(request: web.Request, ctx: RequestContext, status: int, seconds: float) -> None:
+    access_log.info(
+        "request",
+        extra={
+            "request_id": ctx.request_id,
+            "gini_request_id": ctx.gini_request_id,
+            "method": request.method,
+            "route": ctx.route,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+            "upstream_ms": None
+            if ctx.upstream_seconds is None
+            else round(ctx.upstream_seconds * 1000, 3),
+            "bytes_in": request.content_length,
+            "bytes_out": ctx.bytes_out or None,
+        },
+    )

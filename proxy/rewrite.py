@@ -1,0 +1,122 @@
+"""Header filtering and absolute-URL rewriting between Gini's origin and the proxy's (pure).
+
+Gini answers with absolute URLs (`Location`, `_links`, `pages[].images`, ...). Callers must
+stay on the proxy, so those are rewritten to `public_url`; JSON request bodies that carry
+document URLs get the reverse rewrite. Only URLs at the configured origin (either scheme,
+explicit default port or not, any case in scheme and host) under its path prefix are touched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+# RFC 9110 section 7.6.1, plus the non-standard ones still seen in the wild.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Caller credentials and identity that must never reach Gini; Host and the body framing are
+# set by the client library for the upstream connection; X-Request-Id is replaced by ours.
+NEVER_FORWARD = HOP_BY_HOP | {
+    "authorization",
+    "x-user-identifier",
+    "x-jwt-authorization",
+    "cookie",
+    "host",
+    "content-length",
+    "expect",
+    "x-request-id",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+}
+# Upstream answer headers the proxy recomputes or must not relay.
+NEVER_RETURN = HOP_BY_HOP | {"content-length", "set-cookie", "x-request-id", "server", "date"}
+
+
+def filter_headers(items: Iterable[tuple[str, str]], drop: frozenset[str]) -> list[tuple[str, str]]:
+    """Headers without those named in `drop` (lowercase) or listed in a `Connection` header."""
+    kept: list[tuple[str, str]] = []
+    listed: set[str] = set()
+    for name, value in items:
+        lower = name.lower()
+        if lower == "connection":
+            listed.update(token.strip().lower() for token in value.split(","))
+        if lower not in drop:
+            kept.append((name, value))
+    if listed:
+        kept = [(n, v) for n, v in kept if n.lower() not in listed]
+    return kept
+
+
+def _origin_pattern(base: str, *, json_escaped: bool) -> str:
+    """A regex for `base` as an absolute URL prefix, ending at a path/query/fragment boundary."""
+    parts = urlsplit(base)
+    host = re.escape(parts.hostname or "")
+    if ":" in (parts.hostname or ""):
+        host = r"\[" + host + r"\]"
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    default_port = parts.port is None or parts.port == default
+    port = r"(?::(?:80|443))?" if default_port else f":{parts.port}"
+    slash = r"\\?/" if json_escaped else "/"
+    prefix = parts.path.rstrip("/")
+    path = "".join(slash if ch == "/" else re.escape(ch) for ch in prefix)
+    end = r'(?=[\\/"?#])' if json_escaped else r"(?=[/?#]|$)"
+    return rf"(?i:https?):{slash}{slash}(?i:{host}){port}{path}{end}"
+
+
+class UrlRewriter:
+    """Rewrites absolute URLs under `source` (an origin plus optional path) to `target`."""
+
+    __slots__ = ("_header_re", "_json_re", "_json_target", "_probe", "source", "target")
+
+    def __init__(self, source: str, target: str):
+        self.source = source.rstrip("/")
+        self.target = target.rstrip("/")
+        self._header_re = re.compile(_origin_pattern(self.source, json_escaped=False))
+        # A JSON string token whose text starts with the source URL; the tail is kept verbatim
+        # (escapes included), so nothing else in the document changes byte for byte.
+        self._json_re = re.compile(
+            ('"' + _origin_pattern(self.source, json_escaped=True) + r'((?:[^"\\]|\\.)*)"').encode()
+        )
+        self._json_target = json.dumps(self.target)[1:-1].encode()
+        self._probe = re.compile(re.escape(urlsplit(self.source).hostname or "").encode(), re.I)
+
+    def url(self, value: str) -> str:
+        """The rewritten URL, or `value` unchanged if it is not under the source."""
+        match = self._header_re.match(value)
+        if match is None:
+            return value
+        return self.target + value[match.end() :]
+
+    def json(self, body: bytes) -> bytes:
+        """Rewrite every JSON string that is a URL under the source; other bytes stay as they are.
+
+        Works on the raw text so numbers, key order and escapes are preserved exactly. Not
+        valid JSON is not an error: whatever string tokens are found are treated the same way.
+        """
+        if not self._probe.search(body):
+            return body  # the common case: no upstream URL at all, no copy made
+        head = b'"' + self._json_target
+        return self._json_re.sub(lambda m: head + m.group(1) + b'"', body)
+
+
+def is_json_type(content_type: str) -> bool:
+    """`application/json` or any `application/*+json` (Gini's vendor types), parameters ignored."""
+    mime = content_type.partition(";")[0].strip().lower()
+    return mime == "application/json" or (
+        mime.startswith("application/") and mime.endswith("+json")
+    )

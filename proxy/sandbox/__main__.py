@@ -1,0 +1,59 @@
+"""``python -m proxy.sandbox``: run the Gini simulator by hand until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+
+from proxy.sandbox.server import GiniSimulator
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m proxy.sandbox",
+        description="Run the local Gini simulator (Pay API + User Center).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
+    parser.add_argument("--port-pay", type=int, default=0, help="Pay API port (0 = any free)")
+    parser.add_argument("--port-uc", type=int, default=0, help="User Center port (0 = any free)")
+    parser.add_argument("--client-id", default="sim-client")
+    parser.add_argument("--client-secret", default="sim-secret")
+    parser.add_argument("--token-lifetime", type=int, default=3599, help="user tokens, seconds")
+    return parser.parse_args(argv)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    simulator = GiniSimulator(
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        token_lifetime=args.token_lifetime,
+        host=args.host,
+        pay_api_port=args.port_pay,
+        user_center_port=args.port_uc,
+    )
+    async with simulator:
+        print(f"Pay API:       {simulator.pay_api_url}")
+        print(f"User Center:   {simulator.user_center_url}")
+        print(f"client id:     {simulator.client_id}")
+        print(f"client secret: {simulator.client_secret}")
+        print("Sandbox-only routes live under /_sandbox/ on the Pay API. Ctrl-C stops.", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            # Not available on every platform; Ctrl-C still ends it via KeyboardInterrupt.
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m proxy.sandbox``."""
+    args = _parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    main()

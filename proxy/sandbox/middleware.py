@@ -1,0 +1,98 @@
+"""The one middleware of each simulator app: recording, fault injection and error rendering."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from proxy.sandbox.common import (
+    OAUTH_JSON,
+    PLAIN_JSON,
+    RECORD_KEY,
+    REQUEST_ID_KEY,
+    STATE_KEY,
+    AppName,
+    SimError,
+    is_sandbox_path,
+    json_response,
+)
+from proxy.sandbox.state import RecordedRequest, SimulatorState
+
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+def make_middleware(app_name: AppName) -> Middleware:
+    """Build the middleware for the Pay API ("pay") or the User Center ("uc")."""
+
+    @web.middleware
+    async def simulator_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        state = request.app[STATE_KEY]
+        request_id = str(uuid.uuid4())  # Gini's own id: never the caller's
+        record = RecordedRequest(
+            app=app_name,
+            method=request.method,
+            path=request.path,
+            headers=list(request.headers.items()),
+            query_string=request.query_string,
+            request_id=request_id if app_name == "pay" else None,
+        )
+        request[RECORD_KEY] = record
+        request[REQUEST_ID_KEY] = request_id
+        state.requests.append(record)
+        try:
+            response = await _answer(request, handler, app_name, state)
+        except asyncio.CancelledError:
+            # With handler_cancellation on, this is how a vanished client shows up.
+            state.cancelled_requests += 1
+            raise
+        record.status = response.status
+        return response
+
+    return simulator_middleware
+
+
+async def _answer(
+    request: web.Request, handler: Handler, app_name: AppName, state: SimulatorState
+) -> web.StreamResponse:
+    """Apply delay and injected failures, run the handler, render errors."""
+    if not is_sandbox_path(request.path):
+        delay = state.pay_api_delay if app_name == "pay" else state.user_center_delay
+        if delay > 0:
+            await asyncio.sleep(delay)
+        status = state.take_failure(app_name)
+        if status is not None:
+            return error_response(request, app_name, SimError(status, "Injected failure"))
+    try:
+        return await handler(request)
+    except SimError as error:
+        return error_response(request, app_name, error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # Router 404/405 and aiohttp's own 413 etc.: same JSON shape as every other error.
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        code = exc.reason.lower().replace(" ", "_")
+        return error_response(
+            request, app_name, SimError(exc.status, exc.reason, code=code, headers=headers)
+        )
+
+
+def error_response(request: web.Request, app_name: AppName, error: SimError) -> web.Response:
+    """Render an error: Gini's {"message","requestId"} or an OAuth-style User Center body."""
+    if app_name == "pay":
+        body = {"message": error.message, "requestId": request[REQUEST_ID_KEY]}
+        return json_response(
+            body, status=error.status, content_type=PLAIN_JSON, headers=error.headers
+        )
+    # String values only: iOS decodes User Center errors as [String: String] (reference §4.8).
+    oauth = {"error": error.code, "error_description": error.message}
+    return json_response(oauth, status=error.status, content_type=OAUTH_JSON, headers=error.headers)
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare hook: every Pay API answer, streamed ones too, gets X-Request-Id."""
+    request_id = request.get(REQUEST_ID_KEY) or str(uuid.uuid4())
+    response.headers[REQUEST_ID_HEADER] = request_id

@@ -1,0 +1,183 @@
+"""Running the listeners: startup, signals, and the graceful drain of DESIGN.md.
+
+Shutdown sequence on the first SIGTERM/SIGINT: `/readyz` turns 503 at once; requests keep being
+served for `drain_delay_seconds` (Kubernetes removes the endpoint meanwhile); then the listener
+closes, new requests on kept-alive connections get 503 `draining`, in-flight ones get up to
+`shutdown_grace_seconds` to finish, upstream sessions close, exit 0. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from .admin import build_admin_app
+from .app import Services, build_proxy_app
+from .config import Address, Config
+from .errors import BadRequest, InternalError
+from .log import Redactor, configure_logging
+from .middlewares import error_response, new_request_id
+
+log = logging.getLogger("proxy.server")
+
+EXIT_OK = 0
+EXIT_FORCED = 1
+EXIT_STARTUP = 3
+
+
+class StartupError(Exception):
+    """The proxy could not start (port taken, store unreachable): exit code 3."""
+
+
+async def _start_site(runner: web.AppRunner, address: Address, what: str) -> None:
+    site = web.TCPSite(runner, address.host, address.port, backlog=1024, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {address} ({what}): {exc.strerror or exc}") from None
+
+
+class _JsonErrorRequestHandler(RequestHandler):
+    """Answers requests aiohttp's parser refuses (bad header bytes, broken request line) with
+    the contract's JSON error instead of a text page, and logs them as the caller's mistake."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)  # it closes the connection
+        error = BadRequest("The request is not valid HTTP.") if status < 500 else InternalError()
+        log.info("refused malformed request", extra={"status": status, "error": type(exc).__name__})
+        response = error_response(error, new_request_id())
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ProxyRunner(web.AppRunner):
+    """An AppRunner whose connections answer protocol errors in JSON.
+
+    aiohttp has no public hook for its parser's error page, so the server object built by
+    AppRunner is given a subclass whose connections override `handle_error` (a test pins it).
+    """
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _JsonErrorServer
+        return server
+
+
+def make_runners(services: Services) -> tuple[ProxyRunner, web.AppRunner]:
+    """The proxy and admin runners, configured as production runs them (tests use these too)."""
+    proxy_runner = ProxyRunner(
+        build_proxy_app(services),
+        handler_cancellation=True,  # a caller that disconnects cancels its upstream call
+        access_log=None,  # the middleware writes the access log, with route templates
+        shutdown_timeout=services.config.shutdown_grace_seconds,
+    )
+    admin_runner = web.AppRunner(build_admin_app(services), access_log=None, shutdown_timeout=1)
+    return proxy_runner, admin_runner
+
+
+async def run(services: Services, on_ready: Callable[[], None] | None = None) -> int:
+    """Serve until a signal arrives, then drain; returns the process exit code."""
+    config = services.config
+    proxy_runner, admin_runner = make_runners(services)
+    stop = asyncio.Event()
+    force = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting now", extra={"signal": signal.Signals(signum).name})
+            force.set()
+        else:
+            log.info("signal received: draining", extra={"signal": signal.Signals(signum).name})
+            stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    graceful = True
+    try:
+        await proxy_runner.setup()
+        await admin_runner.setup()
+        await _start_site(proxy_runner, config.listen, "listen")
+        await _start_site(admin_runner, config.admin_listen, "admin_listen")
+        log.info(
+            "gini-auth-proxy ready",
+            extra={"listen": str(config.listen), "admin_listen": str(config.admin_listen)},
+        )
+        if on_ready is not None:
+            on_ready()
+        await stop.wait()
+        code = await _drain(services, proxy_runner, force)
+        graceful = code == EXIT_OK
+        return code
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        if graceful:  # after a second signal nothing is waited for any more
+            await admin_runner.cleanup()
+            await proxy_runner.cleanup()
+
+
+async def _drain(services: Services, proxy_runner: ProxyRunner, force: asyncio.Event) -> int:
+    config = services.config
+    lifecycle = services.lifecycle
+    lifecycle.draining = True
+    forced = asyncio.create_task(force.wait())
+    try:
+        await asyncio.wait([forced], timeout=config.drain_delay_seconds)
+        if force.is_set():
+            return EXIT_FORCED
+        lifecycle.refusing = True
+        cleanup = asyncio.create_task(proxy_runner.cleanup())
+        await asyncio.wait([cleanup, forced], return_when=asyncio.FIRST_COMPLETED)
+        if not cleanup.done():
+            cleanup.cancel()
+            return EXIT_FORCED
+        await cleanup
+    finally:
+        forced.cancel()
+    log.info("drained; exiting")
+    return EXIT_OK
+
+
+def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run `main` on uvloop when it is installed, else on the default asyncio loop."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up
+    except ImportError:
+        factory = None
+    else:
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main())
+
+
+def serve(config: Config) -> int:
+    """`gini-auth-proxy serve`: log setup, then run until drained; returns the exit code."""
+    configure_logging(config.logging.level, Redactor(config.secrets()))
+
+    async def main() -> int:
+        try:
+            return await run(Services(config))
+        except StartupError as exc:
+            log.error("startup failed: %s", exc)  # noqa: TRY400 - expected, no traceback
+            return EXIT_STARTUP
+
+    return run_async(main)

@@ -1,0 +1,127 @@
+"""Shared fixtures: a real Gini simulator on loopback and a real proxy in front of it."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from proxy.app import Services
+from proxy.config import Config, build_config
+from proxy.metrics import Metrics
+from proxy.sandbox import GiniSimulator
+from proxy.server import make_runners
+
+CLIENT_ID = "test-client"
+CLIENT_SECRET = "test-client-secret-7f3a9c"
+HMAC_KEY = "hmac-key-for-tests-0123456789abcdef"
+STORE_KEY = base64.b64encode(b"s" * 32).decode()
+INBOUND_KEY = "inbound-key-0123456789"
+
+
+def merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge `overrides` into a copy of `base` (a None value deletes the key)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def config_data(sim: GiniSimulator, tmp_path: Path) -> dict[str, Any]:
+    """A complete config pointing at `sim`, as a mapping to tweak before validation."""
+    return {
+        "listen": "127.0.0.1:0",
+        "admin_listen": "127.0.0.1:1",  # replaced: runners bind port 0 in tests
+        "public_url": "http://proxy.test:8080",
+        "upstream": {
+            "pay_api": sim.pay_api_url,
+            "user_center": sim.user_center_url,
+            "connect_timeout_seconds": 2,
+            "timeout_seconds": 5,
+        },
+        "client": {"id": CLIENT_ID, "secret": CLIENT_SECRET},
+        "identity": {"hmac_key": HMAC_KEY},
+        "anonymous": {"email_domain": "anon.example.com"},
+        "store": {"url": f"sqlite:///{tmp_path}/store.db", "encryption_key": STORE_KEY},
+        "drain_delay_seconds": 0,
+        "shutdown_grace_seconds": 2,
+    }
+
+
+@dataclass
+class RunningProxy:
+    """A proxy serving on loopback: its URLs, its services and a client session."""
+
+    url: str
+    admin_url: str
+    services: Services
+    client: aiohttp.ClientSession
+
+    @property
+    def config(self) -> Config:
+        return self.services.config
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.services.metrics
+
+
+StartProxy = Callable[..., Awaitable[RunningProxy]]
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[GiniSimulator]:
+    async with GiniSimulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+@pytest.fixture
+async def start_proxy(
+    sim: GiniSimulator, tmp_path: Path, client: aiohttp.ClientSession
+) -> AsyncIterator[StartProxy]:
+    """Start proxies with config overrides (deep-merged over `config_data`)."""
+    runners: list[web.AppRunner] = []
+
+    async def start(**overrides: Any) -> RunningProxy:
+        config = build_config(merge(config_data(sim, tmp_path), overrides), os.environ, tmp_path)
+        services = Services(config)
+        urls = []
+        for runner in make_runners(services):
+            await runner.setup()
+            runners.append(runner)
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            urls.append(f"http://{host}:{port}")
+        return RunningProxy(urls[0], urls[1], services, client)
+
+    yield start
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def proxy(start_proxy: StartProxy) -> RunningProxy:
+    """A proxy with the default test config."""
+    return await start_proxy()
+
+
+USER = {"X-User-Id": "alice@example.com"}

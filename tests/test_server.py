@@ -1,0 +1,183 @@
+"""The real process: `serve` and `demo` as subprocesses, signals, drain and exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from proxy.sandbox import GiniSimulator
+
+from .conftest import USER, config_data, merge
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ProxyProcess:
+    """`python -m proxy ...` in a subprocess, with its output collected."""
+
+    def __init__(self, process: asyncio.subprocess.Process):
+        self.process = process
+        self.output = b""
+
+    async def wait_for(self, pattern: bytes, timeout: float = 15) -> bytes:
+        assert self.process.stdout is not None
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not re.search(pattern, self.output):
+            remaining = deadline - asyncio.get_running_loop().time()
+            line = await asyncio.wait_for(self.process.stdout.readline(), max(remaining, 0.01))
+            if not line:
+                raise AssertionError(f"process ended without {pattern!r}:\n{self.output.decode()}")
+            self.output += line
+        return self.output
+
+    async def finish(self, timeout: float = 15) -> int:
+        assert self.process.stdout is not None
+        rest = await asyncio.wait_for(self.process.stdout.read(), timeout)
+        self.output += rest
+        return await asyncio.wait_for(self.process.wait(), timeout)
+
+
+async def spawn(*args: str, env: dict[str, str] | None = None) -> ProxyProcess:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    return ProxyProcess(process)
+
+
+@pytest.fixture
+async def serve(sim: GiniSimulator, tmp_path: Path) -> AsyncIterator[Any]:
+    started: list[ProxyProcess] = []
+
+    async def start(**overrides: Any) -> tuple[ProxyProcess, str, str]:
+        listen, admin = free_port(), free_port()
+        data = merge(
+            config_data(sim, tmp_path),
+            {"listen": f"127.0.0.1:{listen}", "admin_listen": f"127.0.0.1:{admin}", **overrides},
+        )
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(data))
+        proc = await spawn("serve", "--config", str(path))
+        started.append(proc)
+        await proc.wait_for(rb"gini-auth-proxy ready")
+        return proc, f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{admin}"
+
+    yield start
+    for proc in started:
+        if proc.process.returncode is None:
+            proc.process.kill()
+            await proc.process.wait()
+
+
+async def test_sigterm_drains_in_flight_request_then_exits_0(serve: Any) -> None:
+    proc, url, admin = await serve(drain_delay_seconds=0.5, shutdown_grace_seconds=10)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(admin + "/readyz") as response:
+            assert response.status == 200
+        slow = asyncio.create_task(client.get(url + "/_sandbox/echo?delay=1.5", headers=USER))
+        await asyncio.sleep(0.3)
+        proc.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.1)
+        async with client.get(admin + "/readyz") as response:
+            assert response.status == 503
+            assert (await response.json())["reason"] == "draining"
+        # During the pre-stop delay new requests are still served.
+        async with client.get(url + "/_sandbox/echo", headers=USER) as response:
+            assert response.status == 200
+        response = await slow
+        assert response.status == 200
+        assert (await response.json())["path"] == "/_sandbox/echo"
+        response.release()
+    assert await proc.finish() == 0
+    assert b"drained" in proc.output
+
+
+async def test_idle_proxy_exits_promptly_after_the_delay(serve: Any) -> None:
+    proc, _, _ = await serve(drain_delay_seconds=0, shutdown_grace_seconds=30)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    proc.process.send_signal(signal.SIGTERM)
+    assert await proc.finish() == 0
+    assert loop.time() - started < 5
+
+
+async def test_second_signal_exits_at_once(serve: Any) -> None:
+    proc, url, _ = await serve(drain_delay_seconds=30)
+    proc.process.send_signal(signal.SIGTERM)
+    await proc.wait_for(rb"draining")
+    proc.process.send_signal(signal.SIGINT)
+    assert await proc.finish(timeout=5) == 1
+
+
+async def test_port_taken_is_exit_3(sim: GiniSimulator, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        data = merge(
+            config_data(sim, tmp_path),
+            {"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{free_port()}"},
+        )
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(data))
+        proc = await spawn("serve", "--config", str(path))
+        assert await proc.finish() == 3
+    assert b"cannot listen" in proc.output
+
+
+async def test_bad_config_is_exit_2_with_every_problem(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("listen: 0.0.0.0:8080\nclient: {id: x}\nbogus: 1\n")
+    proc = await spawn("serve", "--config", str(path))
+    assert await proc.finish() == 2
+    for fragment in (b"listen", b"client.secret", b"identity", b"bogus"):
+        assert fragment in proc.output
+
+
+async def test_demo_serves_flow_1_and_stops_on_ctrl_c() -> None:
+    port, admin = free_port(), free_port()
+    proc = await spawn("demo", "--port", str(port), "--admin-port", str(admin))
+    try:
+        banner = (await proc.wait_for(rb"Operations:")).decode()
+        assert f"http://127.0.0.1:{port}/_proxy/tokens/derived" in banner
+        async with aiohttp.ClientSession() as client:
+            async with client.post(
+                f"http://127.0.0.1:{port}/documents?filename=a.pdf",
+                data=b"hello gini",
+                headers={"X-User-Id": "alice", "Content-Type": "application/pdf"},
+            ) as response:
+                assert response.status == 201
+                assert response.headers["Location"].startswith(
+                    f"http://127.0.0.1:{port}/documents/"
+                )
+            async with client.get(f"http://127.0.0.1:{admin}/metrics") as response:
+                assert "gini_proxy_requests_total" in await response.text()
+        proc.process.send_signal(signal.SIGINT)
+        assert await proc.finish() == 0
+    finally:
+        if proc.process.returncode is None:
+            proc.process.kill()
+            await proc.process.wait()

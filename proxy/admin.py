@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import __version__
 from .app import SERVICES, Services
+from .errors import StoreUnavailable
 
-ReadinessCheck = Callable[[], Awaitable[str | None]]
-"""Returns None when healthy, else a short reason (no secrets) for `/readyz`."""
-
-READINESS_CHECKS = web.AppKey("gini_proxy_readiness_checks", list[tuple[str, ReadinessCheck]])
+STORE_PING_TIMEOUT = 2.0
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -31,12 +29,12 @@ async def readyz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     if services.lifecycle.draining:
         return web.json_response({"status": "unavailable", "reason": "draining"}, status=503)
-    for name, check in request.app[READINESS_CHECKS]:
-        reason = await check()
-        if reason is not None:
-            return web.json_response(
-                {"status": "unavailable", "reason": f"{name}: {reason}"}, status=503
-            )
+    if services.store is not None:
+        try:
+            await asyncio.wait_for(services.store.ping(), STORE_PING_TIMEOUT)
+        except (StoreUnavailable, TimeoutError):
+            reason = {"status": "unavailable", "reason": "store unreachable"}
+            return web.json_response(reason, status=503)
     return web.json_response({"status": "ready"})
 
 
@@ -57,15 +55,26 @@ async def status(request: web.Request) -> web.Response:
                 "user_center": config.upstream.user_center,
             },
             "identifier_cache_entries": len(services.deriver),
+            "token_caches": {
+                flow: {"entries": len(cache), "last_fetch_error": cache.last_error}
+                for flow, cache in services.token_caches.items()
+            },
+            "anonymous_users_enabled": services.anonymous is not None,
+            "store": _store_kind(services),
         }
     )
+
+
+def _store_kind(services: Services) -> str | None:
+    if services.config.store is None:
+        return None
+    return "sqlite" if services.config.store.url.startswith("sqlite:") else "postgresql"
 
 
 def build_admin_app(services: Services) -> web.Application:
     """The app behind `admin_listen`; it shares `services` with the proxy app."""
     app = web.Application()
     app[SERVICES] = services
-    app[READINESS_CHECKS] = []
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -1,4 +1,4 @@
-"""Application factories: the proxy listener's app and the objects it is built from."""
+"""The composition root (`Services`) and the proxy listener's application factory."""
 
 from __future__ import annotations
 
@@ -7,22 +7,33 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from .anonymous import AnonymousUsers
 from .config import Config
-from .errors import NotFound
-from .forward import Forwarder
+from .errors import MethodNotAllowed, NotFound, ProxyError
+from .forward import Forwarder, basic_auth
+from .gini import GiniClient
+from .handlers import TokenEndpoints
 from .identity import IdentifierDeriver
 from .lifecycle import Lifecycle
-from .metrics import Metrics
+from .metrics import TOKEN_FLOWS, Metrics
 from .middlewares import observe
 from .routes import GINI_TEMPLATES, RouteTable
+from .stores import CredentialStore, make_store
+from .tokens import TokenCache
 from .upstream import Upstream
 
-PROXY_TEMPLATES = ("/_proxy/tokens/derived", "/_proxy/tokens/anonymous", "/_proxy/users/anonymous")
+PROXY_ENDPOINTS = {
+    "/_proxy/tokens/derived": "POST",
+    "/_proxy/tokens/anonymous": "POST",
+    "/_proxy/users/anonymous": "DELETE",
+}
+REFRESH_AHEAD_SECONDS = 30.0
+"""A token hit within this many seconds of its refresh margin is renewed in the background."""
 
 
 @dataclass
 class Services:
-    """Everything one running proxy owns; built once from the config."""
+    """Everything one running proxy owns; built once from the config, shared by both listeners."""
 
     config: Config
     metrics: Metrics = field(default_factory=Metrics)
@@ -31,18 +42,67 @@ class Services:
     deriver: IdentifierDeriver = field(init=False)
     forwarder: Forwarder = field(init=False)
     routes: RouteTable = field(init=False)
+    gini: GiniClient = field(init=False)
+    token_caches: dict[str, TokenCache] = field(init=False)
+    store: CredentialStore | None = field(init=False)
+    anonymous: AnonymousUsers | None = field(init=False)
+    endpoints: TokenEndpoints = field(init=False)
 
     def __post_init__(self) -> None:
-        self.upstream = Upstream(self.config.upstream, self.metrics)
-        self.deriver = IdentifierDeriver(self.config.identity.hmac_key.encode())
-        self.forwarder = Forwarder(self.config, self.upstream, self.deriver)
-        self.routes = RouteTable(GINI_TEMPLATES + PROXY_TEMPLATES)
+        config = self.config
+        self.upstream = Upstream(config.upstream, self.metrics)
+        self.deriver = IdentifierDeriver(config.identity.hmac_key.encode())
+        self.forwarder = Forwarder(config, self.upstream, self.deriver)
+        self.routes = RouteTable(GINI_TEMPLATES + tuple(PROXY_ENDPOINTS))
+        self.gini = GiniClient(
+            self.upstream, basic_auth(config.client.id, config.client.secret.value)
+        )
+        self.token_caches = {flow: self._token_cache(flow) for flow in TOKEN_FLOWS}
+        self.store = make_store(config.store) if config.store is not None else None
+        self.anonymous = None
+        if self.store is not None and config.anonymous is not None:
+            self.anonymous = AnonymousUsers(
+                self.store,
+                self.gini,
+                self.token_caches["client"],
+                config.anonymous.email_domain,
+                self.metrics,
+            )
+        self.endpoints = TokenEndpoints(
+            config.identity.header,
+            self.deriver,
+            self.gini,
+            self.token_caches["derived"],
+            self.token_caches["anonymous"],
+            self.anonymous,
+            self.metrics,
+        )
+
+    def _token_cache(self, flow: str) -> TokenCache:
+        errors = self.metrics.token_fetch_errors
+
+        def count_error(error: BaseException) -> None:
+            reason = error.code if isinstance(error, ProxyError) else "internal_error"
+            errors.labels(flow, reason).inc()
+
+        cache = TokenCache(
+            flow,
+            1 if flow == "client" else self.config.tokens.max_cached,
+            self.config.tokens.refresh_before_expiry_seconds,
+            refresh_ahead=REFRESH_AHEAD_SECONDS,
+            on_error=count_error,
+        )
+        self.metrics.token_cache_entries.labels(flow).set_function(lambda: len(cache))
+        return cache
 
 
 SERVICES = web.AppKey("gini_proxy_services", Services)
 
 
 async def _unknown_proxy_endpoint(request: web.Request) -> web.StreamResponse:
+    allowed = PROXY_ENDPOINTS.get(request.path)
+    if allowed is not None:
+        raise MethodNotAllowed(headers={"Allow": allowed})
     raise NotFound("No such endpoint on this proxy; /_proxy/ paths are never forwarded.")
 
 
@@ -56,12 +116,22 @@ def build_proxy_app(services: Services) -> web.Application:
     )
     app[SERVICES] = services
 
-    async def upstream_session(_: web.Application) -> AsyncIterator[None]:
+    async def resources(_: web.Application) -> AsyncIterator[None]:
+        # Opened before the listener accepts anything: an unreachable store fails startup.
+        if services.store is not None:
+            await services.store.open()
         await services.upstream.start()
-        yield
-        await services.upstream.close()
+        try:
+            yield
+        finally:
+            for cache in services.token_caches.values():
+                await cache.close()
+            await services.upstream.close()
+            if services.store is not None:
+                await services.store.close()
 
-    app.cleanup_ctx.append(upstream_session)
+    app.cleanup_ctx.append(resources)
+    services.endpoints.add_routes(app.router)
     app.router.add_route("*", "/_proxy/{tail:.*}", _unknown_proxy_endpoint)
     app.router.add_route("*", "/{tail:.*}", services.forwarder.handle)
     return app

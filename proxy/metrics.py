@@ -17,7 +17,7 @@ from . import __version__
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-UPSTREAM_REASONS = ("connect", "timeout", "bad_response", "status_5xx", "disconnect")
+UPSTREAM_REASONS = ("connect", "timeout", "bad_response", "disconnect", "status_5xx", "throttled")
 TOKEN_FLOWS = ("derived", "anonymous", "client")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -52,8 +52,8 @@ class Metrics:
         )
         self.upstream_errors = Counter(
             "gini_proxy_upstream_errors_total",
-            "Upstream calls that failed, by reason (connect, timeout, bad_response, status_5xx, "
-            "disconnect).",
+            "Upstream calls that failed, by reason (connect, timeout, bad_response, disconnect, "
+            "status_5xx, throttled).",
             ("upstream", "reason"),
             registry=r,
         )

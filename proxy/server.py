@@ -23,6 +23,7 @@ from .config import Address, Config
 from .errors import BadRequest, InternalError
 from .log import Redactor, configure_logging
 from .middlewares import error_response, new_request_id
+from .stores import StoreOpenError
 
 log = logging.getLogger("proxy.server")
 
@@ -113,7 +114,10 @@ async def run(services: Services, on_ready: Callable[[], None] | None = None) ->
         loop.add_signal_handler(signum, on_signal, signum)
     graceful = True
     try:
-        await proxy_runner.setup()
+        try:
+            await proxy_runner.setup()
+        except StoreOpenError as exc:
+            raise StartupError(str(exc)) from None
         await admin_runner.setup()
         await _start_site(proxy_runner, config.listen, "listen")
         await _start_site(admin_runner, config.admin_listen, "admin_listen")

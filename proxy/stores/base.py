@@ -1,0 +1,64 @@
+"""The credential store interface: anonymous users' Gini credentials, keyed by derived identifier.
+
+Rows follow an insert-first protocol that makes "one internal id, one Gini user" hold across
+processes without locks: the first writer's credentials win (`claim`), they are stored as
+`pending` before the user exists at Gini and marked `active` after; replacing credentials
+(the user vanished at Gini) is a compare-and-swap on the old email.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+State = Literal["pending", "active"]
+
+
+class StoreOpenError(Exception):
+    """The store cannot be opened (unreachable, bad folder, wrong key): exit code 3."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredUser:
+    """One anonymous user's credentials as stored (password decrypted)."""
+
+    key: str  # the derived identifier: the store never sees a raw user id
+    email: str
+    password: str = field(repr=False)
+    state: State
+
+
+class CredentialStore(Protocol):
+    """Implemented by `SqliteStore` and `PostgresStore`; one contract test suite runs on both."""
+
+    async def open(self) -> None:
+        """Connect, create or migrate the schema, and check the encryption key against it."""
+
+    async def close(self) -> None:
+        """Release connections; safe to call twice."""
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers now (readiness)."""
+
+    async def get(self, key: str) -> StoredUser | None:
+        """The stored user for `key`, if any."""
+
+    async def claim(self, key: str, email: str, password: str) -> StoredUser:
+        """Store these credentials as pending unless a row exists; return the row that won."""
+
+    async def replace(self, key: str, old_email: str, email: str, password: str) -> StoredUser:
+        """Swap in new pending credentials if the row still holds `old_email`; return the row."""
+
+    async def activate(self, key: str, email: str) -> None:
+        """Mark the row active if it still holds `email` (the user now exists at Gini)."""
+
+    async def delete(self, key: str) -> bool:
+        """Forget the row; False if there was none."""
+
+    async def count(self) -> int:
+        """How many users are stored (for /status)."""
+
+
+def parse_state(value: object) -> State:
+    """A state column read back from a backend."""
+    return "active" if value == "active" else "pending"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from . import __version__
 from .app import SERVICES, Services
@@ -16,9 +17,12 @@ STORE_PING_TIMEOUT = 2.0
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition; OpenMetrics or text format as the scraper's Accept header asks."""
     services = request.app[SERVICES]
-    body = generate_latest(services.metrics.registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return web.Response(
+        body=encode(services.metrics.registry), headers={"Content-Type": content_type}
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -56,13 +60,23 @@ async def status(request: web.Request) -> web.Response:
             },
             "identifier_cache_entries": len(services.deriver),
             "token_caches": {
-                flow: {"entries": len(cache), "last_fetch_error": cache.last_error}
+                flow: {
+                    "entries": len(cache),
+                    "last_fetch_error": cache.last_error,
+                    "last_fetch_error_at": _iso(cache.last_error_at),
+                }
                 for flow, cache in services.token_caches.items()
             },
             "anonymous_users_enabled": services.anonymous is not None,
             "store": _store_kind(services),
         }
     )
+
+
+def _iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")
 
 
 def _store_kind(services: Services) -> str | None:

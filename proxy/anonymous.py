@@ -20,6 +20,7 @@ import uuid
 
 from .errors import UpstreamRejected
 from .gini import ClientTokenRejected, GiniClient, InvalidGrant, UserExists
+from .log import hide
 from .metrics import Metrics
 from .stores import CredentialStore, StoredUser
 from .tokens import Token, TokenCache
@@ -55,6 +56,7 @@ class AnonymousUsers:
         user = await self.store.get(key)
         if user is None:
             user = await self.store.claim(key, *self.new_credentials())
+        hide(user.password)
         if user.state == "pending":
             user = await self._create(user)
         try:
@@ -62,6 +64,7 @@ class AnonymousUsers:
         except InvalidGrant:
             log.warning("the User Center no longer accepts an anonymous user; creating it anew")
         fresh = await self.store.replace(key, user.email, *self.new_credentials())
+        hide(fresh.password)
         if fresh.state == "pending":
             fresh = await self._create(fresh)
         try:

@@ -46,5 +46,7 @@ def recode_json(
         return None
     if decoder.unconsumed_tail or len(plain) > limit or not decoder.eof:
         return None
+    if decoder.unused_data:
+        return None  # more gzip members (or trailing bytes) follow: relay it all unchanged
     rewritten = rewrite(plain)
     return rewritten if rewritten is not plain else None

@@ -11,10 +11,10 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
@@ -83,7 +83,7 @@ class AnonymousConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    url: str
+    url: str = field(repr=False)  # a PostgreSQL URL may carry a password
     encryption_key: Secret
 
     @property
@@ -150,6 +150,9 @@ class Config:
         found = [self.client.secret.value, self.identity.hmac_key.value]
         if self.store is not None:
             found.append(self.store.encryption_key.value)
+            password = _url_password(self.store.url)  # postgresql://user:PASSWORD@host/db
+            if password:
+                found.append(password)
         if self.inbound_auth is not None:
             found.extend(key.value for key in self.inbound_auth.keys)
         return found
@@ -237,8 +240,11 @@ def build_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: Path
 def _address(r: Reader, data: Mapping[str, Any], key: str, default: str) -> Address:
     text = r.string(data, key, key, default)
     host, sep, port = text.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    valid_port = port.isascii() and port.isdigit() and 0 <= int(port) <= 65535
+    # An IPv6 address needs its brackets: "::1" alone would read as host ":" and port 1.
+    if not sep or not host or not valid_port or (":" in host and not bracketed):
         r.problem(key, f"must be HOST:PORT (e.g. 127.0.0.1:8080), got {text!r}")
         return Address("127.0.0.1", 0)
     return Address(host, int(port))
@@ -322,6 +328,16 @@ def _anonymous(r: Reader, data: Mapping[str, Any]) -> AnonymousConfig | None:
     return AnonymousConfig(email_domain=domain.lower())
 
 
+def _url_password(url: str) -> str | None:
+    """The password of a URL ("" if it has none), or None if the URL cannot be parsed."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError on a malformed port
+    except ValueError:
+        return None
+    return unquote(parts.password or "")
+
+
 def _decode_key(text: str) -> bytes | None:
     try:
         raw = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
@@ -339,6 +355,9 @@ def _store(r: Reader, data: Mapping[str, Any]) -> StoreConfig | None:
         url.startswith("sqlite:///") or url.split("://")[0] in ("postgresql", "postgres")
     ):
         r.problem("store.url", "must start with sqlite:/// or postgresql://")
+    elif url.startswith("postgres") and _url_password(url) is None and "@" in url:
+        # The URL may hold a password: describe the problem without quoting any of it.
+        r.problem("store.url", "is not a valid URL (percent-encode special characters)")
     key = r.secret(d, "encryption_key", "store.encryption_key")
     if key.source != "invalid" and _decode_key(key.value) is None:
         r.problem(
@@ -389,7 +408,11 @@ def _response_cache(r: Reader, data: Mapping[str, Any]) -> ResponseCacheConfig |
     if d is None:
         return None
     routes: list[CacheRoute] = []
-    for index, entry in enumerate(d.get("routes") or []):
+    entries = d.get("routes") or []
+    if not isinstance(entries, list):
+        r.problem("response_cache.routes", "must be a list of path templates")
+        entries = []
+    for index, entry in enumerate(entries):
         path = f"response_cache.routes[{index}]"
         item = {"path": entry} if isinstance(entry, str) else entry
         if not isinstance(item, Mapping):

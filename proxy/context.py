@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
+
+from .upstream import PAY_API
 
 log = logging.getLogger("proxy.relay")
 
@@ -36,7 +39,9 @@ class RequestContext:
         """The context the middleware attached to `request`."""
         return request[CONTEXT]
 
-    def abort(self, request: web.Request, exc: BaseException) -> None:
+    def abort(
+        self, request: web.Request, exc: BaseException, upstream_error: Callable[[str, str], None]
+    ) -> None:
         """Cut the caller's connection after a relay failed with headers already sent.
 
         Closing (rather than finishing the body) is what tells the caller the body is short:
@@ -48,6 +53,8 @@ class RequestContext:
             "caller went away during the answer" if client_gone else "upstream answer broke off",
             extra={"request_id": self.request_id, "route": self.route, "error": type(exc).__name__},
         )
+        if not client_gone:
+            upstream_error(PAY_API, "disconnect")
         if request.transport is not None:
             request.transport.close()
 

@@ -19,7 +19,7 @@ from yarl import URL
 from .body import read_bounded, recode_json
 from .config import Config
 from .context import RequestContext
-from .errors import BadRequest, PayloadTooLarge
+from .errors import BadRequest, MethodNotAllowed, PayloadTooLarge
 from .identity import IdentifierDeriver, validate_user_id
 from .rewrite import NEVER_FORWARD, NEVER_RETURN, UrlRewriter, filter_headers, is_json_type
 from .upstream import PAY_API, Upstream
@@ -28,7 +28,8 @@ from .upstream import PAY_API, Upstream
 SMALL_BODY = 64 * 1024
 STREAM_CHUNK = 256 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
-_DECODABLE = ("gzip", "deflate")
+# TRACE would echo the injected credentials back to the caller; CONNECT would open a tunnel.
+REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
 
 
 def basic_auth(client_id: str, secret: str) -> str:
@@ -85,6 +86,8 @@ class Forwarder:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The flow-1 handler."""
         ctx = RequestContext.of(request)
+        if request.method in REFUSED_METHODS:
+            raise MethodNotAllowed("This method is never forwarded to Gini.")
         user_id = validate_user_id(request.headers.get(self.identity_header))
         url = self.upstream_url(request.raw_path)
         headers = self.upstream_headers(request, ctx, user_id)
@@ -97,12 +100,15 @@ class Forwarder:
                 ctx.upstream_seconds = time.perf_counter() - started
                 self.upstream.metrics.observe_upstream(PAY_API, ctx.upstream_seconds)
                 ctx.gini_request_id = answer.headers.get("X-Request-Id")
+                if answer.status >= 500:
+                    self.upstream.metrics.upstream_error(PAY_API, "status_5xx")
                 return await self._relay(request, ctx, answer)
         except (aiohttp.ClientError, TimeoutError) as exc:
             if isinstance(exc.__cause__, PayloadTooLarge) or ctx.body_too_large:
                 raise PayloadTooLarge from None
             if ctx.response_started:
-                ctx.abort(request, exc)  # headers are out: all we can do is cut the connection
+                # Headers are out: all that is left is to cut the connection.
+                ctx.abort(request, exc, self.upstream.metrics.upstream_error)
                 return ctx.response_started
             self.upstream.fail(PAY_API, exc)
 

@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 import aiohttp
 
 from .errors import BadGateway, ProxyError, UpstreamRejected, UpstreamUnavailable
+from .log import current_request_id, hide
 from .tokens import Token, lifetime_from
 from .upstream import PAY_API, USER_CENTER, Upstream, translate
 
@@ -140,13 +141,15 @@ class GiniClient:
         access = body.get("access_token") if isinstance(body, Mapping) else None
         if not isinstance(access, str) or not access:
             raise BadGateway("Gini answered without an access token.")
+        hide(access)
         return Token(access, self.clock() + lifetime_from(body.get("expires_in")))
 
     @staticmethod
     def _refused(answer: Answer, what: str) -> ProxyError:
-        if 400 <= answer.status < 500:
+        if 400 <= answer.status < 500 and answer.status != 429:
             log.error("%s", what, extra={"status": answer.status})
             return UpstreamRejected()
+        log.warning("%s: Gini is failing", what, extra={"status": answer.status})
         return UpstreamUnavailable()
 
     async def _call(
@@ -158,6 +161,9 @@ class GiniClient:
         body: Any = None,
     ) -> Answer:
         """One call with retries; returns the final answer or raises the contract error."""
+        request_id = current_request_id()
+        if request_id is not None:  # the request that needed this call, for Gini support
+            headers = {**headers, "X-Request-Id": request_id}
         attempt = 0
         while True:
             started = time.perf_counter()

@@ -8,6 +8,7 @@ from .anonymous import AnonymousUsers
 from .errors import NotFound
 from .gini import GiniClient
 from .identity import IdentifierDeriver, validate_user_id
+from .log import hide
 from .metrics import Metrics
 from .tokens import Token, TokenCache
 
@@ -16,6 +17,7 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 def token_response(token: Token, now: float) -> web.Response:
     """RFC 6749-shaped token answer that Gini's mobile SDKs consume unchanged."""
+    hide(token.access_token)
     body = {
         "access_token": token.access_token,
         "token_type": "bearer",

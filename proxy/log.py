@@ -14,15 +14,61 @@ import re
 import sys
 import time
 from collections.abc import Iterable
+from contextvars import ContextVar, Token
 from typing import IO, Any
 
 REDACTED = "[REDACTED]"
 _PATTERNS = re.compile(
     r"(?i)(\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{6,}"
-    r"|((?:access_token|refresh_token|password|client_secret|secret)\W{1,4})[^\s\"'&,}\\]{2,}"
+    # `key=value`, `key: value`, `"key": "value"`, also with the quotes escaped (`\"key\":\"`)
+    # as they are inside a JSON log line. A `:` or `=` is required: "password field" is prose.
+    r"|((?:access_token|refresh_token|password|client_secret|secret)"
+    r"""(?:\\?["'])?\s*[:=]\s*(?:\\?["'])?)[^\s\"'&,}\\]{2,}"""
+)
+# What the current request's log lines carry and hide: its request id (added to every line
+# logged in its context, including single-flight fetch tasks it started) and the values only
+# it knows (its raw user id, the token or password it handles).
+_scope: ContextVar[tuple[str | None, tuple[str, ...]]] = ContextVar(
+    "gini_proxy_log_scope", default=(None, ())
 )
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is logged.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+# Fields the proxy fills itself: never free text, so never searched for request values (a user
+# id "2026" must not turn the timestamp into "[REDACTED]-11-28").
+_STRUCTURED = frozenset(
+    {"timestamp", "level", "logger", "request_id", "gini_request_id", "method", "route"}
+)
+
+
+def request_scope(request_id: str, *values: str) -> Token[tuple[str | None, tuple[str, ...]]]:
+    """Open a request's log scope; pass the result to `end_request_scope`."""
+    return _scope.set((request_id, tuple(v for v in values if v)))
+
+
+def end_request_scope(token: Token[tuple[str | None, tuple[str, ...]]]) -> None:
+    _scope.reset(token)
+
+
+def hide(*values: str) -> None:
+    """Redact `values` from every line logged from here on in this request or task."""
+    request_id, hidden = _scope.get()
+    _scope.set((request_id, hidden + values))
+
+
+def current_request_id() -> str | None:
+    """The id of the request this code runs for, if any (sent along on Gini calls)."""
+    return _scope.get()[0]
+
+
+def _hide_request_values(text: str, values: tuple[str, ...]) -> str:
+    for value in values:
+        if value in text:
+            # Whole tokens only for short values: "42" must not eat "1042".
+            if len(value) < 8:
+                text = re.sub(rf"(?<![\w]){re.escape(value)}(?![\w])", REDACTED, text)
+            else:
+                text = text.replace(value, REDACTED)
+    return text
 
 
 class Redactor:
@@ -34,7 +80,11 @@ class Redactor:
 
     def add(self, secrets: Iterable[str]) -> None:
         """Register more secret values (shorter than 4 characters would redact noise)."""
-        merged = set(self._secrets) | {s for s in secrets if len(s) >= 4}
+        wanted = {s for s in secrets if len(s) >= 4}
+        # Lines are redacted once formatted as JSON, where `"`, `\` and control characters in
+        # a secret appear escaped: look for that spelling too.
+        wanted |= {json.dumps(s, ensure_ascii=False)[1:-1] for s in wanted}
+        merged = set(self._secrets) | wanted
         self._secrets = tuple(sorted(merged, key=len, reverse=True))
 
     def __call__(self, text: str) -> str:
@@ -53,6 +103,7 @@ class JsonFormatter(logging.Formatter):
         self.redactor = redactor
 
     def format(self, record: logging.LogRecord) -> str:
+        request_id, hidden = _scope.get()
         entry: dict[str, Any] = {
             "timestamp": self.formatTime(record, "%Y-%m-%dT%H:%M:%S")
             + f".{int(record.msecs):03d}Z",
@@ -60,11 +111,17 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if request_id is not None:
+            entry["request_id"] = request_id
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        if hidden:
+            for key, value in entry.items():
+                if isinstance(value, str) and key not in _STRUCTURED:
+                    entry[key] = _hide_request_values(value, hidden)
         return self.redactor(json.dumps(entry, default=str, ensure_ascii=False))
 
 
@@ -79,3 +136,6 @@ def configure_logging(level: str, redactor: Redactor, stream: IO[str] | None = N
     root.setLevel(level.upper())
     # aiohttp's own access log would duplicate ours, without route templates or redaction.
     logging.getLogger("aiohttp.access").disabled = True
+    # aiosqlite logs every statement with its parameters at debug level: identifiers, emails
+    # and sealed passwords have no place in logs, even when an operator asks for debug.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)

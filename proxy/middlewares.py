@@ -18,10 +18,11 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from .config import Config
+from .config import Config, InboundAuthConfig
 from .context import CONTEXT, RequestContext
 from .errors import InternalError, MethodNotAllowed, NotFound, ProxyError, Unauthenticated
 from .lifecycle import Lifecycle
+from .log import end_request_scope, request_scope
 from .metrics import Metrics
 from .routes import RouteTable
 
@@ -52,23 +53,33 @@ def _as_proxy_error(exc: web.HTTPException) -> ProxyError:
     return NotFound("No such endpoint on this proxy.")
 
 
+def inbound_check(auth: InboundAuthConfig | None) -> Callable[[web.Request], bool] | None:
+    """A predicate for `inbound_auth` (None when not configured): does the caller hold a key?"""
+    if auth is None:
+        return None
+    header = auth.header
+    keys = tuple(key.encode() for key in auth.keys)
+
+    def authenticated(request: web.Request) -> bool:
+        offered = request.headers.get(header, "").encode("utf-8", "surrogateescape")
+        # Compare against every key, always: timing must not reveal which one (or none) matched.
+        matched = False
+        for key in keys:
+            matched |= hmac.compare_digest(offered, key)
+        return matched and bool(offered)
+
+    return authenticated
+
+
 def observe(
     config: Config, metrics: Metrics, routes: RouteTable, lifecycle: Lifecycle
 ) -> Middleware:
     """Build the middleware with every config-dependent choice made here, once."""
-    auth_header = config.inbound_auth.header if config.inbound_auth else None
-    auth_keys = tuple(k.encode() for k in config.inbound_auth.keys) if config.inbound_auth else ()
+    authenticated = inbound_check(config.inbound_auth)
     log_every = config.logging.access_log and config.logging.access_log_sample_rate >= 1.0
     sample_rate = config.logging.access_log_sample_rate if config.logging.access_log else 0.0
     in_flight = metrics.in_flight
-
-    def authenticated(request: web.Request) -> bool:
-        offered = request.headers.get(auth_header or "", "").encode("utf-8", "surrogateescape")
-        # Compare against every key, always: timing must not reveal which one (or none) matched.
-        matched = False
-        for key in auth_keys:
-            matched |= hmac.compare_digest(offered, key)
-        return matched and bool(offered)
+    identity_header = config.identity.header
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -78,12 +89,13 @@ def observe(
             request_id = new_request_id()
         ctx = RequestContext(request_id, routes.match(request.path))
         request[CONTEXT] = ctx
+        scope = request_scope(request_id, request.headers.get(identity_header, ""))
         in_flight.inc()
         lifecycle.in_flight += 1
         status = CLIENT_CLOSED
         try:
             try:
-                if auth_header is not None and not authenticated(request):
+                if authenticated is not None and not authenticated(request):
                     raise Unauthenticated
                 if lifecycle.refusing:
                     raise lifecycle.draining_error()
@@ -112,6 +124,7 @@ def observe(
             metrics.observe_request(request.method, ctx.route, status, seconds)
             if log_every or (sample_rate and random.random() < sample_rate):  # noqa: S311
                 _log_access(request, ctx, status, seconds)
+            end_request_scope(scope)
 
     return middleware
 

@@ -74,7 +74,9 @@ def _origin_pattern(base: str, *, json_escaped: bool) -> str:
     slash = r"\\?/" if json_escaped else "/"
     prefix = parts.path.rstrip("/")
     path = "".join(slash if ch == "/" else re.escape(ch) for ch in prefix)
-    end = r'(?=[\\/"?#])' if json_escaped else r"(?=[/?#]|$)"
+    # In JSON the string may continue only with a (possibly escaped) `/`, `?`, `#` or end;
+    # any other escape (`\u00fc`, `\"`, `\n`) would continue the host name.
+    end = r'(?=\\/|[/"?#])' if json_escaped else r"(?=[/?#]|\Z)"
     return rf"(?i:https?):{slash}{slash}(?i:{host}){port}{path}{end}"
 
 
@@ -86,11 +88,19 @@ class UrlRewriter:
     def __init__(self, source: str, target: str):
         self.source = source.rstrip("/")
         self.target = target.rstrip("/")
-        self._header_re = re.compile(_origin_pattern(self.source, json_escaped=False))
+        # ASCII-only case folding: Unicode folding would take U+0131, U+017F or U+212A (in
+        # other, IDN hosts) for `i`, `s` or `k`.
+        self._header_re = re.compile(_origin_pattern(self.source, json_escaped=False), re.ASCII)
         # A JSON string token whose text starts with the source URL; the tail is kept verbatim
-        # (escapes included), so nothing else in the document changes byte for byte.
+        # (escapes included), so nothing else in the document changes byte for byte. In valid
+        # JSON an opening quote never follows a backslash; an escaped quote inside a longer
+        # string does, and must not be taken for the start of a string.
         self._json_re = re.compile(
-            ('"' + _origin_pattern(self.source, json_escaped=True) + r'((?:[^"\\]|\\.)*)"').encode()
+            (
+                r'(?<!\\)"'
+                + _origin_pattern(self.source, json_escaped=True)
+                + r'((?:[^"\\]|\\.)*)"'
+            ).encode()
         )
         self._json_target = json.dumps(self.target)[1:-1].encode()
         self._probe = re.compile(re.escape(urlsplit(self.source).hostname or "").encode(), re.I)

@@ -21,8 +21,11 @@ from .admin import build_admin_app
 from .app import Services, build_proxy_app
 from .config import Address, Config
 from .errors import BadRequest, InternalError
+from .lifecycle import Lifecycle
 from .log import Redactor, configure_logging
+from .metrics import Metrics
 from .middlewares import error_response, new_request_id
+from .routes import OTHER
 from .stores import StoreOpenError
 
 log = logging.getLogger("proxy.server")
@@ -30,6 +33,7 @@ log = logging.getLogger("proxy.server")
 EXIT_OK = 0
 EXIT_FORCED = 1
 EXIT_STARTUP = 3
+CANCEL_AFTER = 0.5
 
 
 class StartupError(Exception):
@@ -44,29 +48,37 @@ async def _start_site(runner: web.AppRunner, address: Address, what: str) -> Non
         raise StartupError(f"cannot listen on {address} ({what}): {exc.strerror or exc}") from None
 
 
-class _JsonErrorRequestHandler(RequestHandler):
-    """Answers requests aiohttp's parser refuses (bad header bytes, broken request line) with
-    the contract's JSON error instead of a text page, and logs them as the caller's mistake."""
+def _json_error_server(metrics: Metrics) -> type[web.Server]:
+    """A Server class whose connections answer requests aiohttp's parser refuses (bad header
+    bytes, a broken request line) with the contract's JSON error instead of a text page, count
+    them, and log them as the caller's mistake rather than a server error."""
 
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if request.writer.output_size > 0:
-            return super().handle_error(request, status, exc, message)  # it closes the connection
-        error = BadRequest("The request is not valid HTTP.") if status < 500 else InternalError()
-        log.info("refused malformed request", extra={"status": status, "error": type(exc).__name__})
-        response = error_response(error, new_request_id())
-        response.force_close()
-        return response
+    class JsonErrorRequestHandler(RequestHandler):
+        def handle_error(
+            self,
+            request: web.BaseRequest,
+            status: int = 500,
+            exc: BaseException | None = None,
+            message: str | None = None,
+        ) -> web.StreamResponse:
+            if request.writer.output_size > 0:
+                return super().handle_error(request, status, exc, message)  # closes the connection
+            error = (
+                BadRequest("The request is not valid HTTP.") if status < 500 else InternalError()
+            )
+            log.info(
+                "refused malformed request", extra={"status": status, "error": type(exc).__name__}
+            )
+            metrics.observe_request("other", OTHER, error.status, 0.0)
+            response = error_response(error, new_request_id())
+            response.force_close()
+            return response
 
+    class JsonErrorServer(web.Server):
+        def __call__(self) -> RequestHandler:
+            return JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
 
-class _JsonErrorServer(web.Server):
-    def __call__(self) -> RequestHandler:
-        return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+    return JsonErrorServer
 
 
 class ProxyRunner(web.AppRunner):
@@ -76,9 +88,13 @@ class ProxyRunner(web.AppRunner):
     AppRunner is given a subclass whose connections override `handle_error` (a test pins it).
     """
 
+    def __init__(self, app: web.Application, metrics: Metrics, **kwargs: Any):
+        super().__init__(app, **kwargs)
+        self._server_class = _json_error_server(metrics)
+
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
-        server.__class__ = _JsonErrorServer
+        server.__class__ = self._server_class
         return server
 
 
@@ -86,9 +102,11 @@ def make_runners(services: Services) -> tuple[ProxyRunner, web.AppRunner]:
     """The proxy and admin runners, configured as production runs them (tests use these too)."""
     proxy_runner = ProxyRunner(
         build_proxy_app(services),
+        services.metrics,
         handler_cancellation=True,  # a caller that disconnects cancels its upstream call
         access_log=None,  # the middleware writes the access log, with route templates
-        shutdown_timeout=services.config.shutdown_grace_seconds,
+        # The grace period is waited for in `_drain`; aiohttp only cancels the stragglers.
+        shutdown_timeout=CANCEL_AFTER,
     )
     admin_runner = web.AppRunner(build_admin_app(services), access_log=None, shutdown_timeout=1)
     return proxy_runner, admin_runner
@@ -149,7 +167,9 @@ async def _drain(services: Services, proxy_runner: ProxyRunner, force: asyncio.E
         if force.is_set():
             return EXIT_FORCED
         lifecycle.refusing = True
-        cleanup = asyncio.create_task(proxy_runner.cleanup())
+        cleanup = asyncio.create_task(
+            _close_listener(proxy_runner, lifecycle, config.shutdown_grace_seconds)
+        )
         await asyncio.wait([cleanup, forced], return_when=asyncio.FIRST_COMPLETED)
         if not cleanup.done():
             cleanup.cancel()
@@ -159,6 +179,18 @@ async def _drain(services: Services, proxy_runner: ProxyRunner, force: asyncio.E
         forced.cancel()
     log.info("drained; exiting")
     return EXIT_OK
+
+
+async def _close_listener(runner: ProxyRunner, lifecycle: Lifecycle, grace: float) -> None:
+    """Stop accepting, let in-flight requests finish within `grace`, then close everything."""
+    for site in list(runner.sites):
+        await site.stop()
+    if runner.server is not None:
+        runner.server.pre_shutdown()  # idle keep-alive connections close now, busy ones after
+    if not await lifecycle.wait_idle(grace):
+        log.warning("grace period over; cancelling requests still in flight",
+                    extra={"in_flight": lifecycle.in_flight})  # fmt: skip
+    await runner.cleanup()
 
 
 def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:

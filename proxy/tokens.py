@@ -76,7 +76,8 @@ class TokenCache:
             maxsize=max_entries, ttu=self._usable_until, timer=clock
         )
         self._inflight: dict[str, asyncio.Task[Token]] = {}
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # class name of the last failed fetch, for /status
+        self.last_error_at: float | None = None
 
     def _usable_until(self, _key: str, token: Token, _now: float) -> float:
         return token.expires_at - self.refresh_before
@@ -125,6 +126,7 @@ class TokenCache:
         error = task.exception()  # retrieving it also keeps asyncio from warning
         if error is not None:
             self.last_error = type(error).__name__
+            self.last_error_at = time.time()
             if self.on_error is not None:
                 self.on_error(error)
 

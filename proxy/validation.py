@@ -83,10 +83,12 @@ class Reader:
     def string(
         self, data: Mapping[str, Any], key: str, path: str, default: str | None = None
     ) -> str:
+        before = len(self.problems)
         value = self.raw(data, key, path)
         if value is None or value == "":
             if default is None:
-                self.problem(path, "is required")
+                if len(self.problems) == before:  # not already reported as a missing variable
+                    self.problem(path, "is required")
                 return ""
             return default
         if not isinstance(value, str):
@@ -100,8 +102,8 @@ class Reader:
         value = self.raw(data, key, path)
         if value is None:
             return default
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)  # `${PORT}` expands to text
+        if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+            value = int(value)  # `${PORT}` expands to text ("²".isdigit() is True too)
         if isinstance(value, bool) or not isinstance(value, int):
             self.problem(path, "must be an integer")
             return default
@@ -123,7 +125,7 @@ class Reader:
             self.problem(path, "must be a number")
             return default
         if not lo <= value <= hi:
-            self.problem(path, f"must be between {lo:g} and {hi:g}, got {value:g}")
+            self.problem(path, f"must be between {lo:g} and {hi:g}, got {value}")
             return default
         return float(value)
 
@@ -146,6 +148,11 @@ class Reader:
             return _PLACEHOLDER
         if isinstance(spec, str):
             spec = self.expand(spec, path)
+        elif isinstance(spec, Mapping) and len(spec) == 1:
+            # `{file: "${SECRETS_DIR}/key"}`: expansion applies to every string of the config.
+            ((kind, name),) = spec.items()
+            if isinstance(name, str):
+                spec = {kind: self.expand(name, path)}
         try:
             return resolve_secret(spec, self.env, self.base_dir)
         except SecretSourceError as exc:

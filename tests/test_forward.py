@@ -304,6 +304,8 @@ async def test_gini_errors_pass_through_unchanged(proxy: RunningProxy, sim: Gini
     async with proxy.client.get(proxy.url + "/documents", headers=USER) as response:
         assert response.status == 503
         assert "error" not in await response.json(content_type=None)
+    labels = {"upstream": "pay_api", "reason": "status_5xx"}
+    assert proxy.metrics.registry.get_sample_value("gini_proxy_upstream_errors_total", labels) == 1
 
 
 async def test_upstream_down_is_503(start_proxy: StartProxy, unused_tcp_port: int) -> None:

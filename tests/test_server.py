@@ -125,7 +125,7 @@ async def test_idle_proxy_exits_promptly_after_the_delay(serve: Any) -> None:
 
 
 async def test_second_signal_exits_at_once(serve: Any) -> None:
-    proc, url, _ = await serve(drain_delay_seconds=30)
+    proc, _, _ = await serve(drain_delay_seconds=30)
     proc.process.send_signal(signal.SIGTERM)
     await proc.wait_for(rb"draining")
     proc.process.send_signal(signal.SIGINT)

@@ -7,6 +7,7 @@ another key fails on it, before any request is served.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from cryptography.exceptions import InvalidTag
@@ -14,7 +15,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import StoreUnavailable
 
+log = logging.getLogger("proxy.store")
+
 NONCE_BYTES = 12
+TAG_BYTES = 16
 VERSION = b"\x01"  # first byte of every sealed value: room for a future key rotation scheme
 KEY_CHECK = b"gini-auth-proxy key check"
 
@@ -38,6 +42,8 @@ class Cipher:
     def open(self, sealed: bytes, context: bytes) -> bytes:
         if sealed[:1] != VERSION:
             raise WrongKey("unknown sealed value version")
+        if len(sealed) < 1 + NONCE_BYTES + TAG_BYTES:  # AESGCM raises ValueError on short nonces
+            raise WrongKey("the sealed value is truncated")
         nonce = sealed[1 : 1 + NONCE_BYTES]
         try:
             return self._aead.decrypt(nonce, sealed[1 + NONCE_BYTES :], context)
@@ -50,9 +56,11 @@ class Cipher:
     def open_password(self, key: str, email: str, sealed: bytes) -> str:
         try:
             return self.open(sealed, _context(key, email)).decode()
-        except WrongKey:
+        except WrongKey as exc:
             # A row that does not decrypt is damage or tampering, not an outage; surfaced as
             # 503 so the caller retries and the operator sees it in the logs and metrics.
+            reason = {"reason": str(exc)}
+            log.error("a stored credential could not be decrypted", extra=reason)  # noqa: TRY400
             raise StoreUnavailable("A stored credential could not be decrypted.") from None
 
     def check_value(self) -> bytes:
@@ -60,8 +68,12 @@ class Cipher:
 
     def verify(self, sealed: bytes) -> None:
         """Raise WrongKey unless `sealed` came from `check_value` under this key."""
-        if self.open(sealed, b"key-check") != KEY_CHECK:
-            raise WrongKey("store.encryption_key does not match the store")
+        try:
+            matches = self.open(sealed, b"key-check") == KEY_CHECK
+        except WrongKey:
+            matches = False
+        if not matches:
+            raise WrongKey("store.encryption_key is not the key this store was created with")
 
 
 def _context(key: str, email: str) -> bytes:

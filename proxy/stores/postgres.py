@@ -49,13 +49,21 @@ class PostgresStore:
 
     async def open(self) -> None:
         try:
-            self._pool = await asyncpg.create_pool(
-                self.dsn,
-                min_size=1,
-                max_size=self.max_connections,
-                command_timeout=self.timeout,
-                timeout=self.timeout,
-            )
+            try:
+                self._pool = await asyncpg.create_pool(
+                    self.dsn,
+                    min_size=1,
+                    max_size=self.max_connections,
+                    command_timeout=self.timeout,
+                    timeout=self.timeout,
+                )
+            except (ValueError, OverflowError):
+                # asyncpg's URL parsing: its message can quote a piece of the URL, such as part
+                # of a password holding an unescaped `/` or `#`, so it is not repeated here.
+                raise StoreOpenError(
+                    "cannot open PostgreSQL store: store.url is not a valid PostgreSQL URL"
+                    " (percent-encode special characters in the user name and password)"
+                ) from None
             async with self._pool.acquire(timeout=self.timeout) as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
                 await self._migrate(conn)

@@ -6,6 +6,7 @@ database file is created owner-only (0600) and SQLite gives its -wal/-shm files 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sqlite3
@@ -52,7 +53,7 @@ class SqliteStore:
         try:
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
             await self._db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            await self._db.execute("PRAGMA journal_mode = WAL")
+            await self._enable_wal()
             await self._db.execute("PRAGMA synchronous = FULL")
             await self._migrate()
         except (sqlite3.Error, WrongKey) as exc:
@@ -61,6 +62,20 @@ class SqliteStore:
         except BaseException:
             await self.close()
             raise
+
+    async def _enable_wal(self) -> None:
+        # Switching a fresh file to WAL can fail with SQLITE_BUSY at once, without waiting for
+        # busy_timeout, while another process does the same: retry until busy_timeout is spent.
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                await self.db.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.02)
+            else:
+                return
 
     def _create_private_file(self) -> None:
         if not self.path.parent.is_dir():

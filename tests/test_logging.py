@@ -1,0 +1,141 @@
+"""Every code path that logs, driven end to end: lines are JSON and carry no secret."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from proxy.config import Config
+from proxy.log import Redactor, configure_logging
+from proxy.sandbox import GiniSimulator
+
+from .conftest import CLIENT_SECRET, HMAC_KEY, INBOUND_KEY, STORE_KEY, RunningProxy, StartProxy
+
+ALICE = "alice.secret-person@example.com"
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    stream = io.StringIO()
+    yield stream
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+
+
+def install(stream: io.StringIO, config: Config) -> None:
+    configure_logging("debug", Redactor(config.secrets()), stream)
+
+
+def lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+async def call(proxy: RunningProxy, method: str, path: str, user: str = ALICE, **kw: Any) -> int:
+    headers = {"X-User-Id": user, "X-Proxy-Key": INBOUND_KEY, **kw.pop("headers", {})}
+    async with proxy.client.request(method, proxy.url + path, headers=headers, **kw) as response:
+        await response.read()
+        return response.status
+
+
+async def test_access_log_fields(proxy: RunningProxy, log_stream: io.StringIO) -> None:
+    install(log_stream, proxy.config)
+    await call(proxy, "GET", "/documents", headers={"X-Request-Id": "req-1"})
+    (entry,) = [e for e in lines(log_stream) if e["logger"] == "proxy.access"]
+    assert entry["message"] == "request"
+    assert entry["level"] == "info"
+    assert entry["timestamp"].endswith("Z")
+    assert entry["request_id"] == "req-1"
+    assert entry["gini_request_id"]
+    assert (entry["method"], entry["route"], entry["status"]) == ("GET", "/documents", 200)
+    assert entry["duration_ms"] >= entry["upstream_ms"] > 0
+    assert entry["bytes_out"] > 0
+
+
+async def test_access_log_can_be_switched_off_or_sampled(
+    start_proxy: StartProxy, log_stream: io.StringIO
+) -> None:
+    quiet = await start_proxy(logging={"access_log": False})
+    install(log_stream, quiet.config)
+    for _ in range(20):
+        await call(quiet, "GET", "/documents")
+    assert not [e for e in lines(log_stream) if e["logger"] == "proxy.access"]
+    sampled = await start_proxy(logging={"access_log_sample_rate": 0.25})
+    for _ in range(400):
+        await call(sampled, "GET", "/_sandbox/echo")
+    count = len([e for e in lines(log_stream) if e["logger"] == "proxy.access"])
+    assert 50 < count < 150
+
+
+async def test_no_secret_reaches_any_log_line(
+    start_proxy: StartProxy, sim: GiniSimulator, log_stream: io.StringIO, unused_tcp_port: int
+) -> None:
+    proxy = await start_proxy(inbound_auth={"keys": INBOUND_KEY})
+    install(log_stream, proxy.config)
+    tokens: list[str] = []
+
+    async def vend(path: str, user: str = ALICE) -> None:
+        async with proxy.client.post(
+            proxy.url + path, headers={"X-User-Id": user, "X-Proxy-Key": INBOUND_KEY}
+        ) as response:
+            if response.status == 200:
+                tokens.append((await response.json())["access_token"])
+
+    # Flow 1, token vending, user re-creation, Gini refusing and failing, bad input.
+    await call(proxy, "GET", "/documents", headers={"Authorization": f"Bearer {CLIENT_SECRET}"})
+    await vend("/_proxy/tokens/derived")
+    await vend("/_proxy/tokens/anonymous")
+    passwords = [user.password for user in sim.state.users.values()]
+    sim.state.delete_user(sim.state.user_emails()[0])
+    proxy.services.token_caches["anonymous"].forget(proxy.services.deriver(ALICE))
+    await vend("/_proxy/tokens/anonymous")
+    await call(proxy, "GET", "/documents", headers={"X-Proxy-Key": "wrong-key-0000000000"})
+    await call(proxy, "GET", "/documents", user="x" * 300)
+    await call(proxy, "GET", "/_sandbox/malformed")
+    sim.state.fail_next(5, status=503)
+    await call(proxy, "GET", "/documents")
+    await vend("/_proxy/tokens/derived", user="bob.other-person")
+    sim.state.fail_next(0)
+    sim.state.reject_client = True
+    proxy.services.token_caches["derived"].forget(proxy.services.deriver(ALICE))
+    await vend("/_proxy/tokens/derived")
+    # An unexpected exception whose text carries secrets and the caller's id.
+    original = proxy.services.deriver
+
+    def explode(user_id: str) -> str:
+        raise RuntimeError(f"boom for {user_id} with {CLIENT_SECRET} and Bearer {tokens[0]}")
+
+    proxy.services.forwarder.deriver = explode  # type: ignore[assignment]
+    assert await call(proxy, "GET", "/documents") == 500
+    proxy.services.forwarder.deriver = original
+    # The store failing, a caller going away, and shutdown.
+    assert proxy.services.store is not None
+    await proxy.services.store.close()
+    await vend("/_proxy/tokens/anonymous", user="carol.third-person")
+    with pytest.raises(asyncio.TimeoutError):
+        await call(proxy, "GET", "/_sandbox/echo?delay=5", timeout=0.2)
+    await asyncio.sleep(0.1)
+
+    text = log_stream.getvalue()
+    entries = lines(log_stream)  # every line is one JSON object
+    assert {e["logger"] for e in entries} >= {
+        "proxy.access",
+        "proxy.errors",
+        "proxy.gini",
+        "proxy.anonymous",
+    }
+    assert any("exception" in e for e in entries)
+    passwords += [user.password for user in sim.state.users.values()]
+    users = [ALICE, "bob.other-person", "carol.third-person"]
+    secrets = [CLIENT_SECRET, HMAC_KEY, STORE_KEY, INBOUND_KEY, *users, *tokens, *passwords]
+    assert len(tokens) >= 3
+    for secret in secrets:
+        assert secret not in text, secret
+    assert "x" * 300 not in text

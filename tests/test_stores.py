@@ -1,0 +1,659 @@
+"""The credential-store contract, run against SQLite and PostgreSQL, plus backend specifics.
+
+PostgreSQL tests carry the `postgres` marker (`-m "not postgres"` leaves them out); see
+`tests/stores_support.py` for where the server comes from and how tests are isolated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.config import StoreConfig
+from proxy.errors import StoreUnavailable
+from proxy.secret import Secret
+from proxy.stores import make_store
+from proxy.stores.base import CredentialStore, StoredUser, StoreOpenError
+from proxy.stores.cipher import NONCE_BYTES, VERSION, Cipher, WrongKey
+from proxy.stores.postgres import PostgresStore
+from proxy.stores.sqlite import SqliteStore
+
+from .stores_support import (
+    OTHER_STORE_KEY,
+    STORE_KEY,
+    Backend,
+    PostgresBackend,
+    SqliteBackend,
+    backend_for,
+    opened,
+)
+
+KEY_A = "a" * 64  # derived identifiers are lowercase hex HMAC-SHA256
+KEY_B = "b" * 64
+EMAIL_1 = "11111111-1111-4111-8111-111111111111@anon.example.com"
+EMAIL_2 = "22222222-2222-4222-8222-222222222222@anon.example.com"
+PASSWORD_1 = "first-password-Zk3vQ9xLr2"
+PASSWORD_2 = "second-password-Hn8wT4pYc6"
+TAG_BYTES = 16
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """A fresh store location: a SQLite file in tmp_path, or a throwaway PostgreSQL schema."""
+    async with backend_for(request.param, tmp_path) as location:
+        yield location
+
+
+@pytest.fixture
+async def store(backend: Backend) -> AsyncIterator[CredentialStore]:
+    """An opened store on `backend`, closed after the test."""
+    async with opened(backend.new_store()) as opened_store:
+        yield opened_store
+
+
+@pytest.fixture
+async def sqlite_backend(tmp_path: Path) -> AsyncIterator[SqliteBackend]:
+    async with backend_for("sqlite", tmp_path) as location:
+        assert isinstance(location, SqliteBackend)
+        yield location
+
+
+@pytest.fixture
+async def postgres_backend(tmp_path: Path) -> AsyncIterator[PostgresBackend]:
+    async with backend_for("postgres", tmp_path) as location:
+        assert isinstance(location, PostgresBackend)
+        yield location
+
+
+# --- the contract ---------------------------------------------------------------------------
+
+
+async def test_get_on_an_empty_store_is_none(store: CredentialStore) -> None:
+    assert await store.get(KEY_A) is None
+    assert await store.count() == 0
+
+
+async def test_claim_stores_pending_credentials_and_returns_them(store: CredentialStore) -> None:
+    claimed = await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+
+    assert claimed == StoredUser(KEY_A, EMAIL_1, PASSWORD_1, "pending")
+    assert await store.get(KEY_A) == claimed
+
+
+async def test_a_second_claim_returns_the_first_row(store: CredentialStore) -> None:
+    first = await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+    second = await store.claim(KEY_A, EMAIL_2, PASSWORD_2)
+
+    assert second == first
+    assert await store.get(KEY_A) == first
+    assert await store.count() == 1
+
+
+async def test_a_claim_does_not_reset_an_active_row(store: CredentialStore) -> None:
+    await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+    await store.activate(KEY_A, EMAIL_1)
+
+    again = await store.claim(KEY_A, EMAIL_2, PASSWORD_2)
+
+    assert again == StoredUser(KEY_A, EMAIL_1, PASSWORD_1, "active")
+
+
+async def test_concurrent_claims_for_one_key_all_get_the_same_row(store: CredentialStore) -> None:
+    results = await asyncio.gather(
+        *(store.claim(KEY_A, f"user-{i}@anon.example.com", f"password-{i}") for i in range(50))
+    )
+
+    assert len(set(results)) == 1
+    winner = results[0]
+    assert winner.state == "pending"
+    assert winner.password == f"password-{winner.email.split('@')[0].removeprefix('user-')}"
+    assert await store.get(KEY_A) == winner
+    assert await store.count() == 1
+
+
+async def test_claims_for_different_keys_are_independent(store: CredentialStore) -> None:
+    a = await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+    b = await store.claim(KEY_B, EMAIL_2, PASSWORD_2)
+
+    assert (a.email, b.email) == (EMAIL_1, EMAIL_2)
+    assert await store.get(KEY_A) == a
+    assert await store.get(KEY_B) == b
+
+
+async def test_replace_with_a_stale_email_leaves_the_row_alone(store: CredentialStore) -> None:
+    await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+    await store.activate(KEY_A, EMAIL_1)
+
+    result = await store.replace(KEY_A, "stale@anon.example.com", EMAIL_2, PASSWORD_2)
+
+    assert result == StoredUser(KEY_A, EMAIL_1, PASSWORD_1, "active")
+    assert await store.get(KEY_A) == result
+
+
+async def test_replace_with_the_current_email_swaps_in_pending_credentials(
+    store: CredentialStore,
+) -> None:
+    await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+    await store.activate(KEY_A, EMAIL_1)
+
+    result = await store.replace(KEY_A, EMAIL_1, EMAIL_2, PASSWORD_2)
+
+    assert result == StoredUser(KEY_A, EMAIL_2, PASSWORD_2, "pending")
+    assert await store.get(KEY_A) == result
+    assert await store.count() == 1
+
+
+async def test_concurrent_replaces_of_one_row_have_one_winner(store: CredentialStore) -> None:
+    await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+
+    results = await asyncio.gather(
+        *(
+            store.replace(KEY_A, EMAIL_1, f"new-{i}@anon.example.com", f"password-{i}")
+            for i in range(10)
+        )
+    )
+
+    stored = await store.get(KEY_A)
+    assert stored is not None
+    assert stored.email.startswith("new-")
+    assert all(result == stored for result in results)
+
+
+async def test_replace_of_a_deleted_row_is_unavailable(store: CredentialStore) -> None:
+    with pytest.raises(StoreUnavailable):
+        await store.replace(KEY_A, EMAIL_1, EMAIL_2, PASSWORD_2)
+    assert await store.get(KEY_A) is None
+
+
+async def test_activate_needs_the_current_email(store: CredentialStore) -> None:
+    await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+
+    await store.activate(KEY_A, EMAIL_2)
+    assert (await store.get(KEY_A)) == StoredUser(KEY_A, EMAIL_1, PASSWORD_1, "pending")
+
+    await store.activate(KEY_A, EMAIL_1)
+    assert (await store.get(KEY_A)) == StoredUser(KEY_A, EMAIL_1, PASSWORD_1, "active")
+
+    await store.activate(KEY_A, EMAIL_1)  # idempotent
+    assert (await store.get(KEY_A)) == StoredUser(KEY_A, EMAIL_1, PASSWORD_1, "active")
+
+
+async def test_activate_of_a_missing_row_creates_nothing(store: CredentialStore) -> None:
+    await store.activate(KEY_A, EMAIL_1)
+    assert await store.get(KEY_A) is None
+
+
+async def test_delete_forgets_the_row_once(store: CredentialStore) -> None:
+    await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+    await store.claim(KEY_B, EMAIL_2, PASSWORD_2)
+
+    assert await store.delete(KEY_A) is True
+    assert await store.delete(KEY_A) is False
+    assert await store.get(KEY_A) is None
+    assert await store.get(KEY_B) is not None
+
+
+async def test_a_claim_after_delete_stores_new_credentials(store: CredentialStore) -> None:
+    await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+    await store.delete(KEY_A)
+
+    again = await store.claim(KEY_A, EMAIL_2, PASSWORD_2)
+
+    assert again == StoredUser(KEY_A, EMAIL_2, PASSWORD_2, "pending")
+
+
+async def test_count(store: CredentialStore) -> None:
+    for i in range(5):
+        await store.claim(f"{i:064x}", f"user-{i}@anon.example.com", f"password-{i}")
+    await store.claim(f"{0:064x}", EMAIL_1, PASSWORD_1)  # no new row
+    assert await store.count() == 5
+
+    await store.delete(f"{3:064x}")
+    assert await store.count() == 4
+
+
+@pytest.mark.parametrize(
+    "password", ["x", "a-typical-token_urlsafe-value-0123456789abcdefABCDEF", "pässwört ✓ 密码"]
+)
+async def test_passwords_decrypt_to_what_was_stored(store: CredentialStore, password: str) -> None:
+    await store.claim(KEY_A, EMAIL_1, password)
+    stored = await store.get(KEY_A)
+    assert stored is not None
+    assert stored.password == password
+
+
+async def test_stored_passwords_are_encrypted_with_a_fresh_nonce(
+    backend: Backend, store: CredentialStore
+) -> None:
+    await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+    await store.claim(KEY_B, EMAIL_1, PASSWORD_1)  # same email and password: only the key differs
+
+    row_a, row_b = await backend.raw_row(KEY_A), await backend.raw_row(KEY_B)
+    assert row_a is not None
+    assert row_b is not None
+    sealed_a, sealed_b = row_a[1], row_b[1]
+    for sealed in (sealed_a, sealed_b):
+        assert PASSWORD_1.encode() not in sealed
+        assert sealed[:1] == VERSION
+        assert len(sealed) == 1 + NONCE_BYTES + len(PASSWORD_1.encode()) + TAG_BYTES
+    assert sealed_a != sealed_b
+    assert sealed_a[1 : 1 + NONCE_BYTES] != sealed_b[1 : 1 + NONCE_BYTES]
+
+
+async def test_reclaiming_the_same_password_for_one_row_gives_new_ciphertext(
+    backend: Backend, store: CredentialStore
+) -> None:
+    await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+    first = await backend.raw_row(KEY_A)
+    await store.delete(KEY_A)
+    await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+    second = await backend.raw_row(KEY_A)
+
+    assert first is not None
+    assert second is not None
+    assert first[1] != second[1]
+
+
+async def test_a_ciphertext_copied_to_another_row_does_not_decrypt(
+    backend: Backend, store: CredentialStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+    await store.claim(KEY_B, EMAIL_1, PASSWORD_2)
+    row_a = await backend.raw_row(KEY_A)
+    assert row_a is not None
+
+    p = backend.param
+    await backend.execute(
+        f"UPDATE anonymous_users SET password = {p(1)} WHERE user_key = {p(2)}", row_a[1], KEY_B
+    )
+
+    with pytest.raises(StoreUnavailable) as caught:
+        await store.get(KEY_B)
+    assert PASSWORD_1 not in str(caught.value)
+    errors = [r for r in caplog.records if r.name == "proxy.store" and r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == ["a stored credential could not be decrypted"]
+    assert PASSWORD_1 not in caplog.text
+    assert KEY_B not in caplog.text
+    assert (await store.get(KEY_A)) == StoredUser(KEY_A, EMAIL_1, PASSWORD_1, "pending")
+
+
+async def test_a_ciphertext_moved_to_another_email_does_not_decrypt(
+    backend: Backend, store: CredentialStore
+) -> None:
+    await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+
+    p = backend.param
+    await backend.execute(
+        f"UPDATE anonymous_users SET email = {p(1)} WHERE user_key = {p(2)}", EMAIL_2, KEY_A
+    )
+
+    with pytest.raises(StoreUnavailable):
+        await store.get(KEY_A)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda sealed: b"", id="empty"),
+        pytest.param(lambda sealed: sealed[:1], id="version-only"),
+        pytest.param(lambda sealed: sealed[:8], id="short-nonce"),
+        pytest.param(lambda sealed: sealed[: 1 + NONCE_BYTES + 3], id="short-tag"),
+        pytest.param(lambda sealed: b"\x02" + sealed[1:], id="unknown-version"),
+        pytest.param(lambda sealed: sealed[:-1] + bytes([sealed[-1] ^ 1]), id="flipped-bit"),
+    ],
+)
+async def test_a_damaged_ciphertext_makes_get_unavailable(
+    backend: Backend, store: CredentialStore, damage: Callable[[bytes], bytes]
+) -> None:
+    await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+    row = await backend.raw_row(KEY_A)
+    assert row is not None
+
+    p = backend.param
+    await backend.execute(
+        f"UPDATE anonymous_users SET password = {p(1)} WHERE user_key = {p(2)}",
+        damage(row[1]),
+        KEY_A,
+    )
+
+    with pytest.raises(StoreUnavailable):
+        await store.get(KEY_A)
+
+
+async def test_reopening_with_another_key_is_refused(
+    backend: Backend, store: CredentialStore
+) -> None:
+    await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+    await store.close()
+
+    other = backend.new_store(OTHER_STORE_KEY)
+    with pytest.raises(StoreOpenError) as caught:
+        await other.open()
+
+    message = str(caught.value)
+    assert "encryption_key" in message
+    for key in (STORE_KEY, OTHER_STORE_KEY):
+        for rendering in (key.hex(), base64.b64encode(key).decode(), repr(key)[2:-1]):
+            assert rendering not in message
+    assert PASSWORD_1 not in message
+    with pytest.raises(StoreUnavailable):  # a failed open leaves nothing half-open
+        await other.ping()
+    await other.close()
+
+
+async def test_reopening_with_the_same_key_keeps_the_data(
+    backend: Backend, store: CredentialStore
+) -> None:
+    await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+    await store.activate(KEY_A, EMAIL_1)
+    await store.claim(KEY_B, EMAIL_2, PASSWORD_2)
+    await store.close()
+
+    async with opened(backend.new_store(STORE_KEY)) as reopened:
+        assert await reopened.get(KEY_A) == StoredUser(KEY_A, EMAIL_1, PASSWORD_1, "active")
+        assert await reopened.get(KEY_B) == StoredUser(KEY_B, EMAIL_2, PASSWORD_2, "pending")
+        assert await reopened.count() == 2
+
+
+async def test_the_schema_version_is_recorded(backend: Backend, store: CredentialStore) -> None:
+    assert await backend.meta("schema_version") == b"1"
+    key_check = await backend.meta("key_check")
+    assert key_check is not None
+    assert b"key check" not in key_check
+    Cipher(STORE_KEY).verify(key_check)
+
+
+async def test_a_newer_schema_version_is_refused(backend: Backend, store: CredentialStore) -> None:
+    await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+    await store.close()
+    await backend.set_meta("schema_version", b"2")
+
+    newer = backend.new_store()
+    with pytest.raises(StoreOpenError, match="schema version 2"):
+        await newer.open()
+    await newer.close()
+    assert await backend.meta("schema_version") == b"2"  # left as it was
+
+
+async def test_ping_answers_while_open(store: CredentialStore) -> None:
+    await store.ping()
+
+
+async def test_every_call_after_close_is_unavailable(store: CredentialStore) -> None:
+    await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+    await store.close()
+    await store.close()  # twice is fine
+
+    calls: list[Callable[[], Awaitable[Any]]] = [
+        store.ping,
+        lambda: store.get(KEY_A),
+        lambda: store.claim(KEY_B, EMAIL_2, PASSWORD_2),
+        lambda: store.replace(KEY_A, EMAIL_1, EMAIL_2, PASSWORD_2),
+        lambda: store.activate(KEY_A, EMAIL_1),
+        lambda: store.delete(KEY_A),
+        store.count,
+    ]
+    for call in calls:
+        with pytest.raises(StoreUnavailable):
+            await call()
+
+
+async def test_stored_user_repr_hides_the_password(store: CredentialStore) -> None:
+    user = await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+    assert PASSWORD_1 not in repr(user)
+
+
+# --- SQLite specifics -----------------------------------------------------------------------
+
+
+async def test_sqlite_file_is_created_owner_only(sqlite_backend: SqliteBackend) -> None:
+    async with opened(sqlite_backend.new_store()) as store:
+        await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+        assert stat.S_IMODE(sqlite_backend.path.stat().st_mode) == 0o600
+        wal = sqlite_backend.path.with_name(sqlite_backend.path.name + "-wal")
+        assert wal.exists()
+        assert stat.S_IMODE(wal.stat().st_mode) & 0o077 == 0
+
+
+async def test_sqlite_existing_world_readable_file_is_tightened(
+    sqlite_backend: SqliteBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    sqlite_backend.path.touch()
+    os.chmod(sqlite_backend.path, 0o644)
+
+    async with opened(sqlite_backend.new_store()):
+        assert stat.S_IMODE(sqlite_backend.path.stat().st_mode) == 0o600
+    assert any("0600" in record.getMessage() for record in caplog.records)
+
+
+async def test_sqlite_missing_folder_is_refused(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "missing" / "store.db", Cipher(STORE_KEY))
+    with pytest.raises(StoreOpenError, match="folder"):
+        await store.open()
+    assert not (tmp_path / "missing").exists()
+
+
+async def test_sqlite_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    path.write_bytes(b"this is not an SQLite database, just some text " * 100)
+    store = SqliteStore(path, Cipher(STORE_KEY))
+    with pytest.raises(StoreOpenError):
+        await store.open()
+    await store.close()
+
+
+async def test_sqlite_uses_the_wal_journal(sqlite_backend: SqliteBackend) -> None:
+    async with opened(sqlite_backend.new_store()):
+        with closing(sqlite3.connect(sqlite_backend.path)) as db:
+            (mode,) = db.execute("PRAGMA journal_mode").fetchone()
+    assert mode == "wal"
+
+
+async def test_sqlite_stores_opening_one_fresh_file_together_all_succeed(tmp_path: Path) -> None:
+    # Two processes on one volume (an overlapping restart) may open a new file at the same time;
+    # several rounds, because the race is narrow.
+    for round_ in range(30):
+        path = tmp_path / f"store-{round_}.db"
+        stores = [SqliteStore(path, Cipher(STORE_KEY)) for _ in range(4)]
+        try:
+            await asyncio.gather(*(store.open() for store in stores))
+            results = await asyncio.gather(
+                *(stores[i % 4].claim(KEY_A, f"user-{i}@anon.example.com", "pw") for i in range(8))
+            )
+            assert len({result.email for result in results}) == 1
+        finally:
+            for store in stores:
+                await store.close()
+
+
+async def test_sqlite_damaged_key_check_is_refused_at_open(sqlite_backend: SqliteBackend) -> None:
+    async with opened(sqlite_backend.new_store()):
+        pass
+    await sqlite_backend.set_meta("key_check", b"\x01short")
+
+    store = sqlite_backend.new_store()
+    with pytest.raises(StoreOpenError, match="encryption_key"):
+        await store.open()
+    await store.close()
+
+
+async def test_make_store_picks_the_backend_from_the_url(tmp_path: Path) -> None:
+    key = Secret(base64.b64encode(STORE_KEY).decode(), "test")
+    path = tmp_path / "made.db"
+
+    sqlite_store = make_store(StoreConfig(url=f"sqlite:///{path}", encryption_key=key))
+    assert isinstance(sqlite_store, SqliteStore)
+    assert sqlite_store.path == path
+    async with opened(sqlite_store):
+        await sqlite_store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+    assert path.exists()
+
+    postgres_store = make_store(StoreConfig(url="postgresql://u@db.invalid/x", encryption_key=key))
+    assert isinstance(postgres_store, PostgresStore)
+
+
+# --- PostgreSQL specifics -------------------------------------------------------------------
+
+
+async def test_postgres_unreachable_server_fails_open_fast() -> None:  # needs no server
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/test", Cipher(STORE_KEY), timeout=1)
+    started = time.monotonic()
+    with pytest.raises(StoreOpenError) as caught:
+        await store.open()
+    assert time.monotonic() - started < 5
+    assert "cannot open PostgreSQL store" in str(caught.value)
+    with pytest.raises(StoreUnavailable):
+        await store.ping()
+    await store.close()
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://postgres:pa/ss-w0rd@127.0.0.1:5432/test",
+        "postgresql://postgres:pa#ss-w0rd@127.0.0.1:5432/test",
+        "postgresql://postgres:pass-w0rd@[::1/test",
+        "postgresql://postgres:pass-w0rd@127.0.0.1:99999/test",
+    ],
+)
+async def test_postgres_malformed_url_fails_open_without_quoting_it(dsn: str) -> None:
+    store = PostgresStore(dsn, Cipher(STORE_KEY), timeout=1)
+    with pytest.raises(StoreOpenError, match="not a valid PostgreSQL URL") as caught:
+        await store.open()
+    for fragment in ("pa", "ss-w0rd", "w0rd"):
+        assert fragment not in str(caught.value).replace("PostgreSQL", "").replace("password", "")
+    await store.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_two_replicas_claiming_one_key_share_one_row(
+    postgres_backend: PostgresBackend,
+) -> None:
+    async with (
+        opened(postgres_backend.new_store()) as one,
+        opened(postgres_backend.new_store()) as two,
+    ):
+        results = await asyncio.gather(
+            *(
+                (one if i % 2 else two).claim(KEY_A, f"user-{i}@anon.example.com", f"pw-{i}")
+                for i in range(40)
+            )
+        )
+        assert len({result.email for result in results}) == 1
+        assert len(set(results)) == 1
+        assert await one.count() == 1
+        assert await two.get(KEY_A) == results[0]
+    rows = await postgres_backend.fetch("SELECT user_key FROM anonymous_users")
+    assert rows == [(KEY_A,)]
+
+
+@pytest.mark.postgres
+async def test_postgres_replicas_migrating_together_both_succeed(
+    postgres_backend: PostgresBackend,
+) -> None:
+    stores = [postgres_backend.new_store() for _ in range(2)]
+    await asyncio.gather(*(store.open() for store in stores))
+    try:
+        assert await postgres_backend.meta("schema_version") == b"1"
+        (key_checks,) = await postgres_backend.fetch(
+            "SELECT count(*) FROM gini_proxy_meta WHERE name = 'key_check'"
+        )
+        assert key_checks == (1,)
+        first = await stores[0].claim(KEY_A, EMAIL_1, PASSWORD_1)
+        assert await stores[1].claim(KEY_A, EMAIL_2, PASSWORD_2) == first
+    finally:
+        for store in stores:
+            await store.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_search_path_isolates_tests(postgres_backend: PostgresBackend) -> None:
+    async with opened(postgres_backend.new_store()):
+        rows = await postgres_backend.fetch(
+            "SELECT table_schema FROM information_schema.tables"
+            " WHERE table_name = 'anonymous_users' AND table_schema = current_schema()"
+        )
+    assert len(rows) == 1
+    assert str(rows[0][0]).startswith("gp_test_")
+
+
+# --- the cipher -----------------------------------------------------------------------------
+
+
+def test_cipher_round_trip() -> None:
+    cipher = Cipher(STORE_KEY)
+    sealed = cipher.seal(b"secret", b"context")
+    assert cipher.open(sealed, b"context") == b"secret"
+    assert cipher.open(cipher.seal(b"", b"context"), b"context") == b""
+
+
+def test_cipher_uses_a_random_nonce() -> None:
+    cipher = Cipher(STORE_KEY)
+    sealed = {cipher.seal(b"secret", b"context") for _ in range(20)}
+    assert len(sealed) == 20
+    assert len({value[1 : 1 + NONCE_BYTES] for value in sealed}) == 20
+
+
+def test_cipher_binds_the_associated_data() -> None:
+    cipher = Cipher(STORE_KEY)
+    sealed = cipher.seal(b"secret", b"context")
+    with pytest.raises(WrongKey):
+        cipher.open(sealed, b"another context")
+
+
+def test_cipher_password_context_binds_key_and_email() -> None:
+    cipher = Cipher(STORE_KEY)
+    sealed = cipher.seal_password(KEY_A, EMAIL_1, PASSWORD_1)
+    assert cipher.open_password(KEY_A, EMAIL_1, sealed) == PASSWORD_1
+    for key, email in ((KEY_B, EMAIL_1), (KEY_A, EMAIL_2)):
+        with pytest.raises(StoreUnavailable):
+            cipher.open_password(key, email, sealed)
+
+
+def test_cipher_rejects_another_key() -> None:
+    sealed = Cipher(STORE_KEY).seal(b"secret", b"context")
+    with pytest.raises(WrongKey):
+        Cipher(OTHER_STORE_KEY).open(sealed, b"context")
+
+
+def test_cipher_sealed_values_start_with_the_version_byte() -> None:
+    cipher = Cipher(STORE_KEY)
+    sealed = cipher.seal(b"secret", b"context")
+    assert VERSION == b"\x01"
+    assert sealed[:1] == VERSION
+    assert len(sealed) == 1 + NONCE_BYTES + len(b"secret") + TAG_BYTES
+    with pytest.raises(WrongKey, match="version"):
+        cipher.open(b"\x02" + sealed[1:], b"context")
+
+
+@pytest.mark.parametrize("length", [0, 1, 5, 8, 13, 1 + NONCE_BYTES + TAG_BYTES - 1])
+def test_cipher_truncated_values_raise_wrong_key(length: int) -> None:
+    cipher = Cipher(STORE_KEY)
+    sealed = cipher.seal(b"secret", b"context")
+    with pytest.raises(WrongKey):
+        cipher.open(sealed[:length], b"context")
+
+
+def test_cipher_key_check() -> None:
+    check = Cipher(STORE_KEY).check_value()
+    Cipher(STORE_KEY).verify(check)
+    with pytest.raises(WrongKey, match="encryption_key"):
+        Cipher(OTHER_STORE_KEY).verify(check)
+    with pytest.raises(WrongKey, match="encryption_key"):
+        Cipher(STORE_KEY).verify(Cipher(STORE_KEY).seal(b"something else", b"key-check"))
+
+
+@pytest.mark.parametrize("length", [0, 16, 24, 31, 33, 64])
+def test_cipher_needs_a_32_byte_key(length: int) -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        Cipher(b"k" * length)

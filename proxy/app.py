@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from .accesslog import AccessLog
 from .anonymous import AnonymousUsers
 from .config import Config
 from .errors import MethodNotAllowed, NotFound, ProxyError
@@ -21,6 +23,9 @@ from .routes import GINI_TEMPLATES, RouteTable
 from .stores import CredentialStore, make_store
 from .tokens import TokenCache
 from .upstream import Upstream
+
+if TYPE_CHECKING:
+    from .response_cache import ResponseCache
 
 PROXY_ENDPOINTS = {
     "/_proxy/tokens/derived": "POST",
@@ -41,18 +46,30 @@ class Services:
     upstream: Upstream = field(init=False)
     deriver: IdentifierDeriver = field(init=False)
     forwarder: Forwarder = field(init=False)
+    response_cache: ResponseCache | None = field(init=False)
     routes: RouteTable = field(init=False)
     gini: GiniClient = field(init=False)
     token_caches: dict[str, TokenCache] = field(init=False)
     store: CredentialStore | None = field(init=False)
     anonymous: AnonymousUsers | None = field(init=False)
     endpoints: TokenEndpoints = field(init=False)
+    access_log: AccessLog = field(init=False)
 
     def __post_init__(self) -> None:
         config = self.config
+        lifecycle = self.lifecycle
+        self.metrics.in_flight.set_function(lambda: lifecycle.in_flight)
         self.upstream = Upstream(config.upstream, self.metrics)
         self.deriver = IdentifierDeriver(config.identity.hmac_key.encode())
-        self.forwarder = Forwarder(config, self.upstream, self.deriver)
+        self.response_cache = None
+        if config.response_cache is not None:
+            from .response_cache import ResponseCache  # noqa: PLC0415 - loads its backends
+
+            self.response_cache = ResponseCache(
+                config.response_cache, config.identity.hmac_key.encode(), self.metrics
+            )
+        self.forwarder = Forwarder(config, self.upstream, self.deriver, self.response_cache)
+        self.access_log = AccessLog(tuple(config.secrets()))
         self.routes = RouteTable(GINI_TEMPLATES + tuple(PROXY_ENDPOINTS))
         self.gini = GiniClient(
             self.upstream, basic_auth(config.client.id, config.client.secret.value)
@@ -110,7 +127,13 @@ def build_proxy_app(services: Services) -> web.Application:
     """The app behind `listen`: flow-1 forwarding, token vending, the /_proxy/ endpoints."""
     app = web.Application(
         middlewares=[
-            observe(services.config, services.metrics, services.routes, services.lifecycle)
+            observe(
+                services.config,
+                services.metrics,
+                services.routes,
+                services.lifecycle,
+                services.access_log,
+            )
         ],
         client_max_size=services.config.max_body_bytes,
     )
@@ -121,9 +144,14 @@ def build_proxy_app(services: Services) -> web.Application:
         if services.store is not None:
             await services.store.open()
         await services.upstream.start()
+        if services.response_cache is not None:
+            await services.response_cache.start()
         try:
             yield
         finally:
+            services.access_log.flush()
+            if services.response_cache is not None:
+                await services.response_cache.close()
             for cache in services.token_caches.values():
                 await cache.close()
             await services.upstream.close()

@@ -18,6 +18,8 @@ class RequestContext:
     __slots__ = (
         "body_too_large",
         "bytes_out",
+        "cache_key",
+        "cache_template",
         "gini_request_id",
         "request_id",
         "response_started",
@@ -33,6 +35,8 @@ class RequestContext:
         self.bytes_out = 0
         self.body_too_large = False
         self.response_started: web.StreamResponse | None = None
+        self.cache_template: str | None = None  # set on a response-cache miss: store under
+        self.cache_key: str | None = None
 
     @staticmethod
     def of(request: web.Request) -> RequestContext:

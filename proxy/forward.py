@@ -1,33 +1,43 @@
 """Flow 1: relay a caller's request to the Pay API with Gini credentials, and the answer back.
 
-Everything that depends only on the config (the Basic header, header drop sets, rewriters,
-the upstream base) is computed once in `Forwarder.__init__`; per request the work is header
-filtering, one memoised HMAC and the relay itself.
+Everything that depends only on the config (the Basic header, header drop lists, rewriters,
+the upstream base, timeouts) is computed once in `Forwarder.__init__`; per request the work is
+header filtering, one memoised HMAC and the relay itself (`relay.Relay`).
+
+Timeouts: `upstream.timeout_seconds` bounds the wait for response headers and for each body
+chunk. A request whose body is in memory runs under one deadline (one timer), moved on when
+headers arrive; a streamed upload uses aiohttp's per-read timeout, which only starts once the
+body is sent. The benchmark showed aiohttp's per-read timer costing more than the deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .body import read_bounded, recode_json
+from .body import read_bounded
 from .config import Config
 from .context import RequestContext
 from .errors import BadRequest, MethodNotAllowed, PayloadTooLarge
 from .identity import IdentifierDeriver, validate_user_id
-from .rewrite import NEVER_FORWARD, NEVER_RETURN, UrlRewriter, filter_headers, is_json_type
+from .relay import Relay
+from .rewrite import NEVER_FORWARD, UrlRewriter, drop_headers, is_json_type
 from .upstream import PAY_API, Upstream
+
+if TYPE_CHECKING:
+    from .response_cache import ResponseCache
 
 # Bodies up to this size are read whole before relaying: one write instead of a chunk loop.
 SMALL_BODY = 64 * 1024
 STREAM_CHUNK = 256 * 1024
-_NO_BODY_STATUSES = frozenset({204, 304})
 # TRACE would echo the injected credentials back to the caller; CONNECT would open a tunnel.
 REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
 
@@ -40,7 +50,13 @@ def basic_auth(client_id: str, secret: str) -> str:
 class Forwarder:
     """The flow-1 handler: one instance per app, called for every Pay API request."""
 
-    def __init__(self, config: Config, upstream: Upstream, deriver: IdentifierDeriver):
+    def __init__(
+        self,
+        config: Config,
+        upstream: Upstream,
+        deriver: IdentifierDeriver,
+        cache: ResponseCache | None = None,
+    ):
         self.upstream = upstream
         self.deriver = deriver
         self.identity_header = config.identity.header
@@ -51,11 +67,21 @@ class Forwarder:
         drop = set(NEVER_FORWARD) | {self.identity_header.lower(), "accept-encoding"}
         if config.inbound_auth is not None:
             drop.add(config.inbound_auth.header.lower())
-        self.drop = frozenset(drop)
-        self.to_public = UrlRewriter(self.base, config.public_url)
+        self.drop = tuple(sorted(drop))
         self.to_upstream = UrlRewriter(config.public_url, self.base)
         self.max_body = config.max_body_bytes
         self.max_rewrite = config.max_rewrite_bytes
+        self.timeout = config.upstream.timeout_seconds
+        self._plain_timeout = upstream.plain_timeout
+        self._upload_timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=config.upstream.connect_timeout_seconds,
+            sock_read=config.upstream.timeout_seconds,
+        )
+        self.relay = Relay(
+            UrlRewriter(self.base, config.public_url), config.max_rewrite_bytes, cache, self.timeout
+        )
+        self.cache = cache
 
     def upstream_url(self, raw_target: str) -> URL:
         """The Pay API URL for a request target; anything but an origin-form path is refused.
@@ -71,15 +97,16 @@ class Forwarder:
         return url
 
     def upstream_headers(
-        self, request: web.Request, ctx: RequestContext, user_id: str
+        self, request: web.Request, ctx: RequestContext, identifier: str
     ) -> CIMultiDict[str]:
-        headers = CIMultiDict(filter_headers(request.headers.items(), self.drop))
-        # Only encodings this proxy can undo for URL rewriting are offered to Gini.
+        headers = drop_headers(request.headers, self.drop)
+        # Only encodings this proxy can undo for URL rewriting are offered to Gini, and the
+        # choice is always explicit so the client library adds no default of its own.
         accept = request.headers.get("Accept-Encoding", "").lower()
-        if "gzip" in accept or "deflate" in accept:
-            headers["Accept-Encoding"] = "gzip, deflate"
+        gzip = "gzip" in accept or "deflate" in accept
+        headers["Accept-Encoding"] = "gzip, deflate" if gzip else "identity"
         headers["Authorization"] = self.basic
-        headers["X-User-Identifier"] = self.deriver(user_id)
+        headers["X-User-Identifier"] = identifier
         headers["X-Request-Id"] = ctx.request_id
         return headers
 
@@ -88,21 +115,36 @@ class Forwarder:
         ctx = RequestContext.of(request)
         if request.method in REFUSED_METHODS:
             raise MethodNotAllowed("This method is never forwarded to Gini.")
-        user_id = validate_user_id(request.headers.get(self.identity_header))
+        identifier = self.deriver(validate_user_id(request.headers.get(self.identity_header)))
         url = self.upstream_url(request.raw_path)
-        headers = self.upstream_headers(request, ctx, user_id)
+        headers = self.upstream_headers(request, ctx, identifier)
+        if self.cache is not None:
+            hit = await self.relay.lookup(request, ctx, identifier, headers)
+            if hit is not None:
+                return hit
         data = await self._request_body(request, ctx, headers)
+        streamed_upload = data is not None and not isinstance(data, bytes)
+        typed = data is None or "Content-Type" in headers
         started = time.perf_counter()
         try:
-            async with self.upstream.session.request(
-                request.method, url, headers=headers, data=data, allow_redirects=False
-            ) as answer:
-                ctx.upstream_seconds = time.perf_counter() - started
-                self.upstream.metrics.observe_upstream(PAY_API, ctx.upstream_seconds)
-                ctx.gini_request_id = answer.headers.get("X-Request-Id")
-                if answer.status >= 500:
-                    self.upstream.metrics.upstream_error(PAY_API, "status_5xx")
-                return await self._relay(request, ctx, answer)
+            async with asyncio.timeout(None if streamed_upload else self.timeout) as deadline:
+                async with self.upstream.session.request(
+                    request.method,
+                    url,
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    timeout=self._upload_timeout if streamed_upload else self._plain_timeout,
+                    skip_auto_headers=None if typed else _NO_CONTENT_TYPE,
+                ) as answer:
+                    ctx.upstream_seconds = time.perf_counter() - started
+                    self.upstream.metrics.observe_upstream(PAY_API, ctx.upstream_seconds)
+                    ctx.gini_request_id = answer.headers.get("X-Request-Id")
+                    if answer.status >= 500:
+                        self.upstream.metrics.upstream_error(PAY_API, "status_5xx")
+                    if not streamed_upload:
+                        deadline.reschedule(asyncio.get_running_loop().time() + self.timeout)
+                    return await self.relay.answer(request, ctx, answer, deadline)
         except (aiohttp.ClientError, TimeoutError) as exc:
             if isinstance(exc.__cause__, PayloadTooLarge) or ctx.body_too_large:
                 raise PayloadTooLarge from None
@@ -145,67 +187,6 @@ class Forwarder:
                 raise PayloadTooLarge
             yield chunk
 
-    def _response_headers(
-        self, answer: aiohttp.ClientResponse, ctx: RequestContext
-    ) -> CIMultiDict[str]:
-        headers = CIMultiDict(filter_headers(answer.headers.items(), NEVER_RETURN))
-        for name in ("Location", "Content-Location"):
-            value = headers.get(name)
-            if value is not None:
-                headers[name] = self.to_public.url(value)
-        if ctx.gini_request_id is not None:
-            headers["X-Gini-Request-Id"] = ctx.gini_request_id
-        headers["X-Request-Id"] = ctx.request_id
-        return headers
 
-    async def _relay(
-        self, request: web.Request, ctx: RequestContext, answer: aiohttp.ClientResponse
-    ) -> web.StreamResponse:
-        headers = self._response_headers(answer, ctx)
-        length = answer.content_length
-        if request.method == "HEAD" or answer.status in _NO_BODY_STATUSES:
-            if length is not None and request.method == "HEAD":
-                headers["Content-Length"] = str(length)
-            return web.Response(status=answer.status, reason=answer.reason, headers=headers)
-        if is_json_type(answer.headers.get("Content-Type", "")) and (
-            length is None or length <= self.max_rewrite
-        ):
-            body, complete = await read_bounded(answer.content, self.max_rewrite)
-            if complete:
-                encoding = headers.get("Content-Encoding", "identity").lower()
-                recoded = recode_json(body, encoding, self.max_rewrite, self.to_public.json)
-                if recoded is not None:
-                    headers.popall("Content-Encoding", None)
-                    body = recoded
-                return web.Response(
-                    status=answer.status, reason=answer.reason, headers=headers, body=body
-                )
-            return await self._stream(request, ctx, answer, headers, body)
-        if length is not None and length <= SMALL_BODY:
-            body = await answer.read()
-            return web.Response(
-                status=answer.status, reason=answer.reason, headers=headers, body=body
-            )
-        return await self._stream(request, ctx, answer, headers, b"")
-
-    async def _stream(
-        self,
-        request: web.Request,
-        ctx: RequestContext,
-        answer: aiohttp.ClientResponse,
-        headers: CIMultiDict[str],
-        prefix: bytes,
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
-        if answer.content_length is not None:
-            response.content_length = answer.content_length
-        await response.prepare(request)
-        ctx.response_started = response
-        if prefix:
-            await response.write(prefix)
-            ctx.bytes_out += len(prefix)
-        async for chunk in answer.content.iter_chunked(STREAM_CHUNK):
-            await response.write(chunk)
-            ctx.bytes_out += len(chunk)
-        await response.write_eof()
-        return response
+# A body sent without a Content-Type stays without one (aiohttp would add octet-stream).
+_NO_CONTENT_TYPE = ("Content-Type",)

@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 
+from . import __version__
 from .errors import BadGateway, ProxyError, UpstreamRejected, UpstreamUnavailable
 from .log import current_request_id, hide
 from .tokens import Token, lifetime_from
@@ -31,6 +32,8 @@ JSON = "application/json"
 GINI_JSON = "application/vnd.gini.v1+json"
 BACKOFF_BASE = 0.1
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Answers are parsed here, so never compressed; and the proxy says who it is.
+_COMMON_HEADERS = {"Accept-Encoding": "identity", "User-Agent": f"gini-auth-proxy/{__version__}"}
 
 
 class InvalidGrant(Exception):
@@ -72,6 +75,7 @@ class GiniClient:
         self.pay_api = upstream.config.pay_api
         self.user_center = upstream.config.user_center
         self.max_retries = upstream.config.max_retries
+        self.timeout = upstream.config.timeout_seconds
         self.clock = clock
         self.sleep = sleep
 
@@ -161,16 +165,20 @@ class GiniClient:
         body: Any = None,
     ) -> Answer:
         """One call with retries; returns the final answer or raises the contract error."""
+        headers = {**headers, **_COMMON_HEADERS}
         request_id = current_request_id()
         if request_id is not None:  # the request that needed this call, for Gini support
-            headers = {**headers, "X-Request-Id": request_id}
+            headers["X-Request-Id"] = request_id
         attempt = 0
         while True:
             started = time.perf_counter()
             try:
-                async with self.upstream.session.request(
-                    method, url, headers=headers, data=body, allow_redirects=False
-                ) as response:
+                async with (
+                    asyncio.timeout(self.timeout),
+                    self.upstream.session.request(
+                        method, url, headers=headers, data=body, allow_redirects=False
+                    ) as response,
+                ):
                     self.upstream.metrics.observe_upstream(upstream, time.perf_counter() - started)
                     answer = Answer(response.status, await response.read())
             except (aiohttp.ClientError, TimeoutError) as exc:

@@ -25,6 +25,7 @@ _PATTERNS = re.compile(
     r"|((?:access_token|refresh_token|password|client_secret|secret)"
     r"""(?:\\?["'])?\s*[:=]\s*(?:\\?["'])?)[^\s\"'&,}\\]{2,}"""
 )
+_PATTERN_WORDS = ("bearer", "basic", "token", "password", "secret")
 # What the current request's log lines carry and hide: its request id (added to every line
 # logged in its context, including single-flight fetch tasks it started) and the values only
 # it knows (its raw user id, the token or password it handles).
@@ -91,6 +92,11 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
+        # Every pattern match contains one of these words; most lines contain none, and the
+        # pattern itself is slow (no literal prefix to scan for). casefold, as `(?i)` folds.
+        folded = text.casefold()
+        if not any(word in folded for word in _PATTERN_WORDS):
+            return text
         return _PATTERNS.sub(lambda m: (m.group(1) or m.group(2)) + REDACTED, text)
 
 
@@ -125,9 +131,20 @@ class JsonFormatter(logging.Formatter):
         return self.redactor(json.dumps(entry, default=str, ensure_ascii=False))
 
 
+_access_output: IO[str] | None = None
+
+
+def access_stream() -> IO[str] | None:
+    """Where access lines go: the configured output, or None (not configured, level > info)."""
+    return _access_output
+
+
 def configure_logging(level: str, redactor: Redactor, stream: IO[str] | None = None) -> None:
     """Send every logger's records to `stream` (stdout) as redacted JSON lines."""
-    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
+    global _access_output  # noqa: PLW0603 - logging output is process-wide by nature
+    output = stream if stream is not None else sys.stdout
+    _access_output = output if logging.getLevelName(level.upper()) <= logging.INFO else None
+    handler = logging.StreamHandler(output)
     handler.setFormatter(JsonFormatter(redactor))
     root = logging.getLogger()
     for old in root.handlers[:]:

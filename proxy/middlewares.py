@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import logging
 import os
 import random
@@ -18,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from .accesslog import AccessLog
 from .config import Config, InboundAuthConfig
 from .context import CONTEXT, RequestContext
 from .errors import InternalError, MethodNotAllowed, NotFound, ProxyError, Unauthenticated
@@ -28,15 +30,21 @@ from .routes import RouteTable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-access_log = logging.getLogger("proxy.access")
 log = logging.getLogger("proxy.errors")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 CLIENT_CLOSED = 499  # nginx's convention for "the caller went away"; metrics only
 
 
+# Ids must be unique, not secret: a random per-process prefix and a counter, instead of a
+# getrandom() system call per request.
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
+
+
 def new_request_id() -> str:
-    return os.urandom(16).hex()
+    """32 hex characters, unique across processes and requests."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 def error_response(error: ProxyError, request_id: str) -> web.Response:
@@ -72,13 +80,12 @@ def inbound_check(auth: InboundAuthConfig | None) -> Callable[[web.Request], boo
 
 
 def observe(
-    config: Config, metrics: Metrics, routes: RouteTable, lifecycle: Lifecycle
+    config: Config, metrics: Metrics, routes: RouteTable, lifecycle: Lifecycle, access: AccessLog
 ) -> Middleware:
     """Build the middleware with every config-dependent choice made here, once."""
     authenticated = inbound_check(config.inbound_auth)
     log_every = config.logging.access_log and config.logging.access_log_sample_rate >= 1.0
     sample_rate = config.logging.access_log_sample_rate if config.logging.access_log else 0.0
-    in_flight = metrics.in_flight
     identity_header = config.identity.header
 
     @web.middleware
@@ -90,7 +97,6 @@ def observe(
         ctx = RequestContext(request_id, routes.match(request.path))
         request[CONTEXT] = ctx
         scope = request_scope(request_id, request.headers.get(identity_header, ""))
-        in_flight.inc()
         lifecycle.in_flight += 1
         status = CLIENT_CLOSED
         try:
@@ -118,31 +124,11 @@ def observe(
                 response.headers["X-Request-Id"] = request_id
             return response
         finally:
-            in_flight.dec()
             lifecycle.request_done()
             seconds = time.perf_counter() - started
             metrics.observe_request(request.method, ctx.route, status, seconds)
             if log_every or (sample_rate and random.random() < sample_rate):  # noqa: S311
-                _log_access(request, ctx, status, seconds)
+                access.write(request, ctx, status, seconds)
             end_request_scope(scope)
 
     return middleware
-
-
-def _log_access(request: web.Request, ctx: RequestContext, status: int, seconds: float) -> None:
-    access_log.info(
-        "request",
-        extra={
-            "request_id": ctx.request_id,
-            "gini_request_id": ctx.gini_request_id,
-            "method": request.method,
-            "route": ctx.route,
-            "status": status,
-            "duration_ms": round(seconds * 1000, 3),
-            "upstream_ms": None
-            if ctx.upstream_seconds is None
-            else round(ctx.upstream_seconds * 1000, 3),
-            "bytes_in": request.content_length,
-            "bytes_out": ctx.bytes_out or None,
-        },
-    )

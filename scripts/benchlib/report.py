@@ -1,0 +1,194 @@
+"""The machine description, the results table and the verdict against the targets."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from .loop import uses_uvloop
+from .transfer import MIB, TransferResult
+from .wrk import WrkResult
+
+TARGET_RATIO = 0.8
+TARGET_ADDED_P50_MS = 0.35
+TARGET_RSS_MIB = 80.0
+TARGET_RSS_REQUESTS = 100_000
+TARGET_GROWTH_MIB = 20.0
+
+ROWS = (
+    ("direct", "direct to upstream"),
+    ("bare", "bare aiohttp forwarder"),
+    ("proxy_log_on", "proxy, access log on"),
+    ("proxy_log_off", "proxy, access log off"),
+)
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine_info(wrk_version: str, upstream_version: str, code: str) -> dict[str, str]:
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "aiohttp": _version("aiohttp"),
+        "uvloop": f"yes ({_version('uvloop')})" if uses_uvloop() else "no",
+        "wrk": wrk_version,
+        "upstream": upstream_version,
+        "code": code,
+    }
+
+
+@dataclass
+class Results:
+    machine: dict[str, str]
+    quick: bool
+    warmup_s: int
+    duration_s: int
+    many: dict[str, WrkResult] = field(default_factory=dict)  # 32 connections
+    one: dict[str, WrkResult] = field(default_factory=dict)  # 1 connection
+    proxy_requests: int = 0
+    rss_idle_kib: int = 0
+    rss_after_kib: int = 0
+    transfers: list[TransferResult] = field(default_factory=list)
+    profiles: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, object]:
+        data = asdict(self)
+        for group in ("many", "one"):
+            for key, result in getattr(self, group).items():
+                data[group][key]["rps"] = result.rps
+        for index, transfer in enumerate(self.transfers):
+            data["transfers"][index]["growth_mib"] = transfer.growth_mib
+        data["verdict"] = [list(row) for row in self.verdict()]
+        return data
+
+    def verdict(self) -> list[tuple[str, str, str]]:
+        """(target, measured, PASS|FAIL|n/a) for each target."""
+        rows: list[tuple[str, str, str]] = []
+        bare, proxy = self.many.get("bare"), self.many.get("proxy_log_on")
+        if bare and proxy and bare.rps:
+            ratio = proxy.rps / bare.rps
+            rows.append(
+                (
+                    f"proxy req/s >= {TARGET_RATIO} x bare (32 conns, access log on)",
+                    f"{ratio:.2f} x ({proxy.rps:.0f} / {bare.rps:.0f})",
+                    _ok(ratio >= TARGET_RATIO),
+                )
+            )
+        off = self.many.get("proxy_log_off")
+        if bare and off and bare.rps:
+            ratio = off.rps / bare.rps
+            rows.append(
+                (
+                    f"  same with access log off (information, {TARGET_RATIO} x)",
+                    f"{ratio:.2f} x ({off.rps:.0f} / {bare.rps:.0f})",
+                    _ok(ratio >= TARGET_RATIO),
+                )
+            )
+        direct, one = self.one.get("direct"), self.one.get("proxy_log_on")
+        if direct and one:
+            added = one.p50_ms - direct.p50_ms
+            rows.append(
+                (
+                    f"added p50 at 1 conn <= {TARGET_ADDED_P50_MS} ms (proxy - direct)",
+                    f"{added:.3f} ms ({one.p50_ms:.3f} - {direct.p50_ms:.3f})",
+                    _ok(added <= TARGET_ADDED_P50_MS),
+                )
+            )
+        if self.rss_after_kib:
+            mib = self.rss_after_kib / 1024
+            enough = self.proxy_requests >= TARGET_RSS_REQUESTS
+            rows.append(
+                (
+                    f"RSS <= {TARGET_RSS_MIB:.0f} MiB after >= 100k requests",
+                    f"{mib:.1f} MiB after {self.proxy_requests:,} requests",
+                    _ok(mib <= TARGET_RSS_MIB) if enough else "n/a (too few requests)",
+                )
+            )
+        for transfer in self.transfers:
+            rows.append(
+                (
+                    f"peak RSS growth < {TARGET_GROWTH_MIB:.0f} MiB, "
+                    f"{transfer.size // MIB} MiB {transfer.what}",
+                    f"{transfer.growth_mib:.1f} MiB",
+                    _ok(transfer.growth_mib < TARGET_GROWTH_MIB),
+                )
+            )
+        return rows
+
+    def passed(self) -> bool:
+        return all(
+            status != "FAIL" for target, _, status in self.verdict() if not target.startswith(" ")
+        )
+
+    def table(self) -> str:
+        m = self.machine
+        lines = [
+            f"## gini-auth-proxy bench ({'QUICK smoke run' if self.quick else 'full run'})",
+            "",
+            f"machine: nproc {m['nproc']} | CPU {m['cpu']} | kernel {m['kernel']} | "
+            f"Python {m['python']} | aiohttp {m['aiohttp']} | uvloop {m['uvloop']}",
+            f"tools: {m['wrk']} | upstream: {m['upstream']}",
+            f"code under test: {m['code']}",
+            f"load: wrk -t1, GET /documents (~300 B JSON), X-User-Id set by Lua; "
+            f"{self.warmup_s} s warm-up (discarded) then {self.duration_s} s per row",
+            "",
+            "| server                  | conns |   req/s | p50 ms | p90 ms | p99 ms | errors "
+            "| server CPU us/req | other load, steal (cores) |",
+            "|-------------------------|------:|--------:|-------:|-------:|-------:|-------:"
+            "|------------------:|--------------------------:|",
+        ]
+        for conns, group in ((32, self.many), (1, self.one)):
+            for key, label in ROWS:
+                r = group.get(key)
+                if r is None:
+                    continue
+                lines.append(
+                    f"| {label:<23} | {conns:>5} | {r.rps:>7.0f} | {r.p50_ms:>6.3f} | "
+                    f"{r.p90_ms:>6.3f} | {r.p99_ms:>6.3f} | {r.errors:>6} | "
+                    f"{r.cpu_us_per_request:>17.0f} | "
+                    f"{f'{r.other_cores:.2f}, {r.steal_cores:.2f}':>25} |"
+                )
+        lines += [
+            "",
+            "| proxy memory (access log on)  | VmRSS MiB, baseline -> peak (growth) |",
+            "|-------------------------------|--------------------------------------|",
+            f"| idle, after start             | {self.rss_idle_kib / 1024:<36.1f} |",
+            f"| after {self.proxy_requests:>9,} requests     "
+            f"| {self.rss_after_kib / 1024:<36.1f} |",
+        ]
+        for t in self.transfers:
+            label = f"during a {t.size // MIB} MiB {t.what}"
+            figures = (
+                f"{t.baseline_kib / 1024:.1f} -> {t.peak_kib / 1024:.1f} "
+                f"({t.growth_mib:+.1f}) at {t.mib_per_s:.0f} MiB/s"
+            )
+            lines.append(f"| {label:<29} | {figures:<36} |")
+        lines += [
+            "",
+            "| target                                                   | measured"
+            "                          | result |",
+            "|----------------------------------------------------------|"
+            "-----------------------------------|--------|",
+        ]
+        for target, measured, status in self.verdict():
+            lines.append(f"| {target:<56} | {measured:<33} | {status:<6} |")
+        return "\n".join(lines)
+
+
+def _ok(condition: bool) -> str:
+    return "PASS" if condition else "FAIL"

@@ -1,0 +1,106 @@
+"""The local upstream: a minimal aiohttp app standing in for the Pay API.
+
+`GET /documents` answers a fixed JSON body of about 300 bytes with no absolute URL in it (so the
+proxy's URL rewriting finds nothing to change), `POST /upload` reads the request body as a stream
+and reports its size, `GET /download?bytes=N` streams N bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+from aiohttp import web
+
+from .loop import run_on_fast_loop
+
+DOCUMENTS = json.dumps(
+    {
+        "totalCount": 2,
+        "documents": [
+            {
+                "id": "626626a0-749f-11e2-bfd6-000000000000",
+                "name": "invoice-2024-0001.pdf",
+                "creationDate": 1360623867402,
+                "progress": "COMPLETED",
+                "origin": "UPLOAD",
+                "sourceClassification": "NATIVE",
+                "pageCount": 1,
+            },
+            {
+                "id": "7b5a7f79-ae7c-4040-b6cf-25cde58ad937",
+                "name": "receipt-0815.jpg",
+                "creationDate": 1360623867555,
+                "progress": "PENDING",
+                "origin": "UPLOAD",
+                "sourceClassification": "SCANNED",
+                "pageCount": 1,
+            },
+        ],
+    },
+    separators=(",", ":"),
+).encode()
+CHUNK = 64 * 1024
+_BLOCK = b"\xa5" * CHUNK
+
+
+async def documents(request: web.Request) -> web.Response:
+    return web.Response(body=DOCUMENTS, content_type="application/json")
+
+
+async def upload(request: web.Request) -> web.Response:
+    received = 0
+    async for chunk in request.content.iter_any():
+        received += len(chunk)
+    return web.json_response({"received": received})
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    try:
+        size = int(request.query.get("bytes", "0"))
+    except ValueError:
+        raise web.HTTPBadRequest(text="bytes must be an integer") from None
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.content_length = size
+    await response.prepare(request)
+    view = memoryview(_BLOCK)
+    left = size
+    while left > 0:
+        step = min(left, CHUNK)
+        await response.write(view[:step])
+        left -= step
+    await response.write_eof()
+    return response
+
+
+def build_app() -> web.Application:
+    app = web.Application()
+    app.router.add_get("/documents", documents)
+    app.router.add_post("/upload", upload)
+    app.router.add_get("/download", download)
+    return app
+
+
+async def serve(host: str, port: int) -> int:
+    runner = web.AppRunner(build_app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+    await site.start()
+    try:
+        await asyncio.Event().wait()  # until SIGTERM ends the process
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="bench upstream (Pay API stand-in)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    return run_on_fast_loop(serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

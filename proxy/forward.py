@@ -5,9 +5,10 @@ the upstream base, timeouts) is computed once in `Forwarder.__init__`; per reque
 header filtering, one memoised HMAC and the relay itself (`relay.Relay`).
 
 Timeouts: `upstream.timeout_seconds` bounds the wait for response headers and for each body
-chunk. A request whose body is in memory runs under one deadline (one timer), moved on when
-headers arrive; a streamed upload uses aiohttp's per-read timeout, which only starts once the
-body is sent. The benchmark showed aiohttp's per-read timer costing more than the deadline.
+chunk. A request whose body is in memory runs under one deadline (one timer) that covers the
+headers and, for answers read whole, their body too; streamed answers move it on per chunk.
+A streamed upload uses aiohttp's per-read timeout instead, which only starts once the body is
+sent. The benchmark showed aiohttp's per-read timer costing more than the one deadline.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .context import RequestContext
 from .errors import BadRequest, MethodNotAllowed, PayloadTooLarge
 from .identity import IdentifierDeriver, validate_user_id
 from .relay import Relay
-from .rewrite import NEVER_FORWARD, UrlRewriter, drop_headers, is_json_type
+from .rewrite import NEVER_FORWARD, UrlRewriter, filter_headers, is_json_type
 from .upstream import PAY_API, Upstream
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ class Forwarder:
         drop = set(NEVER_FORWARD) | {self.identity_header.lower(), "accept-encoding"}
         if config.inbound_auth is not None:
             drop.add(config.inbound_auth.header.lower())
-        self.drop = tuple(sorted(drop))
+        self.drop = frozenset(drop)
         self.to_upstream = UrlRewriter(config.public_url, self.base)
         self.max_body = config.max_body_bytes
         self.max_rewrite = config.max_rewrite_bytes
@@ -99,7 +100,7 @@ class Forwarder:
     def upstream_headers(
         self, request: web.Request, ctx: RequestContext, identifier: str
     ) -> CIMultiDict[str]:
-        headers = drop_headers(request.headers, self.drop)
+        headers = CIMultiDict(filter_headers(request.headers.items(), self.drop))
         # Only encodings this proxy can undo for URL rewriting are offered to Gini, and the
         # choice is always explicit so the client library adds no default of its own.
         accept = request.headers.get("Accept-Encoding", "").lower()
@@ -142,8 +143,6 @@ class Forwarder:
                     ctx.gini_request_id = answer.headers.get("X-Request-Id")
                     if answer.status >= 500:
                         self.upstream.metrics.upstream_error(PAY_API, "status_5xx")
-                    if not streamed_upload:
-                        deadline.reschedule(asyncio.get_running_loop().time() + self.timeout)
                     return await self.relay.answer(request, ctx, answer, deadline)
         except (aiohttp.ClientError, TimeoutError) as exc:
             if isinstance(exc.__cause__, PayloadTooLarge) or ctx.body_too_large:

@@ -7,6 +7,7 @@ known template (`/documents/{id}`) or to `other`, whatever a caller sends.
 from __future__ import annotations
 
 OTHER = "other"
+MEMO_ENTRIES = 4096
 
 # Pay API (and Health API) resources a proxy sees, from the reference and the Gini SDKs.
 GINI_TEMPLATES = (
@@ -40,7 +41,7 @@ def _segments(path: str) -> tuple[str, ...]:
 class RouteTable:
     """Matches paths to templates; `{name}` matches exactly one non-empty segment."""
 
-    __slots__ = ("_by_shape",)
+    __slots__ = ("_by_shape", "_memo")
 
     def __init__(self, templates: tuple[str, ...] | list[str]):
         # Keyed by (first segment, segment count): a lookup compares against a handful at most.
@@ -49,12 +50,21 @@ class RouteTable:
             segments = _segments(template)
             key = (segments[0] if segments else "", len(segments))
             self._by_shape.setdefault(key, []).append((segments, template))
+        self._memo: dict[str, str] = {}
         for candidates in self._by_shape.values():
             # Literal segments win over placeholders (`/extractions/feedback` before `/{name}`).
             candidates.sort(key=lambda c: sum(s.startswith("{") for s in c[0]))
 
     def match(self, path: str) -> str:
         """The template for `path` (a trailing slash is ignored), or `other`."""
+        found = self._memo.get(path)
+        if found is None:
+            if len(self._memo) >= MEMO_ENTRIES:
+                self._memo.clear()  # paths carry ids: the memo must stay bounded
+            found = self._memo[path] = self._match(path)
+        return found
+
+    def _match(self, path: str) -> str:
         segments = _segments(path)
         candidates = self._by_shape.get((segments[0] if segments else "", len(segments)))
         if candidates:

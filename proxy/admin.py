@@ -68,6 +68,7 @@ async def status(request: web.Request) -> web.Response:
                 for flow, cache in services.token_caches.items()
             },
             "anonymous_users_enabled": services.anonymous is not None,
+            "response_cache": _response_cache(services),
             "store": _store_kind(services),
         }
     )
@@ -77,6 +78,17 @@ def _iso(moment: float | None) -> str | None:
     if moment is None:
         return None
     return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")
+
+
+def _response_cache(services: Services) -> dict[str, object] | None:
+    config = services.config.response_cache
+    if config is None:
+        return None
+    return {
+        "backend": config.backend.split(":", 1)[0],
+        "routes": [route.template for route in config.routes],
+        "entries": services.response_cache.entries if services.response_cache else None,
+    }
 
 
 def _store_kind(services: Services) -> str | None:

@@ -165,6 +165,7 @@ class ResponseCache:
         self._paused_until = 0.0
         self._pending: set[asyncio.Task[None]] = set()
         self._housekeeping: asyncio.Future[None] | None = None
+        self.entries: int | None = None  # last count, where the backend can tell
 
     def route(self, method: str, path: str) -> str | None:
         """The allow-listed template this request falls under, or None."""
@@ -265,9 +266,9 @@ class ResponseCache:
     async def _housekeep(self) -> None:
         sqlite = isinstance(self.backend, SQLiteBackend)
         while True:
-            size = await self.size()
-            if size is not None:
-                self.metrics.response_cache_entries.set(size)
+            self.entries = await self.size()
+            if self.entries is not None:
+                self.metrics.response_cache_entries.set(self.entries)
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
             if sqlite:
                 await self._guarded(

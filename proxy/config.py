@@ -85,6 +85,7 @@ class AnonymousConfig:
 class StoreConfig:
     url: str = field(repr=False)  # a PostgreSQL URL may carry a password
     encryption_key: Secret
+    password: Secret | None = None  # PostgreSQL password from a secret source, not the URL
 
     @property
     def key_bytes(self) -> bytes:
@@ -153,6 +154,8 @@ class Config:
             password = _url_password(self.store.url)  # postgresql://user:PASSWORD@host/db
             if password:
                 found.append(password)
+            if self.store.password is not None:
+                found.append(self.store.password.value)
         if self.inbound_auth is not None:
             found.extend(key.value for key in self.inbound_auth.keys)
         return found
@@ -347,7 +350,7 @@ def _decode_key(text: str) -> bytes | None:
 
 
 def _store(r: Reader, data: Mapping[str, Any]) -> StoreConfig | None:
-    d = r.section(data, "store", "store", ("url", "encryption_key"))
+    d = r.section(data, "store", "store", ("url", "encryption_key", "password"))
     if d is None:
         return None
     url = r.string(d, "url", "store.url")
@@ -365,7 +368,12 @@ def _store(r: Reader, data: Mapping[str, Any]) -> StoreConfig | None:
             f"must be 32 random bytes in base64 (e.g. `openssl rand -base64 32`); the value from "
             f"{key.source} is not",
         )
-    return StoreConfig(url=url, encryption_key=key)
+    password = None
+    if d.get("password") is not None:
+        password = r.secret(d, "password", "store.password")
+        if url.startswith("sqlite:"):
+            r.problem("store.password", "only applies to a PostgreSQL store")
+    return StoreConfig(url=url, encryption_key=key, password=password)
 
 
 def _tokens(r: Reader, data: Mapping[str, Any]) -> TokensConfig:

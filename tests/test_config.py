@@ -1148,3 +1148,25 @@ def test_example_passes_check_config(
     copy = example_copy(tmp_path)
     assert main(["check-config", "--config", str(copy)]) == 0
     assert "valid" in capsys.readouterr().out
+
+
+def test_store_password_is_a_secret_for_postgres_only(tmp_path: Path) -> None:
+    (tmp_path / "db-password").write_text("s3cret-db-password\n")
+    base = {
+        "client": {"id": "c", "secret": "client-secret-value"},
+        "identity": {"hmac_key": "k" * 32},
+    }
+    key = base64.b64encode(b"e" * 32).decode()
+    store = {
+        "url": "postgresql://proxy@db/gini",
+        "encryption_key": key,
+        "password": {"file": "db-password"},
+    }
+    config = build_config({**base, "store": store}, {}, tmp_path)
+    assert config.store is not None
+    assert config.store.password is not None
+    assert config.store.password.value == "s3cret-db-password"
+    assert "s3cret-db-password" in config.secrets()
+    with pytest.raises(ConfigError) as raised:
+        build_config({**base, "store": {**store, "url": "sqlite:////tmp/x.db"}}, {}, tmp_path)
+    assert any(p.startswith("store.password:") for p in raised.value.problems)

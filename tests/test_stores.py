@@ -657,3 +657,12 @@ def test_cipher_key_check() -> None:
 def test_cipher_needs_a_32_byte_key(length: int) -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         Cipher(b"k" * length)
+
+
+def test_postgres_password_comes_from_its_own_secret_field() -> None:
+    """`store.password` is handed to the driver instead of living in the URL."""
+    key = Secret(base64.b64encode(b"k" * 32).decode())
+    store = make_store(StoreConfig("postgresql://proxy@db.internal/gini", key, Secret("db-pw-123")))
+    assert isinstance(store, PostgresStore)
+    assert store.password == "db-pw-123"
+    assert "db-pw-123" not in repr(StoreConfig("postgresql://x@y/z", key, Secret("db-pw-123")))

@@ -22,4 +22,5 @@ def make_store(config: StoreConfig) -> CredentialStore:
         return SqliteStore(Path(config.url[len("sqlite:///") :]), cipher)
     from .postgres import PostgresStore  # noqa: PLC0415
 
-    return PostgresStore(config.url, cipher)
+    password = config.password.value if config.password is not None else None
+    return PostgresStore(config.url, cipher, password=password)

@@ -40,8 +40,16 @@ _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.Timeo
 class PostgresStore:
     """CredentialStore on PostgreSQL through an asyncpg pool."""
 
-    def __init__(self, dsn: str, cipher: Cipher, timeout: float = 5.0, max_connections: int = 10):
+    def __init__(
+        self,
+        dsn: str,
+        cipher: Cipher,
+        timeout: float = 5.0,
+        max_connections: int = 10,
+        password: str | None = None,
+    ):
         self.dsn = dsn
+        self.password = password
         self.cipher = cipher
         self.timeout = timeout
         self.max_connections = max_connections
@@ -56,6 +64,7 @@ class PostgresStore:
                     max_size=self.max_connections,
                     command_timeout=self.timeout,
                     timeout=self.timeout,
+                    password=self.password,  # None: the URL's, or PGPASSWORD / .pgpass
                 )
             except (ValueError, OverflowError):
                 # asyncpg's URL parsing: its message can quote a piece of the URL, such as part

@@ -78,7 +78,7 @@ async def serve(sim: GiniSimulator, tmp_path: Path) -> AsyncIterator[Any]:
             config_data(sim, tmp_path),
             {"listen": f"127.0.0.1:{listen}", "admin_listen": f"127.0.0.1:{admin}", **overrides},
         )
-        path = tmp_path / "config.yaml"
+        path = tmp_path / f"config-{len(started)}.yaml"
         path.write_text(yaml.safe_dump(data))
         proc = await spawn("serve", "--config", str(path))
         started.append(proc)
@@ -181,3 +181,28 @@ async def test_demo_serves_flow_1_and_stops_on_ctrl_c() -> None:
         if proc.process.returncode is None:
             proc.process.kill()
             await proc.process.wait()
+
+
+@pytest.mark.postgres
+async def test_two_processes_sharing_postgres_create_one_gini_user(
+    serve: Any, sim: GiniSimulator
+) -> None:
+    """Two `serve` processes (two replicas) and 40 concurrent first requests for one id."""
+    from .stores_support import postgres_schema
+
+    sim.state.user_center_delay = 0.05  # widen the race window
+    async with postgres_schema() as dsn:
+        store = {"url": dsn}
+        (_, first, _), (_, second, _) = [await serve(store=store) for _ in range(2)]
+        async with aiohttp.ClientSession() as client:
+
+            async def vend(base: str) -> str:
+                async with client.post(base + "/_proxy/tokens/anonymous", headers=USER) as r:
+                    assert r.status == 200, await r.text()
+                    token: str = (await r.json())["access_token"]
+                    return token
+
+            tokens = await asyncio.gather(*(vend(first if n % 2 else second) for n in range(40)))
+    assert sim.state.users_created == 1
+    assert len(sim.state.user_emails()) == 1
+    assert len(set(tokens)) <= 2  # one login per process at most

@@ -101,5 +101,5 @@ class AnonymousUsers:
 
     async def client_token(self) -> Token:
         token, cached = await self.client_tokens.get(CLIENT_KEY, self.gini.client_token)
-        self.metrics.tokens_issued.labels("client", "cache" if cached else "upstream").inc()
+        self.metrics.token_issued("client", cached)
         return token

@@ -59,7 +59,7 @@ class TokenEndpoints:
         """Flow 2: a Pay API token for the caller's derived user."""
         key = self._key(request)
         token, cached = await self.derived_tokens.get(key, lambda: self.gini.derived_login(key))
-        self.metrics.tokens_issued.labels("derived", "cache" if cached else "upstream").inc()
+        self.metrics.token_issued("derived", cached)
         return token_response(token, self.derived_tokens.clock())
 
     async def anonymous_token(self, request: web.Request) -> web.Response:
@@ -67,7 +67,7 @@ class TokenEndpoints:
         key = self._key(request)
         users = self._anonymous()
         token, cached = await self.anonymous_tokens.get(key, lambda: users.login(key))
-        self.metrics.tokens_issued.labels("anonymous", "cache" if cached else "upstream").inc()
+        self.metrics.token_issued("anonymous", cached)
         return token_response(token, self.anonymous_tokens.clock())
 
     async def forget_anonymous(self, request: web.Request) -> web.Response:

@@ -10,7 +10,7 @@ measurable share of a request on the hot path.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -170,6 +170,7 @@ class Metrics:
         self.build_info.labels(__version__).set(1)
         for flow in TOKEN_FLOWS:
             self.token_cache_entries.labels(flow).set(0)
+        self._token_children: dict[tuple[str, bool], Callable[[], None]] = {}
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one answered request and its duration (the per-request hot path)."""
@@ -180,6 +181,14 @@ class Metrics:
     def observe_upstream(self, upstream: str, seconds: float) -> None:
         """Record the time an upstream took to answer with headers."""
         self.hot.observe_upstream(upstream, seconds)
+
+    def token_issued(self, flow: str, cached: bool) -> None:
+        """Count one token handed out (label children bound once)."""
+        inc = self._token_children.get((flow, cached))
+        if inc is None:
+            source = "cache" if cached else "upstream"
+            inc = self._token_children[(flow, cached)] = self.tokens_issued.labels(flow, source).inc
+        inc()
 
     def upstream_error(self, upstream: str, reason: str) -> None:
         self.upstream_errors.labels(upstream, reason).inc()

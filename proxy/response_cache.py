@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,15 @@ MAX_PENDING_WRITES = 100
 HOUSEKEEPING_SECONDS = 30.0
 _ENTRY_URL = URL("gini-auth-proxy:cached")  # entries are found by our keys, never by URL
 T = TypeVar("T")
+# Failures that mean "the cache is not there right now": pause it instead of waiting again.
+_OUTAGES = (
+    OSError,
+    TimeoutError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    sqlite3.OperationalError,
+    sqlite3.DatabaseError,
+)
 
 
 class MemoryCache(BaseCache):
@@ -68,6 +78,10 @@ class MemoryCache(BaseCache):
             yield key
 
     async def read(self, key: str) -> Any:
+        return self._items.get(key)
+
+    def peek(self, key: str) -> Any:
+        """`read` without the coroutine: the hot path of the memory backend."""
         return self._items.get(key)
 
     async def size(self) -> int:
@@ -163,6 +177,8 @@ class ResponseCache:
         self.secret = hmac.new(hmac_key, b"gini-auth-proxy response cache", hashlib.sha256).digest()
         self.backend = make_backend(config, self.secret)
         self._paused_until = 0.0
+        self._last_entry_warning = -OUTAGE_PAUSE
+        self._counters: dict[tuple[str, str], Callable[[], None]] = {}
         self._pending: set[asyncio.Task[None]] = set()
         self._housekeeping: asyncio.Future[None] | None = None
         self.entries: int | None = None  # last count, where the backend can tell
@@ -192,11 +208,25 @@ class ResponseCache:
         return not (self.shared[template] and "private" in directives)
 
     def count(self, template: str, result: str) -> None:
-        self.metrics.response_cache.labels(template, result).inc()
+        """Count one lookup result (label children bound once, not per lookup)."""
+        inc = self._counters.get((template, result))
+        if inc is None:
+            inc = self._counters[(template, result)] = self.metrics.response_cache.labels(
+                template, result
+            ).inc
+        inc()
 
     async def get(self, template: str, key: str) -> CachedResponse | None:
-        """A fresh cached answer, or None on a miss or any cache failure."""
-        found = await self._guarded(template, lambda: self.backend.get_response(key))
+        """A fresh cached answer, or None on a miss or any cache failure.
+
+        Reads the storage directly: the library's `get_response` formats debug messages on
+        every call and looks up redirect aliases this cache never writes.
+        """
+        responses = self.backend.responses
+        if isinstance(responses, MemoryCache):
+            found = responses.peek(key)  # in-process: nothing that can hang or fail
+        else:
+            found = await self._guarded(template, lambda: responses.read(key))
         if (
             isinstance(found, CachedResponse)
             and found.expires is not None
@@ -244,8 +274,14 @@ class ResponseCache:
         except Exception as exc:  # noqa: BLE001 - any cache failure must degrade, never surface
             if template is not None:
                 self.count(template, "error")
+            extra = {"error": type(exc).__name__, "backend": self._kind()}
+            if not isinstance(exc, _OUTAGES):
+                # One bad entry (corrupt, tampered, unreadable): skip it, keep using the cache.
+                if now - self._last_entry_warning > OUTAGE_PAUSE:
+                    self._last_entry_warning = now
+                    log.warning("response cache entry unusable; passing through", extra=extra)
+                return None
             if self._paused_until == 0.0 or now - self._paused_until > OUTAGE_PAUSE:
-                extra = {"error": type(exc).__name__, "backend": self._kind()}
                 log.warning("response cache failed; passing requests through", extra=extra)
             self._paused_until = now + OUTAGE_PAUSE
             return None

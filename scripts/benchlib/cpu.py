@@ -73,31 +73,61 @@ class CpuMeter:
     `server_seconds` is the CPU time used by the server under test (and its children, for
     nginx's workers): divided by the requests served it gives a CPU cost per request that
     does not depend on how busy the rest of the machine was.
+
+    `helper_pid` is a process the bench did not start but the server under test works with
+    (the machine's Redis): its CPU time goes to `helper_seconds` instead of "other" load.
     """
 
-    def __init__(self, server_pid: int | None = None) -> None:
+    def __init__(self, server_pid: int | None = None, helper_pid: int | None = None) -> None:
         self.server_pid = server_pid
+        self.helper_pid = helper_pid
         self.use = CpuUse(0.0, 0.0, 0.0)
         self.server_seconds = 0.0
-        self._start = (0.0, 0, 0, 0, 0)
+        self.helper_seconds = 0.0
+        self._start = (0.0, 0, 0, 0, 0, 0)
 
     def _server(self) -> int:
         return tree_ticks(self.server_pid) if self.server_pid else 0
 
+    def _helper(self) -> int:
+        return process_ticks(self.helper_pid) if self.helper_pid else 0
+
     def __enter__(self) -> CpuMeter:
         busy, steal = _machine()
-        self._start = (time.monotonic(), busy, steal, tree_ticks(os.getpid()), self._server())
+        own, server, helper = tree_ticks(os.getpid()), self._server(), self._helper()
+        self._start = (time.monotonic(), busy, steal, own, server, helper)
         return self
 
     def __exit__(self, *_: object) -> None:
         busy, steal = _machine()
-        own, server = tree_ticks(os.getpid()), self._server()
-        started, busy0, steal0, own0, server0 = self._start
+        own, server, helper = tree_ticks(os.getpid()), self._server(), self._helper()
+        started, busy0, steal0, own0, server0, helper0 = self._start
         ticks = max(time.monotonic() - started, 1e-6) * _TICK
         own_cores = (own - own0) / ticks
+        helper_cores = (helper - helper0) / ticks
         self.use = CpuUse(
             own=own_cores,
-            other=max((busy - busy0) / ticks - own_cores, 0.0),
+            other=max((busy - busy0) / ticks - own_cores - helper_cores, 0.0),
             steal=(steal - steal0) / ticks,
         )
         self.server_seconds = (server - server0) / _TICK
+        self.helper_seconds = (helper - helper0) / _TICK
+
+
+def process_ticks(pid: int) -> int:
+    """CPU ticks (user + system) of one process and its threads; 0 once it is gone."""
+    fields = _stat(pid)
+    return int(fields[11]) + int(fields[12]) if fields is not None else 0
+
+
+def find_process(comm: str) -> int | None:
+    """The lowest pid whose command name is `comm` (as /proc/PID/comm shows it), if visible."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == comm:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return min(found) if found else None

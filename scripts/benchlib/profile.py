@@ -73,22 +73,29 @@ def summarize(raw: Path, top: int = 25) -> str:
 
 
 def profile(
-    procs: Processes, wrk: Wrk, server: Server, tmp: Path, warmup: int, seconds: int
+    procs: Processes,
+    wrk: Wrk,
+    server: Server,
+    tmp: Path,
+    warmup: int,
+    seconds: int,
+    path: str = "/documents",
+    method: str = "GET",
 ) -> str:
     py_spy = ensure_py_spy()
-    url = server.url + "/documents"
-    wrk.run(url, 32, warmup)
+    url = server.url + path
+    wrk.run(url, 32, warmup, method=method)
     raw = tmp / ("py-spy-" + re.sub(r"[^a-z]+", "-", server.name).strip("-") + ".txt")
     argv = [py_spy, "record", "--pid", str(server.pid), "--duration", str(seconds)]
     argv += ["--rate", "100", "--format", "raw", "--output", str(raw)]
     spy = procs.start("py-spy", argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    result = wrk.run(url, 32, seconds + 2, server.pid)
+    result = wrk.run(url, 32, seconds + 2, server.pid, method)
     _, err = spy.communicate(timeout=60)
     procs.stop(spy)
     if not raw.exists():
         raise RuntimeError(f"py-spy recorded nothing: {err.decode(errors='replace')[-400:]}")
     head = (
-        f"## {server.name}: py-spy profile at 32 connections "
+        f"## {server.name}: py-spy profile of {method} {path} at 32 connections "
         f"({result.rps:.0f} req/s while sampled, {result.cpu_us_per_request:.0f} us CPU/request)"
     )
     return head + "\n\n" + summarize(raw)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from .loop import uses_uvloop
 from .transfer import MIB, TransferResult
+from .upstream import DOCUMENTS
+from .vending import VendRun
 from .wrk import WrkResult
 
 TARGET_RATIO = 0.8
@@ -17,12 +19,23 @@ TARGET_ADDED_P50_MS = 0.35
 TARGET_RSS_MIB = 80.0
 TARGET_RSS_REQUESTS = 100_000
 TARGET_GROWTH_MIB = 20.0
+SECTIONS = ("flow1", "tokens", "cache")
 
 ROWS = (
     ("direct", "direct to upstream"),
     ("bare", "bare aiohttp forwarder"),
     ("proxy_log_on", "proxy, access log on"),
     ("proxy_log_off", "proxy, access log off"),
+)
+CACHE_ROWS = (
+    ("none", "no response cache"),
+    ("memory", "response cache, memory"),
+    ("redis", "response cache, redis"),
+    ("sqlite", "response cache, sqlite"),
+)
+_HEAD = (
+    "| server CPU us/req | other load, steal (cores) |",
+    "|------------------:|--------------------------:|",
 )
 
 
@@ -58,6 +71,7 @@ class Results:
     quick: bool
     warmup_s: int
     duration_s: int
+    sections: tuple[str, ...] = SECTIONS
     many: dict[str, WrkResult] = field(default_factory=dict)  # 32 connections
     one: dict[str, WrkResult] = field(default_factory=dict)  # 1 connection
     proxy_requests: int = 0
@@ -65,12 +79,23 @@ class Results:
     rss_after_kib: int = 0
     transfers: list[TransferResult] = field(default_factory=list)
     profiles: list[str] = field(default_factory=list)
+    # token vending: wrk on one user's token (all cache hits), its /login calls, the client runs
+    tokens_wrk: WrkResult | None = None
+    tokens_wrk_logins: int = 0
+    vending: list[VendRun] = field(default_factory=list)
+    # response cache: wrk per backend ("none" = the same proxy without the cache)
+    cache: dict[str, WrkResult] = field(default_factory=dict)
+    cache_backends: dict[str, str] = field(default_factory=dict)
+    cache_lookups: dict[str, dict[str, int]] = field(default_factory=dict)  # hit/miss/error
+    notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
         data = asdict(self)
-        for group in ("many", "one"):
+        for group in ("many", "one", "cache"):
             for key, result in getattr(self, group).items():
                 data[group][key]["rps"] = result.rps
+        if self.tokens_wrk is not None:
+            data["tokens_wrk"]["rps"] = self.tokens_wrk.rps
         for index, transfer in enumerate(self.transfers):
             data["transfers"][index]["growth_mib"] = transfer.growth_mib
         data["verdict"] = [list(row) for row in self.verdict()]
@@ -109,6 +134,22 @@ class Results:
                     _ok(added <= TARGET_ADDED_P50_MS),
                 )
             )
+            bare_one = self.one.get("bare")
+            if bare_one:
+                rows.append(
+                    (
+                        "  of which bare - direct p50 at 1 conn (information)",
+                        f"{bare_one.p50_ms - direct.p50_ms:.3f} ms",
+                        "info",
+                    )
+                )
+                rows.append(
+                    (
+                        "  and proxy - bare p50 at 1 conn (information)",
+                        f"{one.p50_ms - bare_one.p50_ms:.3f} ms",
+                        "info",
+                    )
+                )
         if self.rss_after_kib:
             mib = self.rss_after_kib / 1024
             enough = self.proxy_requests >= TARGET_RSS_REQUESTS
@@ -128,6 +169,27 @@ class Results:
                     _ok(transfer.growth_mib < TARGET_GROWTH_MIB),
                 )
             )
+        for run, label in zip(self.vending, ("spread", "burst"), strict=False):
+            clean = run.errors == 0 and run.wrong == 0
+            rows.append(
+                (
+                    f"token fetches = {run.users} for {run.requests:,} vending requests ({label})",
+                    f"{run.fetches} ({run.errors} errors, {run.wrong} wrong tokens)",
+                    _ok(run.fetches == run.users and clean),
+                )
+            )
+        uncached = self.cache.get("none")
+        for key, _ in CACHE_ROWS[1:]:
+            cached = self.cache.get(key)
+            if uncached and cached and uncached.rps:
+                ratio = cached.rps / uncached.rps
+                rows.append(
+                    (
+                        f"  cached req/s vs uncached, {key} (information)",
+                        f"{ratio:.2f} x ({cached.rps:.0f} / {uncached.rps:.0f})",
+                        "info",
+                    )
+                )
         return rows
 
     def passed(self) -> bool:
@@ -138,46 +200,23 @@ class Results:
     def table(self) -> str:
         m = self.machine
         lines = [
-            f"## gini-auth-proxy bench ({'QUICK smoke run' if self.quick else 'full run'})",
+            f"## gini-auth-proxy bench ({'QUICK smoke run' if self.quick else 'full run'}, "
+            f"sections: {', '.join(self.sections)})",
             "",
             f"machine: nproc {m['nproc']} | CPU {m['cpu']} | kernel {m['kernel']} | "
             f"Python {m['python']} | aiohttp {m['aiohttp']} | uvloop {m['uvloop']}",
             f"tools: {m['wrk']} | upstream: {m['upstream']}",
             f"code under test: {m['code']}",
-            f"load: wrk -t1, GET /documents (~300 B JSON), X-User-Id set by Lua; "
+            f"load: wrk -t1, X-User-Id set by Lua; "
             f"{self.warmup_s} s warm-up (discarded) then {self.duration_s} s per row",
-            "",
-            "| server                  | conns |   req/s | p50 ms | p90 ms | p99 ms | errors "
-            "| server CPU us/req | other load, steal (cores) |",
-            "|-------------------------|------:|--------:|-------:|-------:|-------:|-------:"
-            "|------------------:|--------------------------:|",
         ]
-        for conns, group in ((32, self.many), (1, self.one)):
-            for key, label in ROWS:
-                r = group.get(key)
-                if r is None:
-                    continue
-                lines.append(
-                    f"| {label:<23} | {conns:>5} | {r.rps:>7.0f} | {r.p50_ms:>6.3f} | "
-                    f"{r.p90_ms:>6.3f} | {r.p99_ms:>6.3f} | {r.errors:>6} | "
-                    f"{r.cpu_us_per_request:>17.0f} | "
-                    f"{f'{r.other_cores:.2f}, {r.steal_cores:.2f}':>25} |"
-                )
-        lines += [
-            "",
-            "| proxy memory (access log on)  | VmRSS MiB, baseline -> peak (growth) |",
-            "|-------------------------------|--------------------------------------|",
-            f"| idle, after start             | {self.rss_idle_kib / 1024:<36.1f} |",
-            f"| after {self.proxy_requests:>9,} requests     "
-            f"| {self.rss_after_kib / 1024:<36.1f} |",
-        ]
-        for t in self.transfers:
-            label = f"during a {t.size // MIB} MiB {t.what}"
-            figures = (
-                f"{t.baseline_kib / 1024:.1f} -> {t.peak_kib / 1024:.1f} "
-                f"({t.growth_mib:+.1f}) at {t.mib_per_s:.0f} MiB/s"
-            )
-            lines.append(f"| {label:<29} | {figures:<36} |")
+        if "flow1" in self.sections:
+            lines += self._flow1()
+        if "tokens" in self.sections:
+            lines += self._tokens()
+        if "cache" in self.sections:
+            lines += self._cache()
+        lines += ["", *self.notes] if self.notes else []
         lines += [
             "",
             "| target                                                   | measured"
@@ -188,6 +227,109 @@ class Results:
         for target, measured, status in self.verdict():
             lines.append(f"| {target:<56} | {measured:<33} | {status:<6} |")
         return "\n".join(lines)
+
+    def _flow1(self) -> list[str]:
+        lines = [
+            "",
+            f"### flow 1: GET /documents ({len(DOCUMENTS)} B of JSON)",
+            "",
+            "| server                  | conns |   req/s | p50 ms | p90 ms | p99 ms | errors "
+            + _HEAD[0],
+            "|-------------------------|------:|--------:|-------:|-------:|-------:|-------:"
+            + _HEAD[1],
+        ]
+        for conns, group in ((32, self.many), (1, self.one)):
+            for key, label in ROWS:
+                r = group.get(key)
+                if r is not None:
+                    lines.append(f"| {label:<23} | {conns:>5} | " + _figures(r))
+        lines += [
+            "",
+            "| proxy memory (access log on)  | VmRSS MiB, baseline -> peak (growth) |",
+            "|-------------------------------|--------------------------------------|",
+            f"| idle, after start             | {self.rss_idle_kib / 1024:<36.1f} |",
+            f"| after {self.proxy_requests:>9,} requests      "
+            f"| {self.rss_after_kib / 1024:<36.1f} |",
+        ]
+        for t in self.transfers:
+            label = f"during a {t.size // MIB} MiB {t.what}"
+            figures = (
+                f"{t.baseline_kib / 1024:.1f} -> {t.peak_kib / 1024:.1f} "
+                f"({t.growth_mib:+.1f}) at {t.mib_per_s:.0f} MiB/s"
+            )
+            lines.append(f"| {label:<29} | {figures:<36} |")
+        return lines
+
+    def _tokens(self) -> list[str]:
+        lines = [
+            "",
+            "### token vending: POST /_proxy/tokens/derived (proxy, access log on)",
+            "",
+            "| load                    | conns |   req/s | p50 ms | p90 ms | p99 ms | errors "
+            + _HEAD[0],
+            "|-------------------------|------:|--------:|-------:|-------:|-------:|-------:"
+            + _HEAD[1],
+        ]
+        r = self.tokens_wrk
+        if r is not None:
+            lines.append(f"| {'one user, cache hits':<23} | {32:>5} | " + _figures(r))
+            lines.append(
+                f"upstream /login calls during that load (warm-up included): "
+                f"{self.tokens_wrk_logins}"
+            )
+        if self.vending:
+            lines += [
+                "",
+                "| vending run (aiohttp client)                    | concurrent | seconds "
+                "| /login calls | from cache | after a fetch | wrong tokens | errors |",
+                "|-------------------------------------------------|-----------:|--------:"
+                "|-------------:|-----------:|--------------:|-------------:|-------:|",
+            ]
+            for v in self.vending:
+                lines.append(
+                    f"| {v.what:<47} | {v.concurrency:>10} | {v.seconds:>7.2f} "
+                    f"| {v.fetches:>12} | {v.from_cache:>10} | {v.after_fetch:>13} "
+                    f"| {v.wrong:>12} | {v.errors:>6} |"
+                )
+        return lines
+
+    def _cache(self) -> list[str]:
+        lines = [
+            "",
+            "### response cache: GET /documents (proxy, access log on)",
+            "",
+            "| proxy                   | conns |   req/s | p50 ms | p90 ms | p99 ms | errors "
+            + _HEAD[0]
+            + " lookups: hit / miss / error |",
+            "|-------------------------|------:|--------:|-------:|-------:|-------:|-------:"
+            + _HEAD[1]
+            + "----------------------------:|",
+        ]
+        for key, label in CACHE_ROWS:
+            r = self.cache.get(key)
+            if r is None:
+                continue
+            found = self.cache_lookups.get(key)
+            lookups = f"{found['hit']} / {found['miss']} / {found['error']}" if found else "-"
+            lines.append(f"| {label:<23} | {32:>5} | " + _figures(r) + f" {lookups:>27} |")
+        for key, backend in self.cache_backends.items():
+            lines.append(f"{key}: {backend}")
+        redis = self.cache.get("redis")
+        if redis is not None and redis.helper_cpu_s:
+            lines.append(
+                f"redis-server (not the bench's) used {redis.helper_us_per_request:.0f} us/req "
+                "of CPU on top of the proxy's in the redis row"
+            )
+        return lines
+
+
+def _figures(r: WrkResult) -> str:
+    """The columns after `conns` of a wrk row."""
+    return (
+        f"{r.rps:>7.0f} | {r.p50_ms:>6.3f} | {r.p90_ms:>6.3f} | {r.p99_ms:>6.3f} | "
+        f"{r.errors:>6} | {r.cpu_us_per_request:>17.0f} | "
+        f"{f'{r.other_cores:.2f}, {r.steal_cores:.2f}':>25} |"
+    )
 
 
 def _ok(condition: bool) -> str:

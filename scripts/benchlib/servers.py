@@ -54,6 +54,7 @@ class Server:
     name: str
     proc: subprocess.Popen[bytes]
     url: str  # base URL, no trailing slash
+    admin_url: str = ""  # the proxy's admin listener (metrics), none for the other servers
 
     @property
     def pid(self) -> int:
@@ -118,7 +119,9 @@ def start_bare(procs: Processes, root: Path, tmp: Path, upstream: str) -> Server
     return Server("bare forwarder", proc, url)
 
 
-def proxy_config(port: int, admin_port: int, upstream: str, *, access_log: bool) -> str:
+def proxy_config(
+    port: int, admin_port: int, upstream: str, *, access_log: bool, cache_backend: str | None
+) -> str:
     text = f"""\
 listen: "127.0.0.1:{port}"
 admin_listen: "127.0.0.1:{admin_port}"
@@ -135,18 +138,41 @@ shutdown_grace_seconds: 5
 """
     if not access_log:
         text += "logging:\n  access_log: false\n"
+    if cache_backend is not None:
+        text += (
+            "response_cache:\n"
+            '  routes: ["/documents"]\n'
+            "  ttl_seconds: 300\n"
+            f'  backend: "{cache_backend}"\n'
+        )
     return text
 
 
 def start_proxy(
-    procs: Processes, root: Path, tmp: Path, upstream: str, *, access_log: bool
+    procs: Processes,
+    root: Path,
+    tmp: Path,
+    upstream: str,
+    *,
+    access_log: bool,
+    cache_backend: str | None = None,
+    tag: str | None = None,
 ) -> Server:
-    """The real proxy from its console script; its stdout (the access log) goes to a file."""
+    """The real proxy from its console script; its stdout (the access log) goes to a file.
+
+    `cache_backend` turns on the response cache for `/documents` (TTL 300 s) with that backend;
+    `tag` names its config and log files (default: log-on / log-off).
+    """
     port, admin_port = free_port(), free_port()
-    tag = "log-on" if access_log else "log-off"
+    tag = tag or ("log-on" if access_log else "log-off")
     config = tmp / f"proxy-{tag}.yaml"
-    config.write_text(proxy_config(port, admin_port, upstream, access_log=access_log))
+    config.write_text(
+        proxy_config(port, admin_port, upstream, access_log=access_log, cache_backend=cache_backend)
+    )
     name = f"proxy ({'access log on' if access_log else 'access log off'})"
+    if cache_backend is not None:
+        kind = cache_backend.split(":", 1)[0]
+        name = f"proxy (response cache {kind}, access log {'on' if access_log else 'off'})"
     proc = procs.start(
         name,
         [str(root / ".venv" / "bin" / "gini-auth-proxy"), "serve", "--config", str(config)],
@@ -156,7 +182,7 @@ def start_proxy(
     wait_http(f"http://127.0.0.1:{admin_port}/healthz", proc, name)
     url = f"http://127.0.0.1:{port}"
     _wait_for_forwarder(url, proc, name)
-    return Server(name, proc, url)
+    return Server(name, proc, url, f"http://127.0.0.1:{admin_port}")
 
 
 def _wait_for_forwarder(url: str, proc: subprocess.Popen[bytes], what: str) -> None:

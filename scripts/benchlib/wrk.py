@@ -40,6 +40,7 @@ class WrkResult:
     server_cpu_s: float  # CPU seconds the server under test used during the run
     other_cores: float  # CPU used meanwhile by processes the bench did not start
     steal_cores: float  # CPU the hypervisor gave to other guests meanwhile
+    helper_cpu_s: float = 0.0  # CPU seconds of a helper outside the bench (Redis), if any
 
     @property
     def rps(self) -> float:
@@ -49,6 +50,10 @@ class WrkResult:
     def cpu_us_per_request(self) -> float:
         return self.server_cpu_s / self.requests * 1e6 if self.requests else 0.0
 
+    @property
+    def helper_us_per_request(self) -> float:
+        return self.helper_cpu_s / self.requests * 1e6 if self.requests else 0.0
+
 
 class Wrk:
     """One wrk binary and its Lua script; `-t1` always (see docs/performance.md)."""
@@ -57,15 +62,29 @@ class Wrk:
         self, path: str, workdir: Path, procs: Processes, max_wait: float = 0, retries: int = 0
     ):
         self.path = path
-        self.script = workdir / "bench.lua"
-        self.script.write_text(LUA)
+        self.workdir = workdir
+        self.scripts: dict[str, Path] = {}  # per HTTP method
         self.procs = procs
         self.max_wait = max_wait  # seconds to wait for a quiet machine before each measurement
         self.retries = retries  # extra attempts when a measurement was contended anyway
         self.sent: dict[str, int] = {}  # requests answered per URL, warm-ups included
 
+    def _script(self, method: str) -> Path:
+        script = self.scripts.get(method)
+        if script is None:
+            script = self.workdir / f"bench-{method.lower()}.lua"
+            script.write_text(f'wrk.method = "{method}"\n' + LUA)
+            self.scripts[method] = script
+        return script
+
     def run(
-        self, url: str, connections: int, seconds: int, server_pid: int | None = None
+        self,
+        url: str,
+        connections: int,
+        seconds: int,
+        server_pid: int | None = None,
+        method: str = "GET",
+        helper_pid: int | None = None,
     ) -> WrkResult:
         argv = [
             self.path,
@@ -75,10 +94,10 @@ class Wrk:
             "--timeout",
             "10s",
             "-s",
-            str(self.script),
+            str(self._script(method)),
             url,
         ]
-        with CpuMeter(server_pid) as meter:
+        with CpuMeter(server_pid, helper_pid) as meter:
             proc = self.procs.start("wrk", argv, stdout=subprocess.PIPE, quiet=True)
             try:
                 out, _ = proc.communicate(timeout=seconds + 60)
@@ -100,6 +119,7 @@ class Wrk:
                     server_cpu_s=meter.server_seconds,
                     other_cores=meter.use.other,
                     steal_cores=meter.use.steal,
+                    helper_cpu_s=meter.helper_seconds,
                 )
         raise RuntimeError(f"wrk printed no result (exit {proc.returncode}):\n{text}")
 
@@ -121,14 +141,21 @@ class Wrk:
                 told = True
 
     def measure(
-        self, url: str, connections: int, warmup: int, seconds: int, server_pid: int
+        self,
+        url: str,
+        connections: int,
+        warmup: int,
+        seconds: int,
+        server_pid: int,
+        method: str = "GET",
+        helper_pid: int | None = None,
     ) -> WrkResult:
         """A discarded warm-up run, then the measured one; repeated if the machine was busy."""
         best: WrkResult | None = None
         for attempt in range(1 + self.retries):
             self.wait_quiet()
-            self.run(url, connections, warmup)
-            r = self.run(url, connections, seconds, server_pid)
+            self.run(url, connections, warmup, method=method)
+            r = self.run(url, connections, seconds, server_pid, method, helper_pid)
             self._print(r, connections)
             if best is None or r.other_cores < best.other_cores:
                 best = r
@@ -144,7 +171,8 @@ class Wrk:
             f"bench:   {connections:>2} conn {r.rps:7.0f} req/s  p50 {r.p50_ms:.3f}  "
             f"p90 {r.p90_ms:.3f}  p99 {r.p99_ms:.3f} ms  errors {r.errors}  "
             f"server CPU {r.cpu_us_per_request:.0f} us/req  other load {r.other_cores:.2f} "
-            f"cores  steal {r.steal_cores:.2f}",
+            f"cores  steal {r.steal_cores:.2f}"
+            + (f"  helper CPU {r.helper_us_per_request:.0f} us/req" if r.helper_cpu_s else ""),
             flush=True,
         )
         if r.other_cores > QUIET:

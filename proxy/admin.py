@@ -70,6 +70,7 @@ async def status(request: web.Request) -> web.Response:
             "anonymous_users_enabled": services.anonymous is not None,
             "response_cache": _response_cache(services),
             "store": _store_kind(services),
+            "anonymous_users_stored": await _stored_users(services),
         }
     )
 
@@ -89,6 +90,15 @@ def _response_cache(services: Services) -> dict[str, object] | None:
         "routes": [route.template for route in config.routes],
         "entries": services.response_cache.entries if services.response_cache else None,
     }
+
+
+async def _stored_users(services: Services) -> int | None:
+    if services.store is None:
+        return None
+    try:
+        return await asyncio.wait_for(services.store.count(), STORE_PING_TIMEOUT)
+    except (StoreUnavailable, TimeoutError):
+        return None
 
 
 def _store_kind(services: Services) -> str | None:

@@ -7,6 +7,11 @@ from collections.abc import Callable
 
 from aiohttp import StreamReader
 
+SMALL_BODY = 64 * 1024
+"""Bodies up to this size are read whole before relaying: one write instead of a chunk loop."""
+STREAM_CHUNK = 256 * 1024
+"""Chunk size for bodies relayed as streams, both directions."""
+
 
 async def read_bounded(stream: StreamReader, limit: int) -> tuple[bytes, bool]:
     """Read until EOF or until more than `limit` bytes arrived.

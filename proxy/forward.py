@@ -24,7 +24,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .body import read_bounded
+from .body import SMALL_BODY, STREAM_CHUNK, read_bounded
 from .config import Config
 from .context import RequestContext
 from .errors import BadRequest, MethodNotAllowed, PayloadTooLarge
@@ -36,9 +36,6 @@ from .upstream import PAY_API, Upstream
 if TYPE_CHECKING:
     from .response_cache import ResponseCache
 
-# Bodies up to this size are read whole before relaying: one write instead of a chunk loop.
-SMALL_BODY = 64 * 1024
-STREAM_CHUNK = 256 * 1024
 # TRACE would echo the injected credentials back to the caller; CONNECT would open a tunnel.
 REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
 

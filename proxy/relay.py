@@ -16,15 +16,13 @@ from typing import TYPE_CHECKING, Protocol
 from aiohttp import StreamReader, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .body import read_bounded, recode_json
+from .body import SMALL_BODY, STREAM_CHUNK, read_bounded, recode_json
 from .context import RequestContext
 from .rewrite import NEVER_RETURN, UrlRewriter, drop_headers, is_json_type
 
 if TYPE_CHECKING:  # the cache and its backends load only when `response_cache` is configured
     from .response_cache import ResponseCache
 
-SMALL_BODY = 64 * 1024
-STREAM_CHUNK = 256 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
 _DROP_RETURN = tuple(sorted(NEVER_RETURN))
 

@@ -13,6 +13,7 @@ from .identity import derive_identifier, validate_user_id
 from .validation import ConfigError
 
 EXIT_OK = 0
+EXIT_FORCED = 1  # a second signal during the drain
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
 

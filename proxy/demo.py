@@ -10,10 +10,11 @@ import tempfile
 from pathlib import Path
 
 from .app import Services
+from .cli import EXIT_STARTUP
 from .config import Config, build_config
 from .log import Redactor, configure_logging
 from .sandbox import GiniSimulator
-from .server import EXIT_STARTUP, StartupError, run, run_async
+from .server import StartupError, run, run_async
 
 DEMO_CLIENT_ID = "demo-client"
 

@@ -79,7 +79,6 @@ class Forwarder:
         self.relay = Relay(
             UrlRewriter(self.base, config.public_url), config.max_rewrite_bytes, cache, self.timeout
         )
-        self.cache = cache
 
     def upstream_url(self, raw_target: str) -> URL:
         """The Pay API URL for a request target; anything but an origin-form path is refused.
@@ -116,7 +115,7 @@ class Forwarder:
         identifier = self.deriver(validate_user_id(request.headers.get(self.identity_header)))
         url = self.upstream_url(request.raw_path)
         headers = self.upstream_headers(request, ctx, identifier)
-        if self.cache is not None:
+        if self.relay.cache is not None:
             hit = await self.relay.lookup(request, ctx, identifier, headers)
             if hit is not None:
                 return hit
@@ -142,7 +141,7 @@ class Forwarder:
                         self.upstream.metrics.upstream_error(PAY_API, "status_5xx")
                     return await self.relay.answer(request, ctx, answer, deadline)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            if isinstance(exc.__cause__, PayloadTooLarge) or ctx.body_too_large:
+            if ctx.body_too_large:
                 raise PayloadTooLarge from None
             if ctx.response_started:
                 # Headers are out: all that is left is to cut the connection.

@@ -22,7 +22,6 @@ from . import __version__
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-UPSTREAM_REASONS = ("connect", "timeout", "bad_response", "disconnect", "status_5xx", "throttled")
 TOKEN_FLOWS = ("derived", "anonymous", "client")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 

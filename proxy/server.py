@@ -20,6 +20,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from .admin import build_admin_app
 from .app import Services, build_proxy_app
+from .cli import EXIT_FORCED, EXIT_OK, EXIT_STARTUP
 from .config import Address, Config
 from .errors import BadRequest, InternalError
 from .lifecycle import Lifecycle
@@ -31,9 +32,6 @@ from .stores import StoreOpenError
 
 log = logging.getLogger("proxy.server")
 
-EXIT_OK = 0
-EXIT_FORCED = 1
-EXIT_STARTUP = 3
 CANCEL_AFTER = 0.5
 
 

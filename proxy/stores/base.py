@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from ..errors import StoreUnavailable
+
 State = Literal["pending", "active"]
 
 
@@ -62,3 +64,11 @@ class CredentialStore(Protocol):
 def parse_state(value: object) -> State:
     """A state column read back from a backend."""
     return "active" if value == "active" else "pending"
+
+
+async def require_user(store: CredentialStore, key: str) -> StoredUser:
+    """The row just written for `key`; it can only be gone if a concurrent DELETE won."""
+    user = await store.get(key)
+    if user is None:
+        raise StoreUnavailable("The stored user changed concurrently; try again.")
+    return user

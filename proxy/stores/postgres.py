@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from ..errors import StoreUnavailable
-from .base import StoredUser, StoreOpenError, parse_state
+from .base import StoredUser, StoreOpenError, parse_state, require_user
 from .cipher import Cipher, WrongKey
 
 log = logging.getLogger("proxy.store")
@@ -159,7 +159,7 @@ class PostgresStore:
                 email,
                 sealed,
             )
-        return await self._require(key)
+        return await require_user(self, key)
 
     async def replace(self, key: str, old_email: str, email: str, password: str) -> StoredUser:
         sealed = self.cipher.seal_password(key, email, password)
@@ -172,7 +172,7 @@ class PostgresStore:
                 key,
                 old_email,
             )
-        return await self._require(key)
+        return await require_user(self, key)
 
     async def activate(self, key: str, email: str) -> None:
         async with self._conn() as conn:
@@ -191,9 +191,3 @@ class PostgresStore:
     async def count(self) -> int:
         async with self._conn() as conn:
             return int(await conn.fetchval("SELECT count(*) FROM anonymous_users"))
-
-    async def _require(self, key: str) -> StoredUser:
-        user = await self.get(key)
-        if user is None:
-            raise StoreUnavailable("The stored user changed concurrently; try again.")
-        return user

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiosqlite
 
 from ..errors import StoreUnavailable
-from .base import StoredUser, StoreOpenError, parse_state
+from .base import StoredUser, StoreOpenError, parse_state, require_user
 from .cipher import Cipher, WrongKey
 
 log = logging.getLogger("proxy.store")
@@ -187,7 +187,7 @@ class SqliteStore:
                 " VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (user_key) DO NOTHING",
                 (key, email, self.cipher.seal_password(key, email, password), now, now),
             )
-        return await self._require(key)
+        return await require_user(self, key)
 
     async def replace(self, key: str, old_email: str, email: str, password: str) -> StoredUser:
         async with self._errors() as db:
@@ -203,7 +203,7 @@ class SqliteStore:
                     old_email,
                 ),
             )
-        return await self._require(key)
+        return await require_user(self, key)
 
     async def activate(self, key: str, email: str) -> None:
         async with self._errors() as db:
@@ -222,9 +222,3 @@ class SqliteStore:
         async with self._errors() as db, db.execute("SELECT count(*) FROM anonymous_users") as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
-
-    async def _require(self, key: str) -> StoredUser:
-        user = await self.get(key)
-        if user is None:  # deleted between our write and read: a concurrent DELETE won
-            raise StoreUnavailable("The stored user changed concurrently; try again.")
-        return user

@@ -358,6 +358,14 @@ def _store(r: Reader, data: Mapping[str, Any]) -> StoreConfig | None:
         url.startswith("sqlite:///") or url.split("://")[0] in ("postgresql", "postgres")
     ):
         r.problem("store.url", "must start with sqlite:/// or postgresql://")
+    elif url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        # Three slashes name a path relative to the working directory: in a container that
+        # file is gone on restart, and every anonymous user silently becomes a new Gini user.
+        r.problem(
+            "store.url",
+            f"{url!r} is a relative path; use four slashes and an absolute path, e.g. "
+            f"sqlite:////var/lib/gini-auth-proxy/store.db",
+        )
     elif url.startswith("postgres") and _url_password(url) is None and "@" in url:
         # The URL may hold a password: describe the problem without quoting any of it.
         r.problem("store.url", "is not a valid URL (percent-encode special characters)")

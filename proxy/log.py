@@ -13,11 +13,12 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar, Token
 from typing import IO, Any
 
 REDACTED = "[REDACTED]"
+WITHHELD = "the line spelled a registered secret"
 _PATTERNS = re.compile(
     r"(?i)(\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{6,}"
     # `key=value`, `key: value`, `"key": "value"`, also with the quotes escaped (`\"key\":\"`)
@@ -25,6 +26,8 @@ _PATTERNS = re.compile(
     r"|((?:access_token|refresh_token|password|client_secret|secret)"
     r"""(?:\\?["'])?\s*[:=]\s*(?:\\?["'])?)[^\s\"'&,}\\]{2,}"""
 )
+# Structured fields (`extra=` dicts) whose name says they hold a credential, as in _PATTERNS.
+_CREDENTIAL_NAMES = ("access_token", "refresh_token", "password", "secret")
 _PATTERN_WORDS = ("bearer", "basic", "token", "password", "secret")
 # What the current request's log lines carry and hide: its request id (added to every line
 # logged in its context, including single-flight fetch tasks it started) and the values only
@@ -82,11 +85,12 @@ class Redactor:
     def add(self, secrets: Iterable[str]) -> None:
         """Register more secret values (shorter than 4 characters would redact noise)."""
         wanted = {s for s in secrets if len(s) >= 4}
-        # Lines are redacted once formatted as JSON, where `"`, `\` and control characters in
-        # a secret appear escaped: look for that spelling too.
-        wanted |= {json.dumps(s, ensure_ascii=False)[1:-1] for s in wanted}
         merged = set(self._secrets) | wanted
         self._secrets = tuple(sorted(merged, key=len, reverse=True))
+
+    def spelled_in(self, text: str) -> bool:
+        """Does `text` contain a registered secret verbatim?"""
+        return any(secret in text for secret in self._secrets)
 
     def __call__(self, text: str) -> str:
         for secret in self._secrets:
@@ -98,6 +102,29 @@ class Redactor:
         if not any(word in folded for word in _PATTERN_WORDS):
             return text
         return _PATTERNS.sub(lambda m: (m.group(1) or m.group(2)) + REDACTED, text)
+
+
+def _is_credential_name(key: str) -> bool:
+    folded = key.casefold()
+    return any(name in folded for name in _CREDENTIAL_NAMES)
+
+
+def _redacted(value: object, redact: Callable[[str], str]) -> object:
+    """`value` with every string in it redacted; anything not JSON-native becomes its str()."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, dict):
+        return {
+            redact(str(key)): REDACTED
+            if item is not None and _is_credential_name(str(key))
+            else _redacted(item, redact)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redacted(item, redact) for item in value]
+    return redact(str(value))
 
 
 class JsonFormatter(logging.Formatter):
@@ -124,11 +151,28 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        if hidden:
-            for key, value in entry.items():
-                if isinstance(value, str) and key not in _STRUCTURED:
-                    entry[key] = _hide_request_values(value, hidden)
-        return self.redactor(json.dumps(entry, default=str, ensure_ascii=False))
+        # Redaction works on the values, before they are escaped: replacing text inside the
+        # finished line could cut through an escape such as `\u001b` and break the JSON.
+        redact = self.redactor
+
+        def clean(text: str) -> str:
+            text = redact(text)
+            return _hide_request_values(text, hidden) if hidden else text
+
+        for key, value in entry.items():
+            if key in _STRUCTURED and isinstance(value, str):
+                entry[key] = redact(value)
+            else:
+                entry[key] = _redacted(value, clean)
+        line = json.dumps(entry, ensure_ascii=False)
+        if redact.spelled_in(line):
+            # Only a secret holding `"`, `\` or a control character can reappear through JSON
+            # escaping or across fields: withhold the line's content rather than emit it.
+            line = json.dumps(
+                {key: entry[key] for key in ("timestamp", "level", "logger")}
+                | {"message": REDACTED, "withheld": WITHHELD}
+            )
+        return line
 
 
 _access_output: IO[str] | None = None

@@ -155,11 +155,6 @@ class Metrics:
             ("route", "result"),
             registry=r,
         )
-        self.response_cache_entries = Gauge(
-            "gini_proxy_response_cache_entries",
-            "Entries in the response cache, where the backend can tell (memory, sqlite).",
-            registry=r,
-        )
         self.build_info = Gauge(
             "gini_proxy_build_info",
             "Always 1; the version label says which build runs.",
@@ -170,6 +165,15 @@ class Metrics:
         for flow in TOKEN_FLOWS:
             self.token_cache_entries.labels(flow).set(0)
         self._token_children: dict[tuple[str, bool], Callable[[], None]] = {}
+
+    def response_cache_entries(self) -> Gauge:
+        """The entry-count gauge, registered only by a configured response cache: without one
+        a constant 0 would read as an empty cache."""
+        return Gauge(
+            "gini_proxy_response_cache_entries",
+            "Entries in the response cache, where the backend can tell (memory, sqlite).",
+            registry=self.registry,
+        )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one answered request and its duration (the per-request hot path)."""

@@ -171,6 +171,7 @@ class ResponseCache:
     def __init__(self, config: ResponseCacheConfig, hmac_key: bytes, metrics: Metrics):
         self.config = config
         self.metrics = metrics
+        self._entries_gauge = metrics.response_cache_entries()
         self.table = RouteTable([route.template for route in config.routes])
         self.shared = {route.template: route.shared for route in config.routes}
         # A key of its own: signing entries must not reuse the identifier key directly.
@@ -304,7 +305,7 @@ class ResponseCache:
         while True:
             self.entries = await self.size()
             if self.entries is not None:
-                self.metrics.response_cache_entries.set(self.entries)
+                self._entries_gauge.set(self.entries)
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
             if sqlite:
                 await self._guarded(

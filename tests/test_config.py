@@ -24,6 +24,7 @@ from proxy.config import (
     Address,
     CacheRoute,
     Config,
+    InboundAuthConfig,
     build_config,
     config_path,
     load_config,
@@ -33,6 +34,7 @@ from proxy.validation import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.yaml"
+NETWORK_EXAMPLE = ROOT / "config.network.example.yaml"
 DOCS = ROOT / "docs" / "configuration.md"
 
 CLIENT_SECRET = "client-secret-value-4f1c2e"
@@ -625,6 +627,13 @@ def test_store_url_schemes() -> None:
         assert has(problems_of(data), "store.url", "sqlite")
 
 
+@pytest.mark.parametrize("url", ["sqlite:///store.db", "sqlite:///data/store.db", "sqlite:///"])
+def test_relative_sqlite_store_paths_are_refused_with_the_fix(url: str) -> None:
+    # A relative file is lost with the container: every anonymous user would become new.
+    data = with_(MINIMAL, store={"url": url, "encryption_key": STORE_KEY})
+    assert has(problems_of(data), "store.url", "relative", "four slashes", "absolute")
+
+
 def test_anonymous_needs_a_store() -> None:
     problems = problems_of(with_(MINIMAL, anonymous={"email_domain": "example.com"}))
     assert has(problems, "store", "required", "anonymous")
@@ -892,12 +901,15 @@ EXAMPLE_ENV = {
 }
 
 
-def example_copy(tmp_path: Path) -> Path:
+def example_copy(tmp_path: Path, example: Path = EXAMPLE) -> Path:
     """The example with its /var/run secret files moved into `tmp_path`, which holds them."""
     secrets_dir = tmp_path / "secrets"
     write(secrets_dir / "hmac-key", HMAC_KEY + "\n")
     write(secrets_dir / "inbound-keys", f"# one per line\n{INBOUND_KEY}\n")
-    text = EXAMPLE.read_text(encoding="utf-8")
+    write(secrets_dir / "client-secret", CLIENT_SECRET + "\n")
+    write(secrets_dir / "store-key", STORE_KEY + "\n")
+    write(secrets_dir / "db-password", "db-password-0123\n")
+    text = example.read_text(encoding="utf-8")
     assert "/var/run/secrets/gini-proxy/" in text
     return write(
         tmp_path / "config.yaml", text.replace("/var/run/secrets/gini-proxy", str(secrets_dir))
@@ -911,9 +923,31 @@ def test_the_example_loads(tmp_path: Path) -> None:
     assert config.identity.hmac_key.value == HMAC_KEY
     assert config.store is not None
     assert config.store.encryption_key.value == STORE_KEY
+    assert config.inbound_auth is None  # a drop-in loopback sidecar needs no inbound keys
+    assert config.listen.is_loopback  # a sidecar
+
+
+def test_the_network_example_loads_with_inbound_auth(tmp_path: Path) -> None:
+    config = load_config(example_copy(tmp_path, NETWORK_EXAMPLE), {"GINI_CLIENT_ID": "c"})
+    assert not config.listen.is_loopback
     assert config.inbound_auth is not None
     assert [k.value for k in config.inbound_auth.keys] == [INBOUND_KEY]
-    assert config.listen.is_loopback  # a sidecar
+    assert config.store is not None
+    assert config.store.url.startswith("postgresql://")
+    assert not config.allow_unauthenticated_network
+    # Without its inbound keys, a network listener is refused.
+    data = yaml.safe_load(example_copy(tmp_path, NETWORK_EXAMPLE).read_text(encoding="utf-8"))
+    del data["inbound_auth"]
+    assert has(problems_of(data, {"GINI_CLIENT_ID": "c"}), "listen", "no inbound_auth")
+
+
+def test_the_example_documents_inbound_auth_in_a_comment() -> None:
+    lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
+    first = lines.index("# inbound_auth:")
+    block = [lines[first][2:]]
+    block += [line[2:] for line in lines[first + 1 :] if line.startswith("#   ")]
+    section = yaml.safe_load("\n".join(block))["inbound_auth"]
+    assert set(section) == {f.name for f in dataclasses.fields(InboundAuthConfig)}
 
 
 def test_the_example_needs_only_its_secrets(tmp_path: Path) -> None:
@@ -930,7 +964,6 @@ def test_the_example_needs_only_its_secrets(tmp_path: Path) -> None:
         "client.id",
         "client.secret",
         "identity.hmac_key",
-        "inbound_auth.keys",
         "store.encryption_key",
     ]
 
@@ -950,7 +983,9 @@ def _sections(config_cls: type[Any]) -> dict[str, type[Any]]:
 
 def test_the_example_lists_every_key() -> None:
     data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
-    assert set(data) == {f.name for f in dataclasses.fields(Config)}
+    # inbound_auth is there as a comment (see the test above): a sidecar on loopback needs none.
+    assert set(data) | {"inbound_auth"} == {f.name for f in dataclasses.fields(Config)}
+    data["inbound_auth"] = {"header": "", "keys": ""}
     sections = _sections(Config)
     assert set(sections) == {
         "upstream", "client", "identity", "anonymous", "store", "tokens", "inbound_auth",
@@ -981,9 +1016,6 @@ def test_the_example_shows_the_defaults(tmp_path: Path) -> None:
     ):  # fmt: skip
         assert getattr(example, name) == getattr(defaults, name), name
     assert example.identity.header == defaults.identity.header
-    assert example.inbound_auth is not None
-    assert defaults.inbound_auth is not None
-    assert example.inbound_auth.header == defaults.inbound_auth.header
     assert example.response_cache is not None
     assert defaults.response_cache is not None
     assert dataclasses.replace(example.response_cache, routes=()) == defaults.response_cache

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from proxy.log import REDACTED, JsonFormatter, Redactor, configure_logging
+from proxy.log import REDACTED, WITHHELD, JsonFormatter, Redactor, configure_logging
 
 SECRET = "s3cr3t-Client-Value-9f8e7d"
 HMAC_KEY = "0123456789abcdef0123456789abcdef-hmac"
@@ -26,7 +26,9 @@ class Capture:
         self.stream = io.StringIO()
         self.handler = logging.StreamHandler(self.stream)
         self.handler.setFormatter(JsonFormatter(redactor))
-        self.logger = logging.getLogger(f"test.log.{id(self)}")
+        # No digits in the name: a property test's secret of digits must not match it.
+        letters = "".join(chr(ord("a") + int(digit)) for digit in str(id(self)))
+        self.logger = logging.getLogger(f"test.log.{letters}")
         self.logger.propagate = False
         self.logger.setLevel(logging.DEBUG)
         self.logger.addHandler(self.handler)
@@ -260,13 +262,17 @@ def test_secrets_with_characters_json_escapes_are_redacted(capture: Capture) -> 
         cap.close()
 
 
+# The fixed text of every line: a secret that is part of it (`timestamp`) reveals nothing.
+_FORMAT_TEXT = json.dumps(
+    {"timestamp": "", "level": "info", "logger": "test.log.", "message": "", "field": ["", ""]}
+) + json.dumps({"withheld": WITHHELD})
 # Config secrets are stripped; `[` and `]` are left out so that no secret can be spelled by
 # the redaction marker and the text around it.
 _secret_text = st.text(
     st.characters(blacklist_categories=("Cs",), blacklist_characters="[]"),  # type: ignore[arg-type]
     min_size=8,
     max_size=30,
-).filter(lambda s: s.strip() == s and s not in REDACTED)
+).filter(lambda s: s.strip() == s and s not in REDACTED and s not in _FORMAT_TEXT)
 
 
 def _all_strings(value: object) -> Iterator[str]:
@@ -281,7 +287,36 @@ def _all_strings(value: object) -> Iterator[str]:
             yield from _all_strings(item)
 
 
+@pytest.mark.parametrize(
+    ("secret", "text"),
+    [
+        ("001b-abcd", "escape \x1b-abcd"),  # the secret spells an escape's digits
+        ("u001b-0000", "colour \x1b[0m u001b-0000"),
+        ("001b\\u0000", "a \x1b\x00 c"),  # only the escaped line spells it
+        ('pa"ss-0000', 'quoted pa"ss-0000 here'),
+        ("0000000d", "carriage \r return"),
+    ],
+)
+def test_redaction_never_cuts_through_a_json_escape(secret: str, text: str) -> None:
+    cap = Capture(Redactor([secret]))
+    try:
+        cap.logger.info(text)
+        cap.logger.info("x", extra={"field": text, "nested": {"k": [text]}})
+        assert secret not in cap.text
+        assert len(cap.entries()) == 2  # every line still parses
+    finally:
+        cap.close()
+
+
+def test_structured_fields_named_like_credentials_are_redacted(capture: Capture) -> None:
+    capture.logger.info("x", extra={"answer": {"Access_Token": "opaque", "client_secret": 7}})
+    (entry,) = capture.entries()
+    assert entry["answer"] == {"Access_Token": REDACTED, "client_secret": REDACTED}
+
+
 @given(_secret_text, st.text(max_size=20), st.text(max_size=20))
+@example(secret="001b\\u0000", before="\x1b", after="\x00")
+@example(secret="001b-abcd", before="\x1b", after="")
 def test_property_a_registered_secret_never_reaches_a_log_line(
     secret: str, before: str, after: str
 ) -> None:

@@ -293,3 +293,13 @@ async def test_corrupt_sqlite_file_degrades(
         headers, _ = await get(proxy, "/paymentProviders")
         assert headers["X-Cache"] == "MISS"
     assert results(proxy, "/paymentProviders")["error"] >= 1
+
+
+async def test_the_entries_gauge_exists_only_with_a_cache(start_proxy: StartProxy) -> None:
+    # Without a cache a constant 0 would read as "an empty cache" on a dashboard.
+    plain = await start_proxy()
+    async with plain.client.get(plain.admin_url + "/metrics") as response:
+        assert "gini_proxy_response_cache_entries" not in await response.text()
+    cached = await start_proxy(**cache_config("memory", ["/paymentProviders"]))
+    async with cached.client.get(cached.admin_url + "/metrics") as response:
+        assert "gini_proxy_response_cache_entries" in await response.text()

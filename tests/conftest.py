@@ -12,12 +12,18 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import settings
 
 from proxy.app import Services
 from proxy.config import Config, build_config
 from proxy.metrics import Metrics
 from proxy.sandbox import GiniSimulator
 from proxy.server import make_runners
+
+# No per-example deadline: on a loaded 2-core CI machine a slow example is not a bug, and a
+# deadline turns it into a flaky failure that a fresh clone could hit.
+settings.register_profile("gini-auth-proxy", deadline=None, print_blob=True)
+settings.load_profile("gini-auth-proxy")
 
 CLIENT_ID = "test-client"
 CLIENT_SECRET = "test-client-secret-7f3a9c"

@@ -61,6 +61,9 @@ REQUIRED_ALERT_METRICS = (
 
 Obj = dict[str, Any]
 
+# They drive kubectl, promtool and hadolint: out of the `./scripts/test --fast` inner loop.
+pytestmark = pytest.mark.slow
+
 
 # --- tools ------------------------------------------------------------------------------------
 

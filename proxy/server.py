@@ -1,4 +1,4 @@
-"""Running the listeners: startup, signals, and the graceful drain of DESIGN.md.
+"""Running the listeners: startup, signals, and the graceful drain (docs/operations.md).
 
 Shutdown sequence on the first SIGTERM/SIGINT: `/readyz` turns 503 at once; requests keep being
 served for `drain_delay_seconds` (Kubernetes removes the endpoint meanwhile); then the listener

@@ -19,6 +19,8 @@ from .procs import Processes
 from .servers import Server
 from .wrk import Wrk
 
+_ROOT = Path(__file__).resolve().parents[2]
+
 PY_SPY_DIR = Path("/tmp/gini-bench-py-spy")  # noqa: S108 - a tool cache, outside the repo
 _FRAME = re.compile(r"(?P<func>.*) \((?P<file>.*?)(?::\d+)?\)$")
 
@@ -41,7 +43,7 @@ def _frame(text: str) -> str:
     path = match["file"]
     path = re.sub(r".*/site-packages/", "", path)
     path = re.sub(r".*/lib/python3\.\d+/", "", path)
-    path = re.sub(r".*/work/[^/]+/", "", path)
+    path = re.sub(rf"^{re.escape(str(_ROOT))}/", "", path)  # the repository's own files
     return f"{match['func']} ({path})"
 
 

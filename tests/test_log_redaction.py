@@ -1,4 +1,4 @@
-"""Tests of JSON logging and redaction (proxy/log.py)."""
+"""The JSON log formatter and its redaction (proxy/log.py), without a server."""
 
 from __future__ import annotations
 

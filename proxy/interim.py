@@ -41,6 +41,10 @@ class GuardedResponseHandler(ResponseHandler):
             return  # refused already: nothing after it on this connection may be read as an answer
         status = data[0].code
         if status < 200 and status not in TOLERATED_INTERIM:
+            # Closed at once, as aiohttp does on a parser error: an unsolicited 1xx on an idle
+            # pooled connection must not be handed to the next request that takes it.
+            if self.transport is not None:
+                self.transport.close()
             self.set_exception(InterimRefused(status))
             return
         super().feed_data(data, size)

@@ -28,6 +28,7 @@ from multidict import CIMultiDict
 
 from proxy.accesslog import AccessLog
 from proxy.config import build_config
+from proxy.context import RequestContext
 from proxy.identity import MAX_USER_ID_BYTES
 from proxy.lifecycle import Lifecycle
 from proxy.log import REDACTED, Redactor, configure_logging
@@ -83,6 +84,7 @@ class RawUpstream:
     def __init__(self) -> None:
         self.answers: list[bytes] = []
         self.default = plain_answer()
+        self.late = b""  # written once, a moment after the next answer, on the same connection
         self.connections = 0
         self.requests: list[bytes] = []
         self._writers: set[asyncio.StreamWriter] = set()
@@ -117,6 +119,11 @@ class RawUpstream:
                 self.requests.append(head)
                 writer.write(self.answers.pop(0) if self.answers else self.default)
                 await writer.drain()
+                if self.late:
+                    late, self.late = self.late, b""
+                    await asyncio.sleep(0.2)
+                    writer.write(late)
+                    await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -420,8 +427,6 @@ def test_property_relay_headers_drop_forbidden_names_whatever_the_case() -> None
     @given(st.lists(st.tuples(_FORBIDDEN_OR_BENIGN, st.integers(0, 1 << 20), _VALUE)))
     @settings(max_examples=300)
     def check(headers: list[tuple[str, int, str]]) -> None:
-        from proxy.context import RequestContext
-
         upstream = CIMultiDict((swapcase_some(n, p), v) for n, p, v in headers)
         kept = relay.headers(upstream, RequestContext("rid", "other"))
         assert not {name.lower() for name in kept} & {*FORBIDDEN, "server"}
@@ -510,6 +515,19 @@ async def test_refused_interim_answers_become_502_and_the_connection_is_dropped(
         "gini_proxy_upstream_errors_total", {"upstream": "pay_api", "reason": "bad_response"}
     )
     assert errors == 1
+
+
+async def test_an_unsolicited_101_on_an_idle_connection_is_not_left_for_the_next_request(
+    start_proxy: StartProxy, raw_upstream: RawUpstream
+) -> None:
+    proxy = await start_proxy(upstream={"pay_api": raw_upstream.url, "max_retries": 0})
+    raw_upstream.late = REFUSED_INTERIM[1]
+    async with proxy.client.get(proxy.url + "/documents", headers=USER) as response:
+        assert (response.status, await response.read()) == (200, b"ok")
+    await asyncio.sleep(0.4)  # the 101 arrives while the connection waits in the pool
+    async with proxy.client.get(proxy.url + "/documents", headers=USER) as response:
+        assert (response.status, await response.read()) == (200, b"ok")
+    assert raw_upstream.connections == 2
 
 
 @pytest.mark.parametrize("interim", [b"100 Continue", b"103 Early Hints\r\nLink: </a.css>"])

@@ -5,8 +5,8 @@ and hands a 101 back as if it were final. Relayed, a 101 tells the caller the co
 speaks another protocol while the proxy goes on parsing HTTP on it; other 1xx codes (102, 1xx
 nobody defined) are not something the Pay API or the User Center send. So only `100 Continue`
 and `103 Early Hints` are let through (and skipped, never relayed: the proxy does not forward
-interim answers); any other 1xx fails the call, which `upstream.translate` maps to 502
-`bad_gateway`, and aiohttp closes that connection instead of returning it to the pool.
+interim answers); any other 1xx closes the connection and fails the call, which
+`upstream.translate` maps to 502 `bad_gateway`.
 
 The check sits in the client's protocol, where each parsed answer head passes once: aiohttp has
 no public hook that sees the 1xx answers it skips.

@@ -29,7 +29,8 @@ from multidict import CIMultiDict
 from proxy.accesslog import AccessLog
 from proxy.config import build_config
 from proxy.context import RequestContext
-from proxy.identity import MAX_USER_ID_BYTES
+from proxy.errors import InvalidUser, MissingUser
+from proxy.identity import MAX_USER_ID_BYTES, user_id_from
 from proxy.lifecycle import Lifecycle
 from proxy.log import REDACTED, Redactor, configure_logging
 from proxy.metrics import Metrics
@@ -300,6 +301,27 @@ async def test_property_the_identifier_is_the_hmac_of_the_bytes_sent(
     # Hashed as the UTF-8 bytes that arrived: no normalisation, no case folding.
     assert forwarded == [identifier(values[0].encode("utf-8"))]
     assert not [v for k, v in seen["headers"] if k.lower() == "x-user-id"]
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["X-User-Id", "X-Other"]), st.integers(0, 511), _ids),
+        max_size=4,
+    )
+)
+def test_property_user_id_from_takes_exactly_one_header(
+    headers: list[tuple[str, int, str]],
+) -> None:
+    sent = CIMultiDict((swapcase_some(name, pattern), value) for name, pattern, value in headers)
+    mine = [value for name, _, value in headers if name == "X-User-Id"]
+    if not mine:
+        with pytest.raises(MissingUser):
+            user_id_from(sent, "x-USER-id")
+    elif len(mine) > 1:
+        with pytest.raises(InvalidUser, match="ambiguous"):
+            user_id_from(sent, "x-USER-id")
+    else:
+        assert user_id_from(sent, "x-USER-id") == mine[0]
 
 
 async def test_nfc_and_nfd_forms_of_an_id_are_different_users(proxy: RunningProxy) -> None:

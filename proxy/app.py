@@ -12,6 +12,7 @@ from .accesslog import AccessLog
 from .anonymous import AnonymousUsers
 from .config import Config
 from .errors import MethodNotAllowed, NotFound, ProxyError
+from .expect import expect_handler
 from .forward import Forwarder, basic_auth
 from .gini import GiniClient
 from .handlers import TokenEndpoints
@@ -159,7 +160,8 @@ def build_proxy_app(services: Services) -> web.Application:
                 await services.store.close()
 
     app.cleanup_ctx.append(resources)
-    services.endpoints.add_routes(app.router)
-    app.router.add_route("*", "/_proxy/{tail:.*}", _unknown_proxy_endpoint)
-    app.router.add_route("*", "/{tail:.*}", services.forwarder.handle)
+    expect = expect_handler(services.config.max_body_bytes)
+    services.endpoints.add_routes(app.router, expect)
+    app.router.add_route("*", "/_proxy/{tail:.*}", _unknown_proxy_endpoint, expect_handler=expect)
+    app.router.add_route("*", "/{tail:.*}", services.forwarder.handle, expect_handler=expect)
     return app

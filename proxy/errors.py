@@ -16,6 +16,8 @@ class ProxyError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
     default_message: ClassVar[str] = "The proxy failed to handle this request."
+    closes_connection: ClassVar[bool] = False
+    """Answered with `Connection: close`: the request body may be left unread on the wire."""
 
     def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None):
         self.message = message or self.default_message
@@ -65,6 +67,7 @@ class PayloadTooLarge(ProxyError):
     status = 413
     code = "payload_too_large"
     default_message = "The request body is larger than this proxy accepts."
+    closes_connection = True
 
 
 class UpstreamRejected(ProxyError):

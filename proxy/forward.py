@@ -28,7 +28,7 @@ from .body import SMALL_BODY, STREAM_CHUNK, read_bounded
 from .config import Config
 from .context import RequestContext
 from .errors import BadRequest, MethodNotAllowed, PayloadTooLarge
-from .identity import IdentifierDeriver, validate_user_id
+from .identity import IdentifierDeriver, user_id_from
 from .relay import Relay
 from .rewrite import NEVER_FORWARD, UrlRewriter, filter_headers, is_json_type
 from .upstream import PAY_API, Upstream
@@ -112,7 +112,7 @@ class Forwarder:
         ctx = RequestContext.of(request)
         if request.method in REFUSED_METHODS:
             raise MethodNotAllowed("This method is never forwarded to Gini.")
-        identifier = self.deriver(validate_user_id(request.headers.get(self.identity_header)))
+        identifier = self.deriver(user_id_from(request.headers, self.identity_header))
         url = self.upstream_url(request.raw_path)
         headers = self.upstream_headers(request, ctx, identifier)
         if self.relay.cache is not None:

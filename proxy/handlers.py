@@ -6,8 +6,9 @@ from aiohttp import web
 
 from .anonymous import AnonymousUsers
 from .errors import NotFound
+from .expect import ExpectHandler
 from .gini import GiniClient
-from .identity import IdentifierDeriver, validate_user_id
+from .identity import IdentifierDeriver, user_id_from
 from .log import hide
 from .metrics import Metrics
 from .tokens import Token, TokenCache
@@ -48,7 +49,7 @@ class TokenEndpoints:
         self.metrics = metrics
 
     def _key(self, request: web.Request) -> str:
-        return self.deriver(validate_user_id(request.headers.get(self.identity_header)))
+        return self.deriver(user_id_from(request.headers, self.identity_header))
 
     def _anonymous(self) -> AnonymousUsers:
         if self.anonymous is None:
@@ -79,7 +80,7 @@ class TokenEndpoints:
             raise NotFound("No anonymous user is stored for this user id.")
         return web.Response(status=204, headers=NO_STORE)
 
-    def add_routes(self, router: web.UrlDispatcher) -> None:
-        router.add_post("/_proxy/tokens/derived", self.derived)
-        router.add_post("/_proxy/tokens/anonymous", self.anonymous_token)
-        router.add_delete("/_proxy/users/anonymous", self.forget_anonymous)
+    def add_routes(self, router: web.UrlDispatcher, expect: ExpectHandler) -> None:
+        router.add_post("/_proxy/tokens/derived", self.derived, expect_handler=expect)
+        router.add_post("/_proxy/tokens/anonymous", self.anonymous_token, expect_handler=expect)
+        router.add_delete("/_proxy/users/anonymous", self.forget_anonymous, expect_handler=expect)

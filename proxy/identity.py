@@ -11,6 +11,8 @@ import hashlib
 import hmac
 import re
 
+from multidict import MultiMapping
+
 from .errors import InvalidUser, MissingUser
 
 MAX_USER_ID_BYTES = 256
@@ -32,6 +34,24 @@ def validate_user_id(raw: str | None) -> str:
     if size == 0 or size > MAX_USER_ID_BYTES or _CONTROL.search(raw) or raw.strip() != raw:
         raise InvalidUser
     return raw
+
+
+AMBIGUOUS = "The request carries more than one user id header; the identity is ambiguous."
+
+
+def user_id_from(headers: MultiMapping[str], name: str) -> str:
+    """The one validated user id in `headers` under `name` (matched case-insensitively).
+
+    Two or more such headers, even with equal values, are refused: something in front of the
+    caller may append an authenticated id instead of replacing it, and then neither copy can
+    be trusted. `getall` costs about what `get` does, so the check is free on the hot path.
+    """
+    values = headers.getall(name, None)
+    if values is None:
+        raise MissingUser
+    if len(values) > 1:
+        raise InvalidUser(AMBIGUOUS)
+    return validate_user_id(values[0])
 
 
 class IdentifierDeriver:

@@ -52,6 +52,8 @@ def error_response(error: ProxyError, request_id: str) -> web.Response:
     body = {"error": error.code, "message": error.message, "requestId": request_id}
     response = web.json_response(body, status=error.status, headers=error.headers)
     response.headers["X-Request-Id"] = request_id
+    if error.closes_connection:
+        response.force_close()
     return response
 
 
@@ -96,7 +98,8 @@ def observe(
             request_id = new_request_id()
         ctx = RequestContext(request_id, routes.match(request.path))
         request[CONTEXT] = ctx
-        scope = request_scope(request_id, request.headers.get(identity_header, ""))
+        # Every copy of the identity header is hidden, also when duplicates get the request refused.
+        scope = request_scope(request_id, *request.headers.getall(identity_header, ()))
         lifecycle.in_flight += 1
         status = CLIENT_CLOSED
         try:

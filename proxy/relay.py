@@ -18,13 +18,20 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from .body import SMALL_BODY, STREAM_CHUNK, read_bounded, recode_json
 from .context import RequestContext
-from .rewrite import NEVER_RETURN, UrlRewriter, drop_headers, is_json_type
+from .rewrite import (
+    CREDENTIAL_ANSWER_HEADERS,
+    NEVER_RETURN,
+    UrlRewriter,
+    drop_headers,
+    is_json_type,
+)
 
 if TYPE_CHECKING:  # the cache and its backends load only when `response_cache` is configured
     from .response_cache import ResponseCache
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 _DROP_RETURN = tuple(sorted(NEVER_RETURN))
+_CREDENTIALS_RAW = frozenset(name.encode("ascii") for name in CREDENTIAL_ANSWER_HEADERS)
 
 
 class Answer(Protocol):
@@ -219,6 +226,16 @@ class Relay:
         cache.put(
             ctx.cache_template,
             ctx.cache_key,
-            cache.entry(answer.status, answer.reason or "", answer.raw_headers, body),
+            cache.entry(
+                answer.status, answer.reason or "", _without_credentials(answer.raw_headers), body
+            ),
         )
         return self.buffered(answer.status, answer.reason, headers, body)
+
+
+def _without_credentials(
+    raw: tuple[tuple[bytes, bytes], ...],
+) -> tuple[tuple[bytes, bytes], ...]:
+    """Raw headers minus the credential-shaped ones, so a shared cache never holds them (a
+    hit is filtered again on the way out, like a fresh answer)."""
+    return tuple(pair for pair in raw if pair[0].lower() not in _CREDENTIALS_RAW)

@@ -45,8 +45,21 @@ NEVER_FORWARD = HOP_BY_HOP | {
     "x-forwarded-host",
     "x-forwarded-proto",
 }
+# Credential- and identity-shaped answer headers: Gini has no reason to send them, and a
+# misconfigured or compromised upstream must not hand them to callers (or to the cache).
+CREDENTIAL_ANSWER_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "x-user-identifier",
+        "x-jwt-authorization",
+        "set-cookie",
+    }
+)
 # Upstream answer headers the proxy recomputes or must not relay.
-NEVER_RETURN = HOP_BY_HOP | {"content-length", "set-cookie", "x-request-id", "server", "date"}
+NEVER_RETURN = (
+    HOP_BY_HOP | CREDENTIAL_ANSWER_HEADERS | {"content-length", "x-request-id", "server", "date"}
+)
 
 
 def filter_headers(items: Iterable[tuple[str, str]], drop: frozenset[str]) -> list[tuple[str, str]]:

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from . import server_header
 from .admin import build_admin_app
 from .app import Services, build_proxy_app
 from .cli import EXIT_FORCED, EXIT_OK, EXIT_STARTUP
@@ -99,6 +100,7 @@ class ProxyRunner(web.AppRunner):
 
 def make_runners(services: Services) -> tuple[ProxyRunner, web.AppRunner]:
     """The proxy and admin runners, configured as production runs them (tests use these too)."""
+    server_header.install()
     proxy_runner = ProxyRunner(
         build_proxy_app(services),
         services.metrics,

@@ -13,6 +13,7 @@ import aiohttp
 
 from .config import UpstreamConfig
 from .errors import BadGateway, ProxyError, UpstreamTimeout, UpstreamUnavailable
+from .interim import GuardedConnector
 from .metrics import Metrics
 
 log = logging.getLogger("proxy.upstream")
@@ -33,7 +34,7 @@ class Upstream:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
+        connector = GuardedConnector(
             limit=0,  # concurrency is bounded by callers, not by a hidden queue in the pool
             ttl_dns_cache=60,
             keepalive_timeout=30,

@@ -3,7 +3,7 @@
 One `ConnectionGuard` per listener counts open connections and refuses those past the limit; a
 `GuardedRequestHandler` per connection enforces `client_timeouts.header_seconds` (a request head
 must be complete in time) and `send_seconds` (a caller may not leave answer bytes unread for
-longer). `idle_seconds` is aiohttp's own keep-alive timeout, which also runs from accept.
+longer). `idle_seconds` is aiohttp's own keep-alive timeout between requests.
 `body_seconds` is enforced where bodies are read (`body.read_paced`).
 
 Cost on the hot path: no timer per request. The head timer is armed when a head starts and
@@ -139,7 +139,12 @@ class GuardedRequestHandler(RequestHandler):
             transport.close()
             return
         super().connection_made(transport)
-        # The first head is timed from accept: a connection that sends nothing is cut too.
+        # The first head is timed from accept, by header_seconds alone: a connection that sends
+        # nothing is cut too, with a 408. aiohttp's keep-alive timer, armed at accept as well,
+        # takes over between requests (it is armed again after each answer).
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+            self._keepalive_handle = None
         self._head_count = self._request_count
         self._arm_head()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import resource
 from typing import Any, ClassVar, cast
 
 from aiohttp.web_protocol import RequestHandler
@@ -34,6 +35,8 @@ log = logging.getLogger("proxy.connections")
 RECOVERED_SHARE = 0.9
 """An episode at `max_connections` ends once open connections drop to this share of it, so a
 listener hovering at the limit logs one warning, not one per connection that comes and goes."""
+DESCRIPTOR_HEADROOM = 128
+"""Descriptors beyond two per caller connection: listeners, store, token calls, log files."""
 MAX_LINGER_SECONDS = 10.0
 """aiohttp's default for reading away the rest of a body after an early answer."""
 
@@ -54,6 +57,30 @@ def raw_error(error: ProxyError) -> bytes:
         "Connection: close\r\n\r\n"
     )
     return head.encode("ascii") + body
+
+
+def ensure_descriptors(max_connections: int) -> int:
+    """Raise the soft descriptor limit so `max_connections` callers, each with a Gini
+    connection, fit; warn when the hard limit does not allow it. Returns the soft limit."""
+    needed = 2 * max_connections + DESCRIPTOR_HEADROOM
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return soft
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("raised the open file limit", extra={"from": soft, "to": target})
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft < needed:
+        log.warning(
+            "the open file limit is too low for max_connections: lower max_connections or "
+            "raise the limit (ulimit -n)",
+            extra={"limit": soft, "needed": needed, "max_connections": max_connections},
+        )
+    return soft
 
 
 class ConnectionGuard:

@@ -22,7 +22,7 @@ from .admin import build_admin_app
 from .app import Services, build_proxy_app
 from .cli import EXIT_FORCED, EXIT_OK, EXIT_STARTUP
 from .config import Address, Config
-from .connections import ConnectionGuard, GuardedRequestHandler
+from .connections import ConnectionGuard, GuardedRequestHandler, ensure_descriptors
 from .errors import BadRequest, InternalError
 from .lifecycle import Lifecycle
 from .log import Redactor, configure_logging
@@ -140,6 +140,7 @@ async def run(services: Services, on_ready: Callable[[], None] | None = None) ->
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     graceful = True
+    ensure_descriptors(config.max_connections)
     try:
         try:
             await proxy_runner.setup()

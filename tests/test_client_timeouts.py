@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import resource
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from proxy.config import build_config
+from proxy.connections import ensure_descriptors
 from proxy.validation import ConfigError
 
 from .conftest import USER, RunningProxy, StartProxy
@@ -425,3 +427,20 @@ def test_client_timeouts_must_be_a_mapping(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         build_config({**MINIMAL, "client_timeouts": 10}, {}, tmp_path)
     assert caught.value.problems == ["client_timeouts: must be a mapping"]
+
+
+def test_the_descriptor_limit_is_raised_or_the_shortfall_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert ensure_descriptors(10) == soft  # enough already: left as it is
+    if hard == resource.RLIM_INFINITY:
+        pytest.skip("no hard limit on this machine: nothing can fall short")
+    caplog.set_level(logging.INFO, logger="proxy.connections")
+    try:
+        assert ensure_descriptors(hard) == hard  # raised as far as allowed, still short
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "max_connections" in warnings[0].getMessage()

@@ -8,6 +8,7 @@ objects: in the connection protocol and the transport's flow control.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import resource
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from proxy.config import build_config
 from proxy.connections import ensure_descriptors
@@ -25,6 +27,7 @@ from proxy.validation import ConfigError
 from .conftest import USER, RunningProxy, StartProxy
 
 FAST = {"header_seconds": 1, "idle_seconds": 1, "body_seconds": 1, "send_seconds": 1}
+ROOT = Path(__file__).resolve().parent.parent
 REQUEST = b"GET /_sandbox/echo HTTP/1.1\r\nHost: proxy.test\r\nX-User-Id: alice@example.com\r\n\r\n"
 
 
@@ -444,3 +447,10 @@ def test_the_descriptor_limit_is_raised_or_the_shortfall_logged(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "max_connections" in warnings[0].getMessage()
+
+
+def test_the_example_config_shows_the_defaults(tmp_path: Path) -> None:
+    example = yaml.safe_load((ROOT / "config.example.yaml").read_text(encoding="utf-8"))
+    defaults = build_config(MINIMAL, {}, tmp_path)
+    assert example["client_timeouts"] == dataclasses.asdict(defaults.client_timeouts)
+    assert example["max_connections"] == defaults.max_connections

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import Callable
 
@@ -13,8 +14,25 @@ STREAM_CHUNK = 256 * 1024
 """Chunk size for bodies relayed as streams, both directions."""
 
 
-async def read_bounded(stream: StreamReader, limit: int) -> tuple[bytes, bool]:
-    """Read until EOF or until more than `limit` bytes arrived.
+async def read_paced(stream: StreamReader, size: int, pause: float | None) -> bytes:
+    """`stream.read(size)`, but waiting longer than `pause` seconds for data raises TimeoutError.
+
+    Bytes already buffered are taken without a timer: a small body that arrived with its head
+    (the common case) never creates one.
+    """
+    if pause is None:
+        return await stream.read(size)
+    chunk = stream.read_nowait(size)
+    if chunk or stream.at_eof():
+        return chunk
+    async with asyncio.timeout(pause):
+        return await stream.read(size)
+
+
+async def read_bounded(
+    stream: StreamReader, limit: int, pause: float | None = None
+) -> tuple[bytes, bool]:
+    """Read until EOF or until more than `limit` bytes arrived (`pause`: see `read_paced`).
 
     Returns the bytes read and whether that was the whole body. When it was not, the caller
     relays the returned prefix and then the rest of the stream unchanged.
@@ -22,7 +40,7 @@ async def read_bounded(stream: StreamReader, limit: int) -> tuple[bytes, bool]:
     chunks: list[bytes] = []
     size = 0
     while size <= limit:
-        chunk = await stream.read(limit + 1 - size)
+        chunk = await read_paced(stream, limit + 1 - size, pause)
         if not chunk:
             return b"".join(chunks), True
         chunks.append(chunk)

@@ -33,7 +33,7 @@ _TOP_KEYS = (
     "listen", "admin_listen", "public_url", "upstream", "client", "identity", "anonymous",
     "store", "tokens", "shutdown_grace_seconds", "drain_delay_seconds", "max_body_bytes",
     "max_rewrite_bytes", "inbound_auth", "allow_unauthenticated_network", "response_cache",
-    "logging",
+    "logging", "client_timeouts", "max_connections",
 )  # fmt: skip
 
 
@@ -127,6 +127,16 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientTimeoutsConfig:
+    """Bounds on slow or idle callers of the proxy listener (see `proxy.connections`)."""
+
+    header_seconds: float
+    idle_seconds: float
+    body_seconds: float
+    send_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listen: Address
     admin_listen: Address
@@ -145,6 +155,8 @@ class Config:
     allow_unauthenticated_network: bool
     response_cache: ResponseCacheConfig | None
     logging: LoggingConfig
+    client_timeouts: ClientTimeoutsConfig
+    max_connections: int
 
     def secrets(self) -> list[str]:
         """Every secret value this config holds (fed to the log redactor)."""
@@ -234,6 +246,8 @@ def build_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: Path
         allow_unauthenticated_network=allow_open,
         response_cache=_response_cache(r, data),
         logging=_logging(r, data),
+        client_timeouts=_client_timeouts(r, data),
+        max_connections=r.integer(data, "max_connections", "max_connections", 1000, 1, 1_000_000),
     )
     if r.problems:
         raise ConfigError(r.problems)
@@ -470,4 +484,20 @@ def _logging(r: Reader, data: Mapping[str, Any]) -> LoggingConfig:
         access_log_sample_rate=r.number(
             d, "access_log_sample_rate", "logging.access_log_sample_rate", 1.0, 0, 1
         ),
+    )
+
+
+def _client_timeouts(r: Reader, data: Mapping[str, Any]) -> ClientTimeoutsConfig:
+    keys = ("header_seconds", "idle_seconds", "body_seconds", "send_seconds")
+    d = r.section(data, "client_timeouts", "client_timeouts", keys) or {}
+
+    def seconds(key: str, default: float) -> float:
+        # Lower bound above zero: 0 would close every connection at once, not turn a bound off.
+        return r.number(d, key, f"client_timeouts.{key}", default, 0.05, 86400)
+
+    return ClientTimeoutsConfig(
+        header_seconds=seconds("header_seconds", 10),
+        idle_seconds=seconds("idle_seconds", 60),
+        body_seconds=seconds("body_seconds", 30),
+        send_seconds=seconds("send_seconds", 30),
     )

@@ -16,6 +16,7 @@ class RequestContext:
     """What one request did: its id, route template, upstream timing and relay state."""
 
     __slots__ = (
+        "body_timed_out",
         "body_too_large",
         "bytes_out",
         "cache_key",
@@ -34,6 +35,7 @@ class RequestContext:
         self.gini_request_id: str | None = None
         self.bytes_out = 0
         self.body_too_large = False
+        self.body_timed_out = False  # the caller paused its streamed body too long
         self.response_started: web.StreamResponse | None = None
         self.cache_template: str | None = None  # set on a response-cache miss: store under
         self.cache_key: str | None = None

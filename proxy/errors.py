@@ -108,3 +108,19 @@ class UpstreamTimeout(ProxyError):
 
 class InternalError(ProxyError):
     """Stands in for an unexpected exception at the boundary; the details go to the log only."""
+
+
+class RequestTimeout(ProxyError):
+    """The caller sent its request head or body too slowly (`client_timeouts`)."""
+
+    status = 408
+    code = "request_timeout"
+    default_message = "The request did not arrive in time; the connection is closed."
+
+
+class TooManyConnections(ProxyError):
+    """The proxy listener holds `max_connections` open connections already."""
+
+    status = 503
+    code = "too_many_connections"
+    default_message = "The proxy has too many open connections; retry shortly."

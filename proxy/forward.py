@@ -24,10 +24,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .body import SMALL_BODY, STREAM_CHUNK, read_bounded
+from .body import SMALL_BODY, STREAM_CHUNK, read_bounded, read_paced
 from .config import Config
 from .context import RequestContext
-from .errors import BadRequest, MethodNotAllowed, PayloadTooLarge
+from .errors import BadRequest, MethodNotAllowed, PayloadTooLarge, RequestTimeout
 from .identity import IdentifierDeriver, user_id_from
 from .relay import Relay
 from .rewrite import NEVER_FORWARD, UrlRewriter, filter_headers, is_json_type
@@ -70,6 +70,7 @@ class Forwarder:
         self.max_body = config.max_body_bytes
         self.max_rewrite = config.max_rewrite_bytes
         self.timeout = config.upstream.timeout_seconds
+        self.body_pause = config.client_timeouts.body_seconds
         self._plain_timeout = upstream.plain_timeout
         self._upload_timeout = aiohttp.ClientTimeout(
             total=None,
@@ -119,7 +120,10 @@ class Forwarder:
             hit = await self.relay.lookup(request, ctx, identifier, headers)
             if hit is not None:
                 return hit
-        data = await self._request_body(request, ctx, headers)
+        try:
+            data = await self._request_body(request, ctx, headers)
+        except TimeoutError:
+            raise self._body_timeout() from None
         streamed_upload = data is not None and not isinstance(data, bytes)
         typed = data is None or "Content-Type" in headers
         started = time.perf_counter()
@@ -143,6 +147,8 @@ class Forwarder:
         except (aiohttp.ClientError, TimeoutError) as exc:
             if ctx.body_too_large:
                 raise PayloadTooLarge from None
+            if ctx.body_timed_out and not ctx.response_started:
+                raise self._body_timeout() from None
             if ctx.response_started:
                 # Headers are out: all that is left is to cut the connection.
                 ctx.abort(request, exc, self.upstream.metrics.upstream_error)
@@ -159,12 +165,15 @@ class Forwarder:
             return None
         content_type = request.headers.get("Content-Type", "")
         if is_json_type(content_type) and (length is None or length <= self.max_rewrite):
-            prefix, complete = await read_bounded(request.content, self.max_rewrite)
+            prefix, complete = await read_bounded(
+                request.content, self.max_rewrite, self.body_pause
+            )
             if complete:
                 return self.to_upstream.json(prefix)
             return self._stream_body(request, prefix, ctx)
         if length is not None and length <= SMALL_BODY:
-            return await request.read()
+            body, _ = await read_bounded(request.content, length, self.body_pause)
+            return body
         if length is not None:
             headers["Content-Length"] = str(length)  # keep the caller's framing, no chunking
         return self._stream_body(request, b"", ctx)
@@ -175,12 +184,27 @@ class Forwarder:
         sent = len(prefix)
         if prefix:
             yield prefix
-        async for chunk in request.content.iter_chunked(STREAM_CHUNK):
+        while True:
+            try:
+                chunk = await read_paced(request.content, STREAM_CHUNK, self.body_pause)
+            except TimeoutError:
+                # This runs in aiohttp's upload task: the handler learns of it as a client
+                # error on the upstream request, which is then closed, not pooled.
+                ctx.body_timed_out = True
+                raise
+            if not chunk:
+                return
             sent += len(chunk)
             if sent > self.max_body:
                 ctx.body_too_large = True
                 raise PayloadTooLarge
             yield chunk
+
+    def _body_timeout(self) -> RequestTimeout:
+        """The caller paused its body longer than `client_timeouts.body_seconds`."""
+        self.upstream.metrics.client_timeout("body")
+        # The rest of the body will not be read: the connection cannot carry another request.
+        return RequestTimeout(headers={"Connection": "close"})
 
 
 # A body sent without a Content-Type stays without one (aiohttp would add octet-stream).

@@ -23,6 +23,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 TOKEN_FLOWS = ("derived", "anonymous", "client")
+CLIENT_TIMEOUT_REASONS = ("header", "idle", "body", "send")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -165,6 +166,7 @@ class Metrics:
         for flow in TOKEN_FLOWS:
             self.token_cache_entries.labels(flow).set(0)
         self._token_children: dict[tuple[str, bool], Callable[[], None]] = {}
+        self._init_connection_metrics(r)
 
     def response_cache_entries(self) -> Gauge:
         """The entry-count gauge, registered only by a configured response cache: without one
@@ -195,3 +197,29 @@ class Metrics:
 
     def upstream_error(self, upstream: str, reason: str) -> None:
         self.upstream_errors.labels(upstream, reason).inc()
+
+    def _init_connection_metrics(self, r: CollectorRegistry) -> None:
+        """Caller connections on the proxy listener (`client_timeouts`, `max_connections`)."""
+        self.client_timeouts = Counter(
+            "gini_proxy_client_timeouts_total",
+            "Caller connections closed for being too slow or idle, by reason "
+            "(header, idle, body, send).",
+            ("reason",),
+            registry=r,
+        )
+        for reason in CLIENT_TIMEOUT_REASONS:
+            self.client_timeouts.labels(reason)
+        self.connections_refused = Counter(
+            "gini_proxy_connections_refused_total",
+            "Caller connections refused because max_connections were open.",
+            registry=r,
+        )
+        self.open_connections = Gauge(
+            "gini_proxy_open_connections",
+            "Caller connections open on the proxy listener right now.",
+            registry=r,
+        )  # fed by `set_function` from the connection guard's own count
+
+    def client_timeout(self, reason: str) -> None:
+        """Count one caller connection cut by `client_timeouts` (reason: CLIENT_TIMEOUT_REASONS)."""
+        self.client_timeouts.labels(reason).inc()

@@ -23,6 +23,7 @@ from .admin import build_admin_app
 from .app import Services, build_proxy_app
 from .cli import EXIT_FORCED, EXIT_OK, EXIT_STARTUP
 from .config import Address, Config
+from .connections import ConnectionGuard, GuardedRequestHandler, ensure_descriptors
 from .errors import BadRequest, InternalError
 from .lifecycle import Lifecycle
 from .log import Redactor, configure_logging
@@ -48,12 +49,13 @@ async def _start_site(runner: web.AppRunner, address: Address, what: str) -> Non
         raise StartupError(f"cannot listen on {address} ({what}): {exc.strerror or exc}") from None
 
 
-def _json_error_server(metrics: Metrics) -> type[web.Server]:
+def _json_error_server(metrics: Metrics, guard: ConnectionGuard) -> type[web.Server]:
     """A Server class whose connections answer requests aiohttp's parser refuses (bad header
     bytes, a broken request line) with the contract's JSON error instead of a text page, count
-    them, and log them as the caller's mistake rather than a server error."""
+    them, and log them as the caller's mistake rather than a server error. Its connections
+    are also bounded by `guard` (max_connections, client_timeouts)."""
 
-    class JsonErrorRequestHandler(RequestHandler):
+    class JsonErrorRequestHandler(GuardedRequestHandler):
         def handle_error(
             self,
             request: web.BaseRequest,
@@ -74,6 +76,8 @@ def _json_error_server(metrics: Metrics) -> type[web.Server]:
             response.force_close()
             return response
 
+    JsonErrorRequestHandler.guard = guard
+
     class JsonErrorServer(web.Server):
         def __call__(self) -> RequestHandler:
             return JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
@@ -88,9 +92,12 @@ class ProxyRunner(web.AppRunner):
     AppRunner is given a subclass whose connections override `handle_error` (a test pins it).
     """
 
-    def __init__(self, app: web.Application, metrics: Metrics, **kwargs: Any):
-        super().__init__(app, **kwargs)
-        self._server_class = _json_error_server(metrics)
+    def __init__(
+        self, app: web.Application, metrics: Metrics, guard: ConnectionGuard, **kwargs: Any
+    ):
+        super().__init__(app, **guard.server_kwargs(), **kwargs)
+        self.guard = guard
+        self._server_class = _json_error_server(metrics, guard)
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
@@ -101,9 +108,12 @@ class ProxyRunner(web.AppRunner):
 def make_runners(services: Services) -> tuple[ProxyRunner, web.AppRunner]:
     """The proxy and admin runners, configured as production runs them (tests use these too)."""
     server_header.install()
+    config = services.config
+    guard = ConnectionGuard(config.client_timeouts, config.max_connections, services.metrics)
     proxy_runner = ProxyRunner(
         build_proxy_app(services),
         services.metrics,
+        guard,
         handler_cancellation=True,  # a caller that disconnects cancels its upstream call
         access_log=None,  # the middleware writes the access log, with route templates
         # The grace period is waited for in `_drain`; aiohttp only cancels the stragglers.
@@ -132,6 +142,7 @@ async def run(services: Services, on_ready: Callable[[], None] | None = None) ->
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     graceful = True
+    ensure_descriptors(config.max_connections)
     try:
         try:
             await proxy_runner.setup()

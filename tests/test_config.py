@@ -989,7 +989,7 @@ def test_the_example_lists_every_key() -> None:
     sections = _sections(Config)
     assert set(sections) == {
         "upstream", "client", "identity", "anonymous", "store", "tokens", "inbound_auth",
-        "response_cache", "logging",
+        "response_cache", "logging", "client_timeouts",
     }  # fmt: skip
     for name, section_cls in sections.items():
         assert set(data[name]) == {f.name for f in dataclasses.fields(section_cls)}, name

@@ -191,3 +191,12 @@ class Metrics:
 
     def upstream_error(self, upstream: str, reason: str) -> None:
         self.upstream_errors.labels(upstream, reason).inc()
+
+
+def store_up_gauge(registry: CollectorRegistry) -> Gauge:
+    """`gini_proxy_store_up`, registered only when a store is configured (absent otherwise)."""
+    return Gauge(
+        "gini_proxy_store_up",
+        "1 when the credential store answered its last background check, 0 when not.",
+        registry=registry,
+    )

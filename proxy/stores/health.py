@@ -4,9 +4,10 @@ fail-fast on every store call, so a dead or blackholed database costs flow 4 a q
 
 asyncpg bounds each step on its own (connect, pool acquire, statement, the cancel request), but
 the sum of those steps, and the cleanup of a call cut short, can take longer than any one of
-them. So every store call runs in its own task and the caller stops waiting at the deadline;
-the task is cancelled and finishes its cleanup in the background, tracked until it is done and
-awaited (bounded) on shutdown.
+them. So every store call runs in its own task and the caller stops waiting at the deadline.
+The task is left to end by the driver's own timeouts (cancelling it mid-cleanup only leaves
+asyncpg's shielded release behind, unobserved); it is tracked until it ends, and shutdown waits
+for it (bounded) before cancelling what is left.
 """
 
 from __future__ import annotations
@@ -60,7 +61,6 @@ class Deadlines:
                 return await asyncio.shield(task)
         except BaseException:  # the deadline, or the caller itself was cancelled
             if not task.done():
-                task.cancel()
                 self._abandoned.add(task)
                 task.add_done_callback(self._finished)
             raise
@@ -71,9 +71,14 @@ class Deadlines:
             task.exception()  # retrieved, so asyncio does not report it as never retrieved
 
     async def drain(self) -> None:
-        """Give abandoned calls a bounded chance to finish (shutdown)."""
-        if self._abandoned:
-            await asyncio.wait(list(self._abandoned), timeout=CLEANUP_TIMEOUT)
+        """Give abandoned calls a bounded chance to finish, then cancel the rest (shutdown)."""
+        if not self._abandoned:
+            return
+        _, pending = await asyncio.wait(list(self._abandoned), timeout=CLEANUP_TIMEOUT)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=CLEANUP_TIMEOUT)
 
 
 def error_name(exc: BaseException) -> str:

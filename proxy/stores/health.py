@@ -63,6 +63,10 @@ class Deadlines:
             if not task.done():
                 self._abandoned.add(task)
                 task.add_done_callback(self._finished)
+            elif task.cancelled() and not _being_cancelled():
+                # The driver cancelled its own call: a failure of the store, not a reason to
+                # unwind the caller (the background check would otherwise stop).
+                raise StoreUnavailable from None
             raise
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
@@ -79,6 +83,11 @@ class Deadlines:
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=CLEANUP_TIMEOUT)
+
+
+def _being_cancelled() -> bool:
+    current = asyncio.current_task()
+    return current is not None and current.cancelling() > 0
 
 
 def error_name(exc: BaseException) -> str:

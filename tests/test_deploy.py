@@ -788,6 +788,7 @@ def test_dashboard_loads_and_has_the_panels() -> None:
         "gini_proxy_token_fetch_errors_total",
         "gini_proxy_in_flight_requests",
         "gini_proxy_anonymous_users_created_total",
+        "gini_proxy_store_up",
     ):
         assert needle in exprs, needle
     for histogram in ("gini_proxy_request_duration", "gini_proxy_upstream_request_duration"):

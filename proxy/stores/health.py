@@ -118,7 +118,8 @@ class StoreHealth:
         self.interval = interval
         self.recheck_interval = recheck_interval
         self.timeout = timeout
-        self.deadlines = Deadlines()
+        self.deadlines = Deadlines()  # shared with GuardedStore: one place to drain on shutdown
+        self._pings = Deadlines()
         self.up = True
         self.since = time.time()  # when `up` last changed
         self.last_check_at: float | None = None
@@ -131,8 +132,13 @@ class StoreHealth:
 
     async def check(self) -> bool:
         """Ping the store once, within `timeout`, and record the outcome."""
+        if self._pings.abandoned:
+            # The last ping still hangs (a store that never answers, e.g. SQLite on a dead
+            # network volume): stacking another one per tick would grow without bound.
+            self._record(self.last_error or "TimeoutError")
+            return self.up
         try:
-            await self.deadlines.run(self.store.ping(), self.timeout)
+            await self._pings.run(self.store.ping(), self.timeout)
         except (StoreUnavailable, TimeoutError) as exc:
             self._record(error_name(exc))
         except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the store is down
@@ -181,6 +187,7 @@ class StoreHealth:
             task.cancel()
             with suppress(asyncio.CancelledError):
                 await task
+        await self._pings.drain()
         await self.deadlines.drain()
 
 

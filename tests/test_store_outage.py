@@ -15,18 +15,22 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import yaml
 
 from proxy.errors import StoreUnavailable
+from proxy.sandbox import GiniSimulator
 from proxy.stores.cipher import Cipher
 from proxy.stores.health import CHECK_TIMEOUT, Deadlines, StoreHealth
 from proxy.stores.postgres import PostgresStore
 
-from .conftest import USER, RunningProxy, StartProxy
+from .conftest import USER, RunningProxy, StartProxy, config_data, merge
 from .stores_support import STORE_KEY, postgres_schema
+from .test_server import free_port, spawn
 
 DERIVED = "/_proxy/tokens/derived"
 ANONYMOUS = "/_proxy/tokens/anonymous"
@@ -391,6 +395,35 @@ async def test_a_deadline_passes_results_and_errors_through() -> None:
     with pytest.raises(StoreUnavailable):
         await deadlines.run(fail(), 1)
     assert deadlines.abandoned == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.parametrize("cut", ["blackhole", "refuse"])
+async def test_startup_with_a_cut_store_still_exits_3(
+    cut: str, schema_dsn: str, relay: Relay, sim: GiniSimulator, tmp_path: Path
+) -> None:
+    """The contract keeps exit code 3 for a store unreachable at startup, and it is quick."""
+    if cut == "blackhole":
+        relay.blackhole()
+    else:
+        await relay.refuse()
+    data = merge(
+        config_data(sim, tmp_path),
+        {
+            "listen": f"127.0.0.1:{free_port()}",
+            "admin_listen": f"127.0.0.1:{free_port()}",
+            "store": {"url": through(schema_dsn, relay.port, DSN_PASSWORD)},
+        },
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    started = time.monotonic()
+    proc = await spawn("serve", "--config", str(path))
+    assert await proc.finish(timeout=20) == 3
+    assert time.monotonic() - started < 10
+    assert b"startup failed" in proc.output
+    assert DSN_PASSWORD.encode() not in proc.output
 
 
 class HangingStore:

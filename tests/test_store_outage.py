@@ -11,24 +11,23 @@ enough to recover: no restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-from proxy.errors import StoreUnavailable
 from proxy.sandbox import GiniSimulator
 from proxy.stores.cipher import Cipher
-from proxy.stores.health import CHECK_TIMEOUT, Deadlines, StoreHealth
+from proxy.stores.health import CHECK_TIMEOUT, StoreHealth
 from proxy.stores.postgres import PostgresStore
 
 from .conftest import USER, RunningProxy, StartProxy, config_data, merge
+from .relay_support import Relay, through
 from .stores_support import STORE_KEY, postgres_schema
 from .test_server import free_port, spawn
 
@@ -36,98 +35,6 @@ DERIVED = "/_proxy/tokens/derived"
 ANONYMOUS = "/_proxy/tokens/anonymous"
 ERASE = "/_proxy/users/anonymous"
 DSN_PASSWORD = "relay-dsn-password-4d1f"  # the test server trusts loopback and ignores it
-
-
-class Relay:
-    """A TCP relay from a loopback port to `target`, which a test can cut and restore."""
-
-    def __init__(self, host: str, port: int):
-        self.target = (host, port)
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._flowing = asyncio.Event()
-        self._flowing.set()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._closing = False
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, "127.0.0.1", self.port, reuse_address=True
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def blackhole(self) -> None:
-        """Accept, but never answer; hold every byte instead of forwarding it."""
-        self._flowing.clear()
-
-    async def refuse(self) -> None:
-        """Connection refused for new connections, a reset for open ones."""
-        self._flowing.clear()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
-
-    async def restore(self) -> None:
-        if self._server is None:
-            await self.start()
-        self._flowing.set()
-
-    async def close(self) -> None:
-        # Handlers are ended by closing their sockets, not cancelled: asyncio's stream server
-        # logs an error for every handler task that ends cancelled.
-        self._closing = True
-        if self._server is not None:
-            self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._flowing.set()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._writers.add(writer)
-        upstream: asyncio.StreamWriter | None = None
-        try:
-            await self._flowing.wait()  # blackholed: the handshake completed, nothing answers
-            if self._closing or writer.is_closing():
-                return
-            up_reader, upstream = await asyncio.open_connection(*self.target)
-            self._writers.add(upstream)
-            await asyncio.gather(self._pipe(reader, upstream), self._pipe(up_reader, writer))
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            for end in (writer, upstream):
-                if end is not None:
-                    self._writers.discard(end)
-                    end.transport.abort()
-            self._tasks.discard(task)
-
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        while data := await source.read(65536):
-            await self._flowing.wait()  # blackholed: the bytes are held, not forwarded
-            if sink.is_closing():
-                return
-            sink.write(data)
-            await sink.drain()
-        if not sink.is_closing():
-            sink.write_eof()
-
-
-def through(dsn: str, port: int, password: str | None = None) -> str:
-    """`dsn` pointed at the relay on `port` (and optionally given a password)."""
-    parts = urlsplit(dsn)
-    user = parts.username or "postgres"
-    credentials = f"{user}:{password}" if password else user
-    return urlunsplit(parts._replace(netloc=f"{credentials}@127.0.0.1:{port}"))
 
 
 @pytest.fixture
@@ -363,40 +270,6 @@ async def test_without_a_store_there_is_no_store_up_series(start_proxy: StartPro
         assert (await response.json())["store_health"] is None
 
 
-async def test_a_deadline_never_waits_for_a_call_that_outlives_it() -> None:
-    finished = asyncio.Event()
-
-    async def slow() -> str:  # a driver whose own timeouts add up to more than the deadline
-        await asyncio.sleep(0.6)
-        finished.set()
-        return "late"
-
-    deadlines = Deadlines()
-    started = time.monotonic()
-    with pytest.raises(TimeoutError):
-        await deadlines.run(slow(), 0.2)
-    assert time.monotonic() - started < 0.4
-    assert deadlines.abandoned == 1
-    await deadlines.drain()  # shutdown: the call was left to end on its own, not cancelled
-    assert finished.is_set()
-    assert deadlines.abandoned == 0
-
-
-async def test_a_deadline_passes_results_and_errors_through() -> None:
-    deadlines = Deadlines()
-
-    async def answer() -> int:
-        return 42
-
-    async def fail() -> None:
-        raise StoreUnavailable
-
-    assert await deadlines.run(answer(), 1) == 42
-    with pytest.raises(StoreUnavailable):
-        await deadlines.run(fail(), 1)
-    assert deadlines.abandoned == 0
-
-
 @pytest.mark.postgres
 @pytest.mark.slow
 @pytest.mark.parametrize("cut", ["blackhole", "refuse"])
@@ -424,58 +297,3 @@ async def test_startup_with_a_cut_store_still_exits_3(
     assert time.monotonic() - started < 10
     assert b"startup failed" in proc.output
     assert DSN_PASSWORD.encode() not in proc.output
-
-
-class HangingStore:
-    """A store whose ping hangs until released (SQLite on a dead network volume)."""
-
-    def __init__(self) -> None:
-        self.pings = 0
-        self.release = asyncio.Event()
-
-    async def ping(self) -> None:
-        self.pings += 1
-        await self.release.wait()
-
-
-async def test_checks_do_not_stack_up_behind_a_hanging_ping() -> None:
-    store = HangingStore()
-    health = StoreHealth(store, timeout=0.1)  # type: ignore[arg-type]
-    for _ in range(5):
-        started = time.monotonic()
-        assert await health.check() is False
-        assert time.monotonic() - started < 0.3
-    assert store.pings == 1
-    store.release.set()
-    await asyncio.sleep(0.05)  # the hung ping ends and is no longer tracked
-    assert await health.check() is True  # the hung ping ended: checking resumes
-    assert store.pings == 2
-    await health.stop()
-
-
-async def test_a_call_cancelled_by_the_driver_is_a_store_failure() -> None:
-    async def cancelled_inside() -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        task.cancel()  # as a driver's internal timeout handling may do
-        await asyncio.sleep(1)
-
-    with pytest.raises(StoreUnavailable):
-        await Deadlines().run(cancelled_inside(), 1)
-
-
-async def test_a_cancelled_caller_leaves_no_call_behind() -> None:
-    deadlines = Deadlines()
-    started = asyncio.Event()
-
-    async def slow() -> None:
-        started.set()
-        await asyncio.sleep(0.3)
-
-    waiter = asyncio.create_task(deadlines.run(slow(), 30))
-    await started.wait()
-    waiter.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await waiter
-    await deadlines.drain()
-    assert deadlines.abandoned == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import UTC, datetime
 
@@ -12,8 +11,6 @@ from prometheus_client.exposition import choose_encoder
 from . import __version__
 from .app import SERVICES, Services
 from .errors import StoreUnavailable
-
-STORE_PING_TIMEOUT = 2.0
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -30,15 +27,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    # Deliberately blind to the store and to Gini: flows 1-3 need neither, and a shared
+    # database outage must not take every replica out of its Service. The store's state is
+    # in /status and gini_proxy_store_up.
     services = request.app[SERVICES]
     if services.lifecycle.draining:
         return web.json_response({"status": "unavailable", "reason": "draining"}, status=503)
-    if services.store is not None:
-        try:
-            await asyncio.wait_for(services.store.ping(), STORE_PING_TIMEOUT)
-        except (StoreUnavailable, TimeoutError):
-            reason = {"status": "unavailable", "reason": "store unreachable"}
-            return web.json_response(reason, status=503)
     return web.json_response({"status": "ready"})
 
 
@@ -71,6 +65,7 @@ async def status(request: web.Request) -> web.Response:
             "response_cache": _response_cache(services),
             "store": _store_kind(services),
             "anonymous_users_stored": await _stored_users(services),
+            "store_health": _store_health(services),
         }
     )
 
@@ -96,9 +91,22 @@ async def _stored_users(services: Services) -> int | None:
     if services.store is None:
         return None
     try:
-        return await asyncio.wait_for(services.store.count(), STORE_PING_TIMEOUT)
-    except (StoreUnavailable, TimeoutError):
+        return await services.store.count()  # bounded, and at once while the store is down
+    except StoreUnavailable:
         return None
+
+
+def _store_health(services: Services) -> dict[str, object] | None:
+    health = services.store_health
+    if health is None:
+        return None
+    return {
+        "up": health.up,
+        "since": _iso(health.since),
+        "last_check_at": _iso(health.last_check_at),
+        "last_error": health.last_error,  # a class name, never a driver message or a DSN
+        "last_error_at": _iso(health.last_error_at),
+    }
 
 
 def _store_kind(services: Services) -> str | None:

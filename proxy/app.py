@@ -18,10 +18,11 @@ from .gini import GiniClient
 from .handlers import TokenEndpoints
 from .identity import IdentifierDeriver
 from .lifecycle import Lifecycle
-from .metrics import TOKEN_FLOWS, Metrics
+from .metrics import TOKEN_FLOWS, Metrics, store_up_gauge
 from .middlewares import observe
 from .routes import GINI_TEMPLATES, RouteTable
 from .stores import CredentialStore, make_store
+from .stores.health import GuardedStore, StoreHealth
 from .tokens import TokenCache
 from .upstream import Upstream
 
@@ -52,6 +53,7 @@ class Services:
     gini: GiniClient = field(init=False)
     token_caches: dict[str, TokenCache] = field(init=False)
     store: CredentialStore | None = field(init=False)
+    store_health: StoreHealth | None = field(init=False)
     anonymous: AnonymousUsers | None = field(init=False)
     endpoints: TokenEndpoints = field(init=False)
     access_log: AccessLog = field(init=False)
@@ -76,7 +78,7 @@ class Services:
             self.upstream, basic_auth(config.client.id, config.client.secret.value)
         )
         self.token_caches = {flow: self._token_cache(flow) for flow in TOKEN_FLOWS}
-        self.store = make_store(config.store) if config.store is not None else None
+        self.store, self.store_health = self._store()
         self.anonymous = None
         if self.store is not None and config.anonymous is not None:
             self.anonymous = AnonymousUsers(
@@ -95,6 +97,14 @@ class Services:
             self.anonymous,
             self.metrics,
         )
+
+    def _store(self) -> tuple[CredentialStore | None, StoreHealth | None]:
+        """The store as requests use it (deadlines, fail-fast) and its background check."""
+        if self.config.store is None:
+            return None, None
+        store = make_store(self.config.store)
+        health = StoreHealth(store, store_up_gauge(self.metrics.registry))
+        return GuardedStore(store, health), health
 
     def _token_cache(self, flow: str) -> TokenCache:
         errors = self.metrics.token_fetch_errors
@@ -159,7 +169,19 @@ def build_proxy_app(services: Services) -> web.Application:
             if services.store is not None:
                 await services.store.close()
 
+    async def store_checks(_: web.Application) -> AsyncIterator[None]:
+        # Runs once `resources` has opened the store, and stops before it closes it.
+        health = services.store_health
+        if health is not None:
+            health.start()
+        try:
+            yield
+        finally:
+            if health is not None:
+                await health.stop()
+
     app.cleanup_ctx.append(resources)
+    app.cleanup_ctx.append(store_checks)
     expect = expect_handler(services.config.max_body_bytes)
     services.endpoints.add_routes(app.router, expect)
     app.router.add_route("*", "/_proxy/{tail:.*}", _unknown_proxy_endpoint, expect_handler=expect)

@@ -90,7 +90,11 @@ class UpstreamUnavailable(ProxyError):
     default_message = "Gini cannot be reached right now; try again later."
 
 
-class StoreUnavailable(UpstreamUnavailable):
+class StoreUnavailable(ProxyError):
+    """The credential store does not answer (flow 4 and erasure only; flows 1-3 never need it)."""
+
+    status = 503
+    code = "store_unavailable"
     default_message = "The credential store cannot be reached right now; try again later."
 
 

@@ -223,3 +223,12 @@ class Metrics:
     def client_timeout(self, reason: str) -> None:
         """Count one caller connection cut by `client_timeouts` (reason: CLIENT_TIMEOUT_REASONS)."""
         self.client_timeouts.labels(reason).inc()
+
+
+def store_up_gauge(registry: CollectorRegistry) -> Gauge:
+    """`gini_proxy_store_up`, registered only when a store is configured (absent otherwise)."""
+    return Gauge(
+        "gini_proxy_store_up",
+        "1 when the credential store answered its last background check, 0 when not.",
+        registry=registry,
+    )

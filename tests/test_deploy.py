@@ -57,6 +57,7 @@ REQUIRED_ALERT_METRICS = (
     "gini_proxy_request_duration_seconds_bucket",
     "gini_proxy_token_fetch_errors_total",
     "gini_proxy_anonymous_users_created_total",
+    "gini_proxy_store_up",
 )
 
 Obj = dict[str, Any]
@@ -387,7 +388,7 @@ def test_probes_and_admin_port(overlay: str) -> None:
     readiness = container["readinessProbe"]["httpGet"]
     assert (liveness["path"], liveness["port"]) == ("/healthz", "metrics")
     assert (readiness["path"], readiness["port"]) == ("/readyz", "metrics")
-    assert container["readinessProbe"]["timeoutSeconds"] >= 3  # the store ping takes up to 2 s
+    assert container["readinessProbe"]["timeoutSeconds"] >= 3  # headroom for a busy event loop
     assert "preStop" not in container.get("lifecycle", {}), "the proxy drains by itself"
 
 
@@ -556,6 +557,7 @@ def test_alerts_cover_the_failure_modes() -> None:
         "GiniProxyHighLatency",
         "GiniProxyTokenFetchFailures",
         "GiniProxyAnonymousUserSpike",
+        "GiniProxyStoreDown",
     } <= set(rules)
     assert (
         'gini_proxy_upstream_errors_total{reason="status_5xx"}'
@@ -625,6 +627,10 @@ ALERT_TESTS = {
                     "kube_pod_init_container_status_ready", "0x40", pod="app-1", container=PROXY
                 ),
                 series("kube_pod_container_status_ready", "1x40", pod="proxy-1", container=PROXY),
+                # a store down for good on one pod, a 2-minute blip on another, fine on a third
+                series("gini_proxy_store_up", "1x5 0x35", pod="proxy-1"),
+                series("gini_proxy_store_up", "1x20 0x2 1x18", pod="proxy-2"),
+                series("gini_proxy_store_up", "1x40", pod="proxy-3"),
             ],
             "alert_rule_test": [
                 fires(
@@ -651,6 +657,17 @@ ALERT_TESTS = {
                     {"severity": "warning", "namespace": "ns", "pod": "app-1"},
                 ),
                 fires("30m", "GiniProxyAnonymousUserSpike"),
+                fires(
+                    "30m",
+                    "GiniProxyStoreDown",
+                    {"severity": "critical", "namespace": "ns", "pod": "proxy-1"},
+                ),
+                fires(
+                    "23m",
+                    "GiniProxyStoreDown",
+                    {"severity": "critical", "namespace": "ns", "pod": "proxy-1"},
+                ),
+                fires("7m", "GiniProxyStoreDown"),  # down for 2 minutes only: not yet
             ],
         },
         {
@@ -696,10 +713,12 @@ def test_alerts_fire_on_synthetic_series(tmp_path: Path) -> None:
 
 def exported_series_names() -> set[str]:
     """Series names the proxy exports, read off a live registry (histograms: _bucket, ...)."""
-    from proxy.metrics import Metrics
+    from proxy.metrics import Metrics, store_up_gauge
 
+    metrics = Metrics()
+    store_up_gauge(metrics.registry)  # registered only when a store is configured
     names: set[str] = set()
-    for family in Metrics().registry.collect():
+    for family in metrics.registry.collect():
         if family.type == "histogram":
             names |= {f"{family.name}_bucket", f"{family.name}_count", f"{family.name}_sum"}
         elif family.type == "counter":
@@ -772,6 +791,7 @@ def test_dashboard_loads_and_has_the_panels() -> None:
         "gini_proxy_token_fetch_errors_total",
         "gini_proxy_in_flight_requests",
         "gini_proxy_anonymous_users_created_total",
+        "gini_proxy_store_up",
     ):
         assert needle in exprs, needle
     for histogram in ("gini_proxy_request_duration", "gini_proxy_upstream_request_duration"):

@@ -253,13 +253,12 @@ async def test_user_center_rejecting_the_client_is_502(
 async def test_store_down_fails_flow_4_only(proxy: RunningProxy) -> None:
     assert proxy.services.store is not None
     await proxy.services.store.close()
-    assert (await vend(proxy, ANONYMOUS, status=503))["error"] == "upstream_unavailable"
+    assert (await vend(proxy, ANONYMOUS, status=503))["error"] == "store_unavailable"
     await vend(proxy, DERIVED)
     async with proxy.client.get(proxy.url + "/documents", headers=USER) as response:
         assert response.status == 200
     async with proxy.client.get(proxy.admin_url + "/readyz") as response:
-        assert response.status == 503
-        assert (await response.json())["reason"] == "store unreachable"
+        assert response.status == 200  # readiness does not depend on the store
 
 
 async def test_anonymous_flow_disabled_without_config(start_proxy: StartProxy) -> None:

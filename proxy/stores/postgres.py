@@ -1,7 +1,8 @@
 """PostgreSQL credential store: several replicas share one set of anonymous users.
 
 Schema changes run under a transaction-scoped advisory lock, so replicas starting together
-migrate once. Every call has a timeout (pool acquire and statement).
+migrate once. Every step has a timeout: connect, pool acquire and statement (`timeout`, 2 s
+by default); `health.GuardedStore` adds a deadline on each whole call.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ _MIGRATIONS = {
            )""",
     ),
 }
+MIGRATION_LOCK_TIMEOUT = 10.0  # another replica may hold the lock while it migrates
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
 
 
@@ -44,7 +46,7 @@ class PostgresStore:
         self,
         dsn: str,
         cipher: Cipher,
-        timeout: float = 5.0,
+        timeout: float = 2.0,
         max_connections: int = 10,
         password: str | None = None,
     ):
@@ -74,7 +76,11 @@ class PostgresStore:
                     " (percent-encode special characters in the user name and password)"
                 ) from None
             async with self._pool.acquire(timeout=self.timeout) as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock($1)",
+                    _MIGRATION_LOCK,
+                    timeout=MIGRATION_LOCK_TIMEOUT,
+                )
                 await self._migrate(conn)
         except (*_ERRORS, WrongKey) as exc:
             await self.close()

@@ -42,7 +42,7 @@ _MIGRATIONS = {
 class SqliteStore:
     """CredentialStore on one SQLite file through aiosqlite."""
 
-    def __init__(self, path: Path, cipher: Cipher, busy_timeout: float = 5.0):
+    def __init__(self, path: Path, cipher: Cipher, busy_timeout: float = 2.0):
         self.path = path
         self.cipher = cipher
         self.busy_timeout = busy_timeout

@@ -182,6 +182,7 @@ class GiniClient:
                         data=body,
                         allow_redirects=False,
                         ssl=self.upstream.ssl(),
+                        proxy_headers=self.upstream.proxy_headers,
                     ) as response,
                 ):
                     self.upstream.metrics.observe_upstream(upstream, time.perf_counter() - started)

@@ -40,10 +40,13 @@ class Upstream:
         self.tls = TlsContext(config.tls)
         egress = config.egress_proxy
         self.proxy = egress.url if egress is not None else None
-        self.proxy_auth = None
+        # Sent on the CONNECT (or to the proxy for http upstreams), never to Gini. aiohttp takes
+        # them per request only, so forward.py and gini.py pass them on every call.
+        self.proxy_headers: dict[str, str] | None = None
         if egress is not None and egress.username is not None:
             password = egress.password.value if egress.password is not None else ""
-            self.proxy_auth = aiohttp.BasicAuth(egress.username, password)
+            credentials = aiohttp.encode_basic_auth(egress.username, password)
+            self.proxy_headers = {"Proxy-Authorization": credentials}
 
     def ssl(self) -> ssl.SSLContext:
         """The SSL context for the next request (rebuilt when the TLS files changed)."""
@@ -66,7 +69,6 @@ class Upstream:
             # Every Gini call goes through the egress proxy when one is configured (CONNECT
             # for https); the environment's *_PROXY variables are not read implicitly.
             proxy=self.proxy,
-            proxy_auth=self.proxy_auth,
         )
 
     @property

@@ -6,12 +6,16 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.config import build_config
+from proxy.egress import parse_egress_proxy
 from proxy.sandbox import GiniSimulator
-from proxy.validation import ConfigError
+from proxy.validation import ConfigError, Reader
 
 from .conftest import USER, RunningProxy, StartProxy, config_data, merge
 from .network_support import (
@@ -214,3 +218,33 @@ def test_egress_proxy_problems_never_quote_the_password(tmp_path: Path) -> None:
     assert "username: is required when a password is set" in problems(
         tmp_path, {"url": "http://egress:3128", "password": "p"}
     )
+
+
+_CREDENTIAL = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30
+).filter(lambda text: text.strip() == text)
+
+
+@given(username=_CREDENTIAL, password=_CREDENTIAL, port=st.integers(1, 65535))
+def test_any_url_credentials_round_trip_and_never_stay_in_the_url(
+    username: str, password: str, port: int
+) -> None:
+    url = f"http://{quote(username, safe='')}:{quote(password, safe='')}@egress.internal:{port}"
+    reader = Reader({}, Path("."))
+    egress = parse_egress_proxy(reader, {"egress_proxy": {"url": url}})
+    assert reader.problems == []
+    assert egress is not None
+    assert egress.url == f"http://egress.internal:{port}"
+    assert egress.username == username
+    assert egress.password is not None
+    assert egress.password.value == password
+    assert password not in repr(egress)
+
+
+@given(password=_CREDENTIAL, junk=st.sampled_from([":99999", ":x", "/path", "?q=1", "#f"]))
+def test_problems_with_a_url_never_quote_its_password(password: str, junk: str) -> None:
+    url = f"http://svc:{quote(password, safe='')}@egress.internal{junk}"
+    reader = Reader({}, Path("."))
+    parse_egress_proxy(reader, {"egress_proxy": {"url": url}})
+    assert reader.problems
+    assert all(quote(password, safe="") not in p and password not in p for p in reader.problems)

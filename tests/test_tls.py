@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
+import shutil
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -296,3 +299,58 @@ def _encrypted_key() -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(b"pw"),
     )
+
+
+@pytest.fixture
+async def openssl_server(pki: Pki, tmp_path: Path) -> AsyncIterator[str]:
+    """`openssl s_server` demanding a client certificate over TLS 1.3, as OpenSSL-based servers
+    do: it refuses after the handshake with an alert (asyncio servers just close)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    server_pem = tmp_path / "server.pem"
+    pki.ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(server_pem))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = await asyncio.create_subprocess_exec(
+        openssl, "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(server_pem),
+        "-CAfile", str(pki.ca_file), "-Verify", "1", "-verify_return_error", "-tls1_3", "-www",
+        "-quiet", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.05)
+            else:
+                writer.close()
+                break
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+async def test_tls13_refusal_of_a_missing_client_certificate_is_named(
+    start_proxy: StartProxy, pki: Pki, openssl_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = await start_proxy(**with_ca(pki, {"pay_api": openssl_server}))
+    async with proxy.client.get(proxy.url + "/documents", headers=USER) as response:
+        assert response.status == 502
+        assert (await response.json())["error"] == "bad_gateway"
+    (record,) = upstream_failures(caplog)
+    assert "CERTIFICATE_REQUIRED" in record.getMessage()
+    assert errors(proxy, "tls_handshake") == 1
+    with_cert = await start_proxy(
+        **with_ca(
+            pki,
+            {"pay_api": openssl_server},
+            client_cert_file=str(pki.client_cert_file),
+            client_key_file=str(pki.client_key_file),
+        )
+    )
+    async with with_cert.client.get(with_cert.url + "/documents", headers=USER) as response:
+        assert response.status == 200  # s_server's -www status page: the handshake passed
+        assert b"gini-auth-proxy-client" in await response.read()

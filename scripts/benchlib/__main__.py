@@ -336,6 +336,17 @@ class _Bench:
         if nginx is None:
             results.notes.append("tls section skipped: nginx could not be installed")
             return
+        # The same two servers over plain HTTP first, measured in the same minutes: TLS's own
+        # cost is the difference, whatever the machine's speed that day.
+        for key in ("bare", "proxy_log_on"):
+            if key == "bare":
+                server = start_bare(procs, ROOT, self.tmp, self.upstream.url)
+            else:
+                server = self._proxy(tag="tls-plain")
+            print(f"bench: {server.name} over plain HTTP (reference)", flush=True)
+            url = server.url + "/documents"
+            results.tls_plain[key] = wrk.measure(url, 32, self.warmup, self.seconds, server.pid)
+            _stop(procs, server)
         upstream = start_nginx_tls(procs, nginx, self.tmp)
         base = upstream.server.url
         for key in ("direct", "bare", "proxy_log_on"):

@@ -92,11 +92,12 @@ class Results:
     tls_many: dict[str, WrkResult] = field(default_factory=dict)
     tls_one: dict[str, WrkResult] = field(default_factory=dict)
     tls_handshakes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    tls_plain: dict[str, WrkResult] = field(default_factory=dict)  # same servers, plain HTTP
     notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
         data = asdict(self)
-        for group in ("many", "one", "cache", "tls_many", "tls_one"):
+        for group in ("many", "one", "cache", "tls_many", "tls_one", "tls_plain"):
             for key, result in getattr(self, group).items():
                 data[group][key]["rps"] = result.rps
         if self.tokens_wrk is not None:
@@ -353,6 +354,11 @@ class Results:
             + "---------------------------:|",
         ]
         labels = dict(ROWS)
+        for key in ("bare", "proxy_log_on"):
+            r = self.tls_plain.get(key)
+            if r is not None:
+                label = "bare, plain HTTP" if key == "bare" else "proxy, plain HTTP"
+                lines.append(f"| {label:<23} | {32:>5} | " + _figures(r) + f" {'(no TLS)':>26} |")
         for conns, group in ((32, self.tls_many), (1, self.tls_one)):
             for key in ("direct", "bare", "proxy_log_on"):
                 r = group.get(key)

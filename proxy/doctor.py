@@ -219,7 +219,7 @@ class Doctor:
                     method,
                     url,
                     headers={**headers, **extra},
-                    ssl=upstream.ssl(),
+                    ssl=upstream.ssl_context(),
                     proxy_headers=upstream.proxy_headers,
                     allow_redirects=False,
                 ) as response,

@@ -133,7 +133,7 @@ class Forwarder:
                     allow_redirects=False,
                     timeout=self._upload_timeout if streamed_upload else self._plain_timeout,
                     skip_auto_headers=None if typed else _NO_CONTENT_TYPE,
-                    ssl=self.upstream.ssl(),
+                    ssl=self.upstream.ssl_context(),
                     proxy_headers=self.upstream.proxy_headers,
                 ) as answer:
                     ctx.upstream_seconds = time.perf_counter() - started

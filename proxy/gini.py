@@ -181,7 +181,7 @@ class GiniClient:
                         headers=headers,
                         data=body,
                         allow_redirects=False,
-                        ssl=self.upstream.ssl(),
+                        ssl=self.upstream.ssl_context(),
                         proxy_headers=self.upstream.proxy_headers,
                     ) as response,
                 ):

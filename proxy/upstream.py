@@ -48,7 +48,7 @@ class Upstream:
             credentials = aiohttp.encode_basic_auth(egress.username, password)
             self.proxy_headers = {"Proxy-Authorization": credentials}
 
-    def ssl(self) -> ssl.SSLContext:
+    def ssl_context(self) -> ssl.SSLContext:
         """The SSL context for the next request (rebuilt when the TLS files changed)."""
         return self.tls.get()
 

@@ -223,9 +223,11 @@ def test_egress_proxy_problems_never_quote_the_password(tmp_path: Path) -> None:
 _CREDENTIAL = st.text(
     st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30
 ).filter(lambda text: text.strip() == text)
+# Marked, so "never appears" is not defeated by a one-letter password found in any text.
+_PASSWORD = _CREDENTIAL.map(lambda text: f"pw~{text}~pw")
 
 
-@given(username=_CREDENTIAL, password=_CREDENTIAL, port=st.integers(1, 65535))
+@given(username=_CREDENTIAL, password=_PASSWORD, port=st.integers(1, 65535))
 def test_any_url_credentials_round_trip_and_never_stay_in_the_url(
     username: str, password: str, port: int
 ) -> None:
@@ -241,7 +243,7 @@ def test_any_url_credentials_round_trip_and_never_stay_in_the_url(
     assert password not in repr(egress)
 
 
-@given(password=_CREDENTIAL, junk=st.sampled_from([":99999", ":x", "/path", "?q=1", "#f"]))
+@given(password=_PASSWORD, junk=st.sampled_from([":99999", ":x", "/path", "?q=1", "#f"]))
 def test_problems_with_a_url_never_quote_its_password(password: str, junk: str) -> None:
     url = f"http://svc:{quote(password, safe='')}@egress.internal{junk}"
     reader = Reader({}, Path("."))

@@ -188,3 +188,22 @@ async def run_cli(*args: str) -> tuple[int, str]:
     )
     out, _ = await asyncio.wait_for(process.communicate(), 60)
     return process.returncode or 0, out.decode()
+
+
+async def test_mtls_the_handshake_step_needs_the_client_certificate(
+    pki: Pki, tmp_path: Path
+) -> None:
+    async with tls_simulator(pki.server_context(require_client_cert=True)) as strict:
+        without = data(strict, pki, tmp_path)
+        ok, steps = await diagnose(without, tmp_path)
+        assert not ok
+        assert steps["tls pay_api"].startswith("[FAIL]")
+        assert "client certificate required?" in steps["tls pay_api"]
+        pair = {
+            "client_cert_file": str(pki.client_cert_file),
+            "client_key_file": str(pki.client_key_file),
+        }
+        ok, steps = await diagnose(merge(without, {"upstream": {"tls": pair}}), tmp_path)
+        assert ok, steps
+        seen = {r.client_cert for r in strict.state.requests}
+    assert seen == {"gini-auth-proxy-client"}

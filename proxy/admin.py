@@ -51,6 +51,10 @@ async def status(request: web.Request) -> web.Response:
             "upstreams": {
                 "pay_api": config.upstream.pay_api,
                 "user_center": config.upstream.user_center,
+                # The URL without credentials: the password is never shown.
+                "egress_proxy": (
+                    config.upstream.egress_proxy.url if config.upstream.egress_proxy else None
+                ),
             },
             "identifier_cache_entries": len(services.deriver),
             "token_caches": {

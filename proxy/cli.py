@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     hash_user = commands.add_parser("hash-user", help="print the X-User-Identifier for a user id")
     hash_user.add_argument("user_id", metavar="ID")
     hash_user.add_argument("--config", help=config_help)
+    doctor = commands.add_parser(
+        "doctor", help="check DNS, TCP, TLS, credentials, clock and store from here, step by step"
+    )
+    doctor.add_argument("--config", help=config_help)
     demo = commands.add_parser("demo", help="run the proxy against a built-in Gini simulator")
     demo.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
     demo.add_argument("--admin-port", type=int, default=9090, help="admin port (default 9090)")
@@ -43,7 +47,21 @@ def _load(path_arg: str | None) -> Config:
     return load_config(config_path(path_arg))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _doctor(path_arg: str | None) -> int:
+    """Exit 0 when every check passed, 1 otherwise (an invalid config is a failed check)."""
+    from .doctor import doctor  # noqa: PLC0415 - keeps check-config fast and light
+
+    print(f"gini-auth-proxy doctor: {config_path(path_arg)}")
+    try:
+        config = _load(path_arg)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"[FAIL] config                 {problem}")
+        return 1
+    return doctor(config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit per command
     """Entry point of the `gini-auth-proxy` console script and `python -m proxy`."""
     args = _parser().parse_args(argv)
     try:
@@ -60,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return EXIT_CONFIG
             print(derive_identifier(config.identity.hmac_key.encode(), user_id))
             return EXIT_OK
+        if args.command == "doctor":
+            return _doctor(args.config)
         if args.command == "serve":
             from .server import serve  # noqa: PLC0415 - keeps check-config fast and light
 

@@ -18,7 +18,9 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from .egress import EgressProxyConfig, parse_egress_proxy
 from .secret import Secret
+from .tls import TlsConfig, parse_tls
 from .validation import ConfigError, Reader
 
 DEFAULT_CONFIG_PATH = "config.yaml"
@@ -62,6 +64,8 @@ class UpstreamConfig:
     connect_timeout_seconds: float
     timeout_seconds: float
     max_retries: int
+    tls: TlsConfig | None = None
+    egress_proxy: EgressProxyConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +174,9 @@ class Config:
                 found.append(self.store.password.value)
         if self.inbound_auth is not None:
             found.extend(key.value for key in self.inbound_auth.keys)
+        egress = self.upstream.egress_proxy
+        if egress is not None and egress.password is not None:
+            found.append(egress.password.value)
         return found
 
 
@@ -286,7 +293,8 @@ def _public_url(r: Reader, data: Mapping[str, Any], listen: Address) -> str:
 
 
 def _upstream(r: Reader, data: Mapping[str, Any]) -> UpstreamConfig:
-    keys = ("pay_api", "user_center", "connect_timeout_seconds", "timeout_seconds", "max_retries")
+    keys: tuple[str, ...] = ("pay_api", "user_center", "connect_timeout_seconds", "timeout_seconds")
+    keys += ("max_retries", "tls", "egress_proxy")
     d = r.section(data, "upstream", "upstream", keys) or {}
     return UpstreamConfig(
         pay_api=_base_url(
@@ -304,6 +312,8 @@ def _upstream(r: Reader, data: Mapping[str, Any]) -> UpstreamConfig:
         ),
         timeout_seconds=r.number(d, "timeout_seconds", "upstream.timeout_seconds", 60, 0.01, 3600),
         max_retries=r.integer(d, "max_retries", "upstream.max_retries", 2, 0, 10),
+        tls=parse_tls(r, d),
+        egress_proxy=parse_egress_proxy(r, d),
     )
 
 

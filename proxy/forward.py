@@ -137,6 +137,8 @@ class Forwarder:
                     allow_redirects=False,
                     timeout=self._upload_timeout if streamed_upload else self._plain_timeout,
                     skip_auto_headers=None if typed else _NO_CONTENT_TYPE,
+                    ssl=self.upstream.ssl_context(),
+                    proxy_headers=self.upstream.proxy_headers,
                 ) as answer:
                     ctx.upstream_seconds = time.perf_counter() - started
                     self.upstream.metrics.observe_upstream(PAY_API, ctx.upstream_seconds)

@@ -24,7 +24,7 @@ from . import __version__
 from .errors import BadGateway, ProxyError, UpstreamRejected, UpstreamUnavailable
 from .log import current_request_id, hide
 from .tokens import Token, lifetime_from
-from .upstream import PAY_API, USER_CENTER, Upstream, translate
+from .upstream import PAY_API, PERMANENT_REASONS, USER_CENTER, Upstream, translate
 
 log = logging.getLogger("proxy.gini")
 
@@ -176,15 +176,22 @@ class GiniClient:
                 async with (
                     asyncio.timeout(self.timeout),
                     self.upstream.session.request(
-                        method, url, headers=headers, data=body, allow_redirects=False
+                        method,
+                        url,
+                        headers=headers,
+                        data=body,
+                        allow_redirects=False,
+                        ssl=self.upstream.ssl_context(),
+                        proxy_headers=self.upstream.proxy_headers,
                     ) as response,
                 ):
                     self.upstream.metrics.observe_upstream(upstream, time.perf_counter() - started)
                     answer = Answer(response.status, await response.read())
             except (aiohttp.ClientError, TimeoutError) as exc:
-                if attempt >= self.max_retries:
+                reason = translate(exc)[1]
+                if attempt >= self.max_retries or reason in PERMANENT_REASONS:
                     self.upstream.fail(upstream, exc)
-                self.upstream.metrics.upstream_error(upstream, translate(exc)[1])
+                self.upstream.metrics.upstream_error(upstream, reason)
             else:
                 if answer.status not in _RETRY_STATUSES:
                     return answer

@@ -117,7 +117,9 @@ class Metrics:
         r.register(self.hot)
         self.upstream_errors = Counter(
             "gini_proxy_upstream_errors_total",
-            "Upstream calls that failed, by reason (connect, timeout, bad_response, disconnect, "
+            "Upstream calls that failed, by reason (connect, dns, timeout, tls_certificate, "
+            "tls_hostname, tls_handshake, proxy_auth, proxy_refused, proxy_connect, bad_response, "
+            "disconnect, "
             "status_5xx, throttled).",
             ("upstream", "reason"),
             registry=r,

@@ -78,10 +78,10 @@ def json_response(
     return web.Response(status=status, body=json_bytes(data), headers=all_headers)
 
 
-def base_url(host: str, port: int) -> str:
-    """The ``http://host:port`` origin of a loopback listener (IPv6 hosts bracketed)."""
+def base_url(host: str, port: int, scheme: str = "http") -> str:
+    """The ``scheme://host:port`` origin of a loopback listener (IPv6 hosts bracketed)."""
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
+    return f"{scheme}://{shown}:{port}"
 
 
 def is_sandbox_path(path: str) -> bool:

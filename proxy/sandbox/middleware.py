@@ -38,6 +38,8 @@ def make_middleware(app_name: AppName) -> Middleware:
             headers=list(request.headers.items()),
             query_string=request.query_string,
             request_id=request_id if app_name == "pay" else None,
+            peer=_peer(request),
+            client_cert=_client_cert(request),
         )
         request[RECORD_KEY] = record
         request[REQUEST_ID_KEY] = request_id
@@ -52,6 +54,23 @@ def make_middleware(app_name: AppName) -> Middleware:
         return response
 
     return simulator_middleware
+
+
+def _peer(request: web.Request) -> str | None:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return f"{peer[0]}:{peer[1]}" if peer else None
+
+
+def _client_cert(request: web.Request) -> str | None:
+    """The subject CN of a verified client certificate (HTTPS with client auth only)."""
+    cert = request.transport.get_extra_info("peercert") if request.transport else None
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return str(value)
+    return "(no common name)"
 
 
 async def _answer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from types import TracebackType
 from typing import Self
 
@@ -19,7 +20,9 @@ SHUTDOWN_TIMEOUT = 1.0
 class GiniSimulator:
     """A faithful-enough Gini (Pay API + User Center) for tests and the ``demo`` command.
 
-    Port 0 picks an ephemeral port; the URLs are known once ``start()`` returned.
+    Port 0 picks an ephemeral port; the URLs are known once ``start()`` returned. With an
+    ``ssl_context`` both listeners serve HTTPS (tests use one from a CA they make, and may
+    set ``verify_mode = CERT_REQUIRED`` to demand a client certificate).
     """
 
     def __init__(
@@ -33,6 +36,7 @@ class GiniSimulator:
         host: str = "127.0.0.1",
         pay_api_port: int = 0,
         user_center_port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.config = SimulatorConfig(
             client_id, client_secret, token_lifetime, client_token_lifetime
@@ -41,6 +45,7 @@ class GiniSimulator:
         self._host = host
         self._ports = (pay_api_port, user_center_port)
         self._runners: list[web.AppRunner] = []
+        self.ssl_context = ssl_context
 
     @property
     def client_id(self) -> str:
@@ -88,8 +93,10 @@ class GiniSimulator:
                 )
                 await runner.setup()
                 self._runners.append(runner)
-                await web.TCPSite(runner, self._host, port).start()
-                urls.append(base_url(self._host, runner.addresses[0][1]))
+                site = web.TCPSite(runner, self._host, port, ssl_context=self.ssl_context)
+                await site.start()
+                scheme = "https" if self.ssl_context is not None else "http"
+                urls.append(base_url(self._host, runner.addresses[0][1], scheme))
         except BaseException:
             await self.close()
             raise

@@ -30,6 +30,8 @@ class RecordedRequest:
     query_string: str = ""
     request_id: str | None = None  # the X-Request-Id the simulator answered with (Pay API)
     status: int | None = None  # None while in flight or when the client went away
+    peer: str | None = None  # the client's address:port: one value per TCP connection
+    client_cert: str | None = None  # subject CN of the TLS client certificate, if one was shown
 
 
 @dataclass

@@ -2,7 +2,8 @@
 token vending from the cache, and the response cache.
 
 Sections (`--only`, comma-separated; all by default): flow1 (GET /documents direct, bare,
-proxy with and without access log; memory), tokens (token vending), cache (response cache).
+proxy with and without access log; memory), tokens (token vending), cache (response cache),
+tls (GET /documents from nginx over HTTPS: bare and proxy, TLS handshakes per 1,000 requests).
 See docs/performance.md for the method. Exit codes: 0 every target met, 3 a target missed,
 1 the bench itself failed, 130 interrupted. Every process it starts is stopped on the way out.
 """
@@ -26,6 +27,7 @@ from .procs import Processes, vm_rss_kib
 from .profile import profile
 from .report import SECTIONS, TARGET_RSS_REQUESTS, Results, machine_info
 from .servers import Server, start_aiohttp_upstream, start_bare, start_nginx, start_proxy
+from .tls import start_nginx_tls
 from .tools import ensure_tool, version_of
 from .transfer import MIB, measure_transfers
 from .vending import PATH as TOKENS_PATH
@@ -72,8 +74,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         metavar="SECTIONS",
         help="run only these sections, comma-separated: flow1 (GET /documents: direct, bare, "
-        "proxy; memory), tokens (token vending), cache (response cache); default: all (with "
-        "--profile: flow1)",
+        "proxy; memory), tokens (token vending), cache (response cache), tls (bare and proxy "
+        "to nginx over HTTPS, handshakes per 1,000 requests); default: all (with --profile: "
+        "flow1)",
     )
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
@@ -166,6 +169,8 @@ def run(args: argparse.Namespace, procs: Processes, tmp: Path) -> Results:
         bench.tokens()
     if "cache" in sections:
         bench.cache()
+    if "tls" in sections:
+        bench.tls(nginx_path or ensure_tool("nginx", "nginx-light", NGINX_PATHS))
     return results
 
 
@@ -323,6 +328,53 @@ class _Bench:
             _stop(self.procs, proxy)
         if "redis" in results.cache and redis_pid is None:
             results.notes.append("redis-server is not visible here: its CPU is not counted")
+
+    def tls(self, nginx: str | None) -> None:
+        """GET /documents from nginx over HTTPS: direct, bare forwarder and proxy, counting the
+        TLS connections nginx accepted per run (keep-alive should make them few)."""
+        results, procs, wrk = self.results, self.procs, self.wrk
+        if nginx is None:
+            results.notes.append("tls section skipped: nginx could not be installed")
+            return
+        # The same two servers over plain HTTP first, measured in the same minutes: TLS's own
+        # cost is the difference, whatever the machine's speed that day.
+        for key in ("bare", "proxy_log_on"):
+            if key == "bare":
+                server = start_bare(procs, ROOT, self.tmp, self.upstream.url)
+            else:
+                server = self._proxy(tag="tls-plain")
+            print(f"bench: {server.name} over plain HTTP (reference)", flush=True)
+            url = server.url + "/documents"
+            results.tls_plain[key] = wrk.measure(url, 32, self.warmup, self.seconds, server.pid)
+            _stop(procs, server)
+        upstream = start_nginx_tls(procs, nginx, self.tmp)
+        base = upstream.server.url
+        for key in ("direct", "bare", "proxy_log_on"):
+            if key == "direct":
+                server = upstream.server
+            elif key == "bare":
+                server = start_bare(procs, ROOT, self.tmp, base, upstream.ca_file)
+            else:
+                server = start_proxy(
+                    procs,
+                    ROOT,
+                    self.tmp,
+                    base,
+                    access_log=True,
+                    tag="tls",
+                    ca_file=upstream.ca_file,
+                )
+            print(f"bench: {server.name} over TLS", flush=True)
+            url = server.url + "/documents"
+            for conns, group in ((32, results.tls_many), (1, results.tls_one)):
+                sent, before = wrk.sent.get(url, 0), upstream.accepted()
+                group[key] = wrk.measure(url, conns, self.warmup, self.seconds, server.pid)
+                accepted = upstream.accepted_between(before, upstream.accepted())
+                results.tls_handshakes[f"{key}/{conns}"] = (accepted, wrk.sent[url] - sent)
+                print(f"bench:   TLS connections accepted by nginx: {accepted}", flush=True)
+            if server is not upstream.server:
+                _stop(procs, server)
+        _stop(procs, upstream.server)
 
     @staticmethod
     def _lookups(proxy: Server) -> dict[str, int]:

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import ssl
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -40,13 +41,16 @@ RESPONSE_DROP = HOP_BY_HOP | {"content-encoding", "date", "server"}
 SESSION = web.AppKey("bare_session", aiohttp.ClientSession)
 
 
-def build_app(upstream: str, client_id: str, secret: str, hmac_key: bytes) -> web.Application:
+def build_app(
+    upstream: str, client_id: str, secret: str, hmac_key: bytes, ca_file: str | None = None
+) -> web.Application:
     basic = "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode("ascii")
     base = upstream.rstrip("/")
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
+        context = ssl.create_default_context(cafile=ca_file) if ca_file else True
         app[SESSION] = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
+            connector=aiohttp.TCPConnector(limit=0, ssl=context), auto_decompress=False
         )
         yield
         await app[SESSION].close()
@@ -79,7 +83,9 @@ def build_app(upstream: str, client_id: str, secret: str, hmac_key: bytes) -> we
 
 
 async def serve(args: argparse.Namespace) -> int:
-    app = build_app(args.upstream, args.client_id, args.client_secret, args.hmac_key.encode())
+    app = build_app(
+        args.upstream, args.client_id, args.client_secret, args.hmac_key.encode(), args.ca_file
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, backlog=1024, reuse_address=True)
@@ -99,6 +105,7 @@ def main() -> int:
     parser.add_argument("--client-id", required=True)
     parser.add_argument("--client-secret", required=True)
     parser.add_argument("--hmac-key", required=True)
+    parser.add_argument("--ca-file", help="extra trusted CA for an https upstream")
     return run_on_fast_loop(serve(parser.parse_args()))
 
 

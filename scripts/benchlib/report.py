@@ -19,7 +19,7 @@ TARGET_ADDED_P50_MS = 0.35
 TARGET_RSS_MIB = 80.0
 TARGET_RSS_REQUESTS = 100_000
 TARGET_GROWTH_MIB = 20.0
-SECTIONS = ("flow1", "tokens", "cache")
+SECTIONS = ("flow1", "tokens", "cache", "tls")
 
 ROWS = (
     ("direct", "direct to upstream"),
@@ -87,11 +87,17 @@ class Results:
     cache: dict[str, WrkResult] = field(default_factory=dict)
     cache_backends: dict[str, str] = field(default_factory=dict)
     cache_lookups: dict[str, dict[str, int]] = field(default_factory=dict)  # hit/miss/error
+    # flow 1 over TLS (nginx with a CA made for the run): wrk per server, and per
+    # "server/conns" the (TLS connections nginx accepted, requests sent), warm-ups included
+    tls_many: dict[str, WrkResult] = field(default_factory=dict)
+    tls_one: dict[str, WrkResult] = field(default_factory=dict)
+    tls_handshakes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    tls_plain: dict[str, WrkResult] = field(default_factory=dict)  # same servers, plain HTTP
     notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
         data = asdict(self)
-        for group in ("many", "one", "cache"):
+        for group in ("many", "one", "cache", "tls_many", "tls_one", "tls_plain"):
             for key, result in getattr(self, group).items():
                 data[group][key]["rps"] = result.rps
         if self.tokens_wrk is not None:
@@ -178,6 +184,16 @@ class Results:
                     _ok(run.fetches == run.users and clean),
                 )
             )
+        tls_bare, tls_proxy = self.tls_many.get("bare"), self.tls_many.get("proxy_log_on")
+        if tls_bare and tls_proxy and tls_bare.rps:
+            ratio = tls_proxy.rps / tls_bare.rps
+            rows.append(
+                (
+                    "  proxy vs bare req/s over TLS, 32 conns (information)",
+                    f"{ratio:.2f} x ({tls_proxy.rps:.0f} / {tls_bare.rps:.0f})",
+                    "info",
+                )
+            )
         uncached = self.cache.get("none")
         for key, _ in CACHE_ROWS[1:]:
             cached = self.cache.get(key)
@@ -216,6 +232,8 @@ class Results:
             lines += self._tokens()
         if "cache" in self.sections:
             lines += self._cache()
+        if "tls" in self.sections and self.tls_many:
+            lines += self._tls()
         lines += ["", *self.notes] if self.notes else []
         lines += [
             "",
@@ -320,6 +338,37 @@ class Results:
                 f"redis-server (not the bench's) used {redis.helper_us_per_request:.0f} us/req "
                 "of CPU on top of the proxy's in the redis row"
             )
+        return lines
+
+    def _tls(self) -> list[str]:
+        lines = [
+            "",
+            "### flow 1 over TLS: GET /documents from nginx over HTTPS (CA made for the run, "
+            "no session resumption)",
+            "",
+            "| server                  | conns |   req/s | p50 ms | p90 ms | p99 ms | errors "
+            + _HEAD[0]
+            + " TLS handshakes / 1,000 req |",
+            "|-------------------------|------:|--------:|-------:|-------:|-------:|-------:"
+            + _HEAD[1]
+            + "---------------------------:|",
+        ]
+        labels = dict(ROWS)
+        for key in ("bare", "proxy_log_on"):
+            r = self.tls_plain.get(key)
+            if r is not None:
+                label = "bare, plain HTTP" if key == "bare" else "proxy, plain HTTP"
+                lines.append(f"| {label:<23} | {32:>5} | " + _figures(r) + f" {'(no TLS)':>26} |")
+        for conns, group in ((32, self.tls_many), (1, self.tls_one)):
+            for key in ("direct", "bare", "proxy_log_on"):
+                r = group.get(key)
+                if r is None:
+                    continue
+                accepted, sent = self.tls_handshakes.get(f"{key}/{conns}", (0, 0))
+                per_k = f"{accepted * 1000 / sent:.3f} ({accepted} in {sent:,})" if sent else "-"
+                lines.append(
+                    f"| {labels[key]:<23} | {conns:>5} | " + _figures(r) + f" {per_k:>26} |"
+                )
         return lines
 
 

@@ -94,7 +94,9 @@ def start_nginx(procs: Processes, nginx: str, tmp: Path, aio: Server) -> Server:
     return Server("upstream (nginx)", proc, url)
 
 
-def start_bare(procs: Processes, root: Path, tmp: Path, upstream: str) -> Server:
+def start_bare(
+    procs: Processes, root: Path, tmp: Path, upstream: str, ca_file: Path | None = None
+) -> Server:
     port = free_port()
     argv = [
         sys.executable,
@@ -111,6 +113,8 @@ def start_bare(procs: Processes, root: Path, tmp: Path, upstream: str) -> Server
         "--hmac-key",
         HMAC_KEY,
     ]
+    if ca_file is not None:
+        argv += ["--ca-file", str(ca_file)]
     proc = procs.start(
         "bare forwarder", argv, env=child_env(root), stderr=(tmp / "bare.stderr").open("wb")
     )
@@ -120,7 +124,13 @@ def start_bare(procs: Processes, root: Path, tmp: Path, upstream: str) -> Server
 
 
 def proxy_config(
-    port: int, admin_port: int, upstream: str, *, access_log: bool, cache_backend: str | None
+    port: int,
+    admin_port: int,
+    upstream: str,
+    *,
+    access_log: bool,
+    cache_backend: str | None,
+    ca_file: Path | None = None,
 ) -> str:
     text = f"""\
 listen: "127.0.0.1:{port}"
@@ -136,6 +146,8 @@ identity:
 drain_delay_seconds: 0
 shutdown_grace_seconds: 5
 """
+    if ca_file is not None:  # after `pay_api`, still inside `upstream:`
+        text = text.replace("\nclient:", f'\n  tls:\n    ca_file: "{ca_file}"\nclient:', 1)
     if not access_log:
         text += "logging:\n  access_log: false\n"
     if cache_backend is not None:
@@ -157,6 +169,7 @@ def start_proxy(
     access_log: bool,
     cache_backend: str | None = None,
     tag: str | None = None,
+    ca_file: Path | None = None,
 ) -> Server:
     """The real proxy from its console script; its stdout (the access log) goes to a file.
 
@@ -167,7 +180,14 @@ def start_proxy(
     tag = tag or ("log-on" if access_log else "log-off")
     config = tmp / f"proxy-{tag}.yaml"
     config.write_text(
-        proxy_config(port, admin_port, upstream, access_log=access_log, cache_backend=cache_backend)
+        proxy_config(
+            port,
+            admin_port,
+            upstream,
+            access_log=access_log,
+            cache_backend=cache_backend,
+            ca_file=ca_file,
+        )
     )
     name = f"proxy ({'access log on' if access_log else 'access log off'})"
     if cache_backend is not None:

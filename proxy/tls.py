@@ -1,0 +1,205 @@
+"""`upstream.tls`: extra trusted CAs and a client certificate for the calls to Gini.
+
+Verification is always on; there is deliberately no setting to turn it off. The files are
+checked when the config is loaded (readable, PEM, key matches certificate) so `check-config`
+lists every problem, and `TlsContext` owns the one SSL context every upstream call shares,
+rebuilding it when the files' contents change (cert-manager rotates them in place).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import logging
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
+from .validation import Reader
+
+log = logging.getLogger("proxy.tls")
+
+CHECK_INTERVAL_SECONDS = 10.0
+"""How often the files are re-read to notice a rotation (a hash of a few KB)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    ca_file: Path | None = None
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return tuple(
+            p for p in (self.ca_file, self.client_cert_file, self.client_key_file) if p is not None
+        )
+
+
+def parse_tls(r: Reader, data: Mapping[str, Any]) -> TlsConfig | None:
+    """Read and check `upstream.tls`; every problem is recorded on `r`."""
+    keys = ("ca_file", "client_cert_file", "client_key_file")
+    d = r.section(data, "tls", "upstream.tls", keys)
+    if d is None:
+        return None
+    paths: dict[str, Path | None] = {}
+    for key in keys:
+        text = r.string(d, key, f"upstream.tls.{key}", "")
+        paths[key] = (r.base_dir / text) if text else None
+    config = TlsConfig(paths["ca_file"], paths["client_cert_file"], paths["client_key_file"])
+    if not config.files:
+        return None  # an all-empty section (as in the example config) is no section
+    for key, message in tls_file_problems(config):
+        r.problem(f"upstream.tls.{key}", message)
+    return config
+
+
+def tls_file_problems(config: TlsConfig) -> list[tuple[str, str]]:
+    """(key, message) for every problem with the files; empty when a context can be built."""
+    problems: list[tuple[str, str]] = []
+    if config.ca_file is not None:
+        problems.extend(("ca_file", m) for m in _ca_problems(config.ca_file))
+    cert, key = config.client_cert_file, config.client_key_file
+    if (cert is None) != (key is None):
+        missing = "client_key_file" if key is None else "client_cert_file"
+        problems.append((missing, "is required when the other half of the client pair is set"))
+    elif cert is not None and key is not None:
+        problems.extend(_pair_problems(cert, key))
+    return problems
+
+
+def _read(path: Path) -> tuple[bytes | None, str | None]:
+    try:
+        return path.read_bytes(), None
+    except OSError as exc:
+        return None, f"cannot read {path}: {exc.strerror or exc}"
+
+
+def _ca_problems(path: Path) -> list[str]:
+    data, error = _read(path)
+    if data is None:
+        return [error or ""]
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        return [f"{path} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)"]
+    return []
+
+
+def _pair_problems(cert_path: Path, key_path: Path) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    cert_data, error = _read(cert_path)
+    cert = None
+    if cert_data is None:
+        problems.append(("client_cert_file", error or ""))
+    else:
+        try:
+            cert = x509.load_pem_x509_certificates(cert_data)[0]  # the leaf comes first
+        except ValueError:
+            problems.append(("client_cert_file", f"{cert_path} holds no PEM certificate"))
+    key_data, error = _read(key_path)
+    key = None
+    if key_data is None:
+        problems.append(("client_key_file", error or ""))
+    else:
+        try:
+            key = serialization.load_pem_private_key(key_data, password=None)
+        except TypeError:
+            problems.append(
+                ("client_key_file", f"{key_path} is encrypted; give an unencrypted key")
+            )
+        except (ValueError, UnsupportedAlgorithm):
+            problems.append(("client_key_file", f"{key_path} holds no PEM private key"))
+    if cert is not None:
+        if cert.not_valid_after_utc < datetime.datetime.now(datetime.UTC):
+            expired = cert.not_valid_after_utc.date().isoformat()
+            problems.append(("client_cert_file", f"{cert_path} expired on {expired}"))
+        if key is not None and _spki(cert.public_key()) != _spki(key.public_key()):
+            problems.append(
+                ("client_key_file", f"{key_path} does not match the certificate in {cert_path}")
+            )
+    return problems
+
+
+def _spki(public_key: Any) -> bytes:
+    der: bytes = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der
+
+
+def build_context(config: TlsConfig | None) -> ssl.SSLContext:
+    """The system trust store plus `ca_file`, and the client pair; verification always on."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if config is not None:
+        if config.ca_file is not None:
+            context.load_verify_locations(cafile=config.ca_file)
+        if config.client_cert_file is not None and config.client_key_file is not None:
+            context.load_cert_chain(config.client_cert_file, config.client_key_file)
+    return context
+
+
+def _digest(paths: tuple[Path, ...]) -> bytes | None:
+    digest = hashlib.sha256()
+    try:
+        for path in paths:
+            digest.update(path.read_bytes())
+            digest.update(b"\0")
+    except OSError:
+        return None
+    return digest.digest()
+
+
+class TlsContext:
+    """The one SSL context for upstream calls; `get()` rebuilds it when the files change.
+
+    The check runs on use, at most every `interval` seconds, so an idle proxy reads nothing
+    and a busy one pays a monotonic-clock comparison per request. A half-rotated pair (new
+    certificate, old key) fails to load and the previous context stays until the next check.
+    """
+
+    def __init__(
+        self,
+        config: TlsConfig | None,
+        interval: float = CHECK_INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.config = config
+        self.files = config.files if config is not None else ()
+        self.interval = interval
+        self.clock = clock
+        self._context = build_context(config)
+        self._digest = _digest(self.files)
+        self._next_check = clock() + interval
+        self.rebuilds = 0
+
+    def get(self) -> ssl.SSLContext:
+        if self.files and self.clock() >= self._next_check:
+            self.refresh()
+        return self._context
+
+    def refresh(self) -> bool:
+        """Re-read the files; rebuild the context if their contents changed. True if rebuilt."""
+        self._next_check = self.clock() + self.interval
+        digest = _digest(self.files)
+        if digest is None or digest == self._digest:
+            return False
+        try:
+            context = build_context(self.config)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning(
+                "TLS files changed but cannot be loaded; keeping the previous ones",
+                extra={"error": type(exc).__name__, "detail": getattr(exc, "reason", None)},
+            )
+            return False
+        self._context, self._digest = context, digest
+        self.rebuilds += 1
+        log.info("TLS files changed; new connections use them", extra={"rebuilds": self.rebuilds})
+        return True

@@ -22,9 +22,16 @@ COPY proxy ./proxy
 # binary wheels only (the slim base has no compiler); the project itself without deps, then
 # `pip check` proves the lock satisfies it. The venv's own pip and setuptools go afterwards:
 # nothing that installs packages is needed at run time. pip compiles the modules to .pyc here.
-# The runtime stage runs nothing: a build that lends the host's pip configuration with
-# `-v`/`--mount` leaves no trace in it (podman even leaves empty mount points in RUN layers).
-RUN python3 -m venv /opt/gini-auth-proxy \
+# Behind a private index or a TLS-intercepting proxy, lend pip its configuration and the CA
+# bundle for this step only, as optional build secrets (never build args, which stay in the
+# image history): --secret id=pip.conf,src=/etc/pip.conf
+#                   --secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt
+# (or podman's `build -v host:container:ro`). This stage is not shipped, and the runtime stage
+# runs nothing, so nothing lent can reach a layer of the image (podman leaves empty mount
+# points in the layers of RUN steps).
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    --mount=type=secret,id=ca-bundle,target=/etc/ssl/certs/ca-certificates.crt \
+    python3 -m venv /opt/gini-auth-proxy \
  && /opt/gini-auth-proxy/bin/pip install --no-cache-dir --only-binary=:all: \
         --require-hashes -r requirements.lock \
  && /opt/gini-auth-proxy/bin/pip install --no-cache-dir --no-deps . \

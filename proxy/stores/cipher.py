@@ -24,7 +24,7 @@ log = logging.getLogger("proxy.store")
 
 NONCE_BYTES = 12
 TAG_BYTES = 16
-VERSION = b"\x01"  # first byte of every sealed value: room for a future key rotation scheme
+VERSION = b"\x01"  # first byte of every sealed value: room for a future format
 KEY_CHECK = b"gini-auth-proxy key check"
 
 

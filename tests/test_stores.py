@@ -794,6 +794,41 @@ async def test_reseal_is_a_compare_and_swap(backend: Backend, store: CredentialS
     assert not await store.reseal(KEY_A, EMAIL_1, row.sealed, fresh)  # already swapped
 
 
+async def test_reseal_many_swaps_only_rows_that_still_hold_what_was_read(
+    backend: Backend, store: CredentialStore
+) -> None:
+    users = await _fill(store, 4)
+    rows = await store.sealed_rows("", 10)
+    keys = sorted(users)
+    await store.delete(keys[1])  # deleted after it was read
+    await store.replace(keys[2], "user-2@anon.example.com", EMAIL_2, PASSWORD_2)  # replaced
+    swaps = [(row, store.cipher.seal_password(row.key, row.email, users[row.key])) for row in rows]
+
+    assert await store.reseal_many(swaps) == {keys[0], keys[3]}
+    assert await store.reseal_many([]) == set()
+    assert await store.reseal_many(swaps) == set()  # already swapped: nothing matches any more
+    assert await store.get(keys[2]) == StoredUser(keys[2], EMAIL_2, PASSWORD_2, "pending")
+    assert await store.get(keys[1]) is None
+    for n in (0, 3):
+        assert (await backend.raw_row(keys[n]) or ("", b"", ""))[1] == swaps[n][1]
+
+
+async def test_sqlite_without_returning_reseals_row_by_row(
+    sqlite_backend: SqliteBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with opened(sqlite_backend.new_store()) as old:
+        users = await _fill(old, 5)
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))  # before RETURNING
+    async with opened(sqlite_backend.keyring_store(OTHER_STORE_KEY, STORE_KEY)) as rotated:
+        report = await rotate(rotated, batch_size=2)
+        assert (report.reencrypted, report.already_current) == (5, 0)
+    async with opened(sqlite_backend.new_store(OTHER_STORE_KEY)) as new_key_only:
+        for key, password in users.items():
+            assert (
+                await new_key_only.get(key) or StoredUser("", "", "", "active")
+            ).password == password
+
+
 async def test_sealed_rows_pages_in_key_order(store: CredentialStore) -> None:
     users = await _fill(store, 5)
     first = await store.sealed_rows("", 2)

@@ -8,6 +8,7 @@ processes without locks: the first writer's credentials win (`claim`), they are 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -95,6 +96,9 @@ class CredentialStore(Protocol):
 
     async def reseal(self, key: str, email: str, old: bytes, new: bytes) -> bool:
         """Swap in `new` if the row still holds `email` and exactly `old`."""
+
+    async def reseal_many(self, swaps: Sequence[tuple[SealedRow, bytes]]) -> set[str]:
+        """`reseal` for each (row as read, new sealed value) in one statement; the keys swapped."""
 
 
 def parse_state(value: object) -> State:

@@ -4,7 +4,8 @@ A row sealed under one of `store.previous_encryption_keys` is re-sealed with
 `store.encryption_key` when it is read, and `rotate-store-key` walks every row. Each row is
 swapped by compare-and-swap on its exact old ciphertext and email, so a row that a replica
 changed meanwhile (new credentials, deleted, already re-sealed) is never overwritten: it is
-read again instead. No row is ever created or deleted here.
+read again instead. `rotate` swaps a whole batch in one statement (one transaction), each row
+still under its own compare-and-swap condition. No row is ever created or deleted here.
 """
 
 from __future__ import annotations
@@ -51,33 +52,46 @@ async def rotate(store: CredentialStore, batch_size: int = BATCH_SIZE) -> Rotati
     report = RotationReport()
     after = ""
     while rows := await store.sealed_rows(after, batch_size):
-        for row in rows:
-            await _rotate_row(store, row, report)
+        await _rotate_batch(store, rows, report)
         after = rows[-1].key
     if report.undecryptable == 0:
         report.key_check_moved = await move_key_check(store)
     return report
 
 
-async def _rotate_row(store: CredentialStore, row: SealedRow, report: RotationReport) -> None:
-    current: SealedRow | None = row
+async def _rotate_batch(
+    store: CredentialStore, rows: list[SealedRow], report: RotationReport
+) -> None:
+    """Swap a batch in one statement; rows that changed meanwhile are read again and retried."""
     for _ in range(MAX_ATTEMPTS):
-        if current is None:
-            return  # deleted meanwhile: nothing left to re-encrypt
+        swaps = _swaps(store, rows, report)
+        if not swaps:
+            return
+        done = await store.reseal_many(swaps)
+        report.reencrypted += len(done)
+        missed = [row.key for row, _ in swaps if row.key not in done]
+        # A row deleted meanwhile is gone for good: nothing left to re-encrypt.
+        rows = [row for key in missed if (row := await store.sealed_row(key)) is not None]
+    if _swaps(store, rows, report):  # rows read back last may have become current
+        raise StoreUnavailable("Stored credentials kept changing during the key rotation.")
+
+
+def _swaps(
+    store: CredentialStore, rows: list[SealedRow], report: RotationReport
+) -> list[tuple[SealedRow, bytes]]:
+    """The rows a previous key sealed, each with its value re-sealed under the current key."""
+    swaps = []
+    for row in rows:
         try:
-            password, stale = store.cipher.try_password(current.key, current.email, current.sealed)
+            password, stale = store.cipher.try_password(row.key, row.email, row.sealed)
         except WrongKey:
-            report.undecryptable += 1  # left untouched: a key may still be found
-            return
-        if not stale:
+            report.undecryptable += 1  # left untouched: its key may still be found
+            continue
+        if stale:
+            swaps.append((row, store.cipher.seal_password(row.key, row.email, password)))
+        else:
             report.already_current += 1
-            return
-        fresh = store.cipher.seal_password(current.key, current.email, password)
-        if await store.reseal(current.key, current.email, current.sealed, fresh):
-            report.reencrypted += 1
-            return
-        current = await store.sealed_row(current.key)  # changed meanwhile: look again
-    raise StoreUnavailable("A stored credential kept changing during the key rotation.")
+    return swaps
 
 
 async def move_key_check(store: CredentialStore) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -249,3 +249,20 @@ class PostgresStore:
                 old,
             )
         return bool(status == "UPDATE 1")
+
+    async def reseal_many(self, swaps: Sequence[tuple[SealedRow, bytes]]) -> set[str]:
+        if not swaps:
+            return set()
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "UPDATE anonymous_users AS u SET password = v.new"
+                " FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[])"
+                " AS v(user_key, email, old, new)"
+                " WHERE u.user_key = v.user_key AND u.email = v.email AND u.password = v.old"
+                " RETURNING u.user_key",
+                [row.key for row, _ in swaps],
+                [row.email for row, _ in swaps],
+                [row.sealed for row, _ in swaps],
+                [new for _, new in swaps],
+            )
+        return {row["user_key"] for row in rows}

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -278,3 +278,28 @@ class SqliteStore:
                 (new, key, email, old),
             )
             return cursor.rowcount == 1
+
+    async def reseal_many(self, swaps: Sequence[tuple[SealedRow, bytes]]) -> set[str]:
+        if not swaps:
+            return set()
+        if sqlite3.sqlite_version_info < (3, 35):  # no RETURNING: one statement per row
+            return {
+                row.key
+                for row, new in swaps
+                if await self.reseal(row.key, row.email, row.sealed, new)
+            }
+        # One statement, so one transaction and one fsync per batch instead of per row.
+        values = ", ".join(["(?, ?, ?, ?)"] * len(swaps))
+        params = [value for row, new in swaps for value in (row.key, row.email, row.sealed, new)]
+        async with (
+            self._errors() as db,
+            db.execute(
+                f"WITH v(user_key, email, old, new) AS (VALUES {values})"  # noqa: S608 - placeholders only
+                " UPDATE anonymous_users SET password = v.new FROM v"
+                " WHERE anonymous_users.user_key = v.user_key"
+                " AND anonymous_users.email = v.email AND anonymous_users.password = v.old"
+                " RETURNING anonymous_users.user_key",
+                params,
+            ) as cursor,
+        ):
+            return {key for (key,) in await cursor.fetchall()}

@@ -57,6 +57,7 @@ async def status(request: web.Request) -> web.Response:
                 ),
             },
             "identifier_cache_entries": len(services.deriver),
+            "identity_key_id": services.identity_key_id,
             "token_caches": {
                 flow: {
                     "entries": len(cache),

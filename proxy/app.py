@@ -16,7 +16,8 @@ from .expect import expect_handler
 from .forward import Forwarder, basic_auth
 from .gini import GiniClient
 from .handlers import TokenEndpoints
-from .identity import IdentifierDeriver
+from .identity import IdentifierDeriver, identity_key_id
+from .keyguard import check_pin, check_store
 from .lifecycle import Lifecycle
 from .metrics import TOKEN_FLOWS, Metrics, store_up_gauge
 from .middlewares import observe
@@ -57,6 +58,7 @@ class Services:
     anonymous: AnonymousUsers | None = field(init=False)
     endpoints: TokenEndpoints = field(init=False)
     access_log: AccessLog = field(init=False)
+    identity_key_id: str = field(init=False)
 
     def __post_init__(self) -> None:
         config = self.config
@@ -64,6 +66,8 @@ class Services:
         self.metrics.in_flight.set_function(lambda: lifecycle.in_flight)
         self.upstream = Upstream(config.upstream, self.metrics)
         self.deriver = IdentifierDeriver(config.identity.hmac_key.encode())
+        self.identity_key_id = identity_key_id(config.identity.hmac_key.encode())
+        self.metrics.set_build_info(self.identity_key_id)
         self.response_cache = None
         if config.response_cache is not None:
             from .response_cache import ResponseCache  # noqa: PLC0415 - loads its backends
@@ -151,9 +155,16 @@ def build_proxy_app(services: Services) -> web.Application:
     app[SERVICES] = services
 
     async def resources(_: web.Application) -> AsyncIterator[None]:
-        # Opened before the listener accepts anything: an unreachable store fails startup.
+        # Opened before the listener accepts anything: an unreachable store fails startup,
+        # and so does an identity key other than the one the users were derived with.
+        check_pin(services.config)
         if services.store is not None:
             await services.store.open()
+            try:
+                await check_store(services.store, services.identity_key_id)
+            except BaseException:
+                await services.store.close()
+                raise
         await services.upstream.start()
         if services.response_cache is not None:
             await services.response_cache.start()

@@ -1,4 +1,5 @@
-"""Command line: `serve`, `demo`, `check-config`, `hash-user` with the contract's exit codes."""
+"""Command line: `serve`, `demo`, `check-config`, `hash-user`, `rotate-store-key`, with the
+contract's exit codes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Sequence
 from . import __version__
 from .config import Config, config_path, load_config
 from .errors import ProxyError
-from .identity import derive_identifier, validate_user_id
+from .identity import derive_identifier, identity_key_id, validate_user_id
 from .validation import ConfigError
 
 EXIT_OK = 0
@@ -31,12 +32,19 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", help=config_help)
     hash_user = commands.add_parser("hash-user", help="print the X-User-Identifier for a user id")
-    hash_user.add_argument("user_id", metavar="ID")
+    hash_user.add_argument("user_id", metavar="ID", nargs="?")
+    hash_user.add_argument(
+        "--key-id", action="store_true", help="print the identity key id instead (no ID)"
+    )
     hash_user.add_argument("--config", help=config_help)
     doctor = commands.add_parser(
         "doctor", help="check DNS, TCP, TLS, credentials, clock and store from here, step by step"
     )
     doctor.add_argument("--config", help=config_help)
+    rotate = commands.add_parser(
+        "rotate-store-key", help="re-encrypt every stored credential with store.encryption_key"
+    )
+    rotate.add_argument("--config", help=config_help)
     demo = commands.add_parser("demo", help="run the proxy against a built-in Gini simulator")
     demo.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
     demo.add_argument("--admin-port", type=int, default=9090, help="admin port (default 9090)")
@@ -61,29 +69,44 @@ def _doctor(path_arg: str | None) -> int:
     return doctor(config)
 
 
+def _hash_user(args: argparse.Namespace) -> int:
+    """`hash-user ID` prints the X-User-Identifier; `hash-user --key-id` the identity key id."""
+    if args.key_id == (args.user_id is not None):
+        print("error: give either an ID or --key-id", file=sys.stderr)
+        return EXIT_CONFIG
+    config = _load(args.config)
+    if args.key_id:
+        print(identity_key_id(config.identity.hmac_key.encode()))
+        return EXIT_OK
+    try:
+        user_id = validate_user_id(args.user_id)
+    except ProxyError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(derive_identifier(config.identity.hmac_key.encode(), user_id))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit per command
     """Entry point of the `gini-auth-proxy` console script and `python -m proxy`."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "check-config":
-            config = _load(args.config)
+            _load(args.config)
             print(f"{config_path(args.config)}: configuration is valid")
             return EXIT_OK
         if args.command == "hash-user":
-            config = _load(args.config)
-            try:
-                user_id = validate_user_id(args.user_id)
-            except ProxyError as exc:
-                print(f"error: {exc.message}", file=sys.stderr)
-                return EXIT_CONFIG
-            print(derive_identifier(config.identity.hmac_key.encode(), user_id))
-            return EXIT_OK
+            return _hash_user(args)
         if args.command == "doctor":
             return _doctor(args.config)
         if args.command == "serve":
             from .server import serve  # noqa: PLC0415 - keeps check-config fast and light
 
             return serve(_load(args.config))
+        if args.command == "rotate-store-key":
+            from .rotation import rotate_store_key  # noqa: PLC0415
+
+            return rotate_store_key(_load(args.config))
         from .demo import demo  # noqa: PLC0415
 
         return demo(args.port, args.admin_port)

@@ -31,6 +31,7 @@ _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _DOMAIN = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
 )
+_KEY_ID = re.compile(r"^[0-9a-f]{16}$")
 _TOP_KEYS = (
     "listen", "admin_listen", "public_url", "upstream", "client", "identity", "anonymous",
     "store", "tokens", "shutdown_grace_seconds", "drain_delay_seconds", "max_body_bytes",
@@ -78,6 +79,7 @@ class ClientConfig:
 class IdentityConfig:
     header: str
     hmac_key: Secret
+    key_id: str | None = None  # pins the fingerprint of hmac_key (keyguard.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +92,17 @@ class StoreConfig:
     url: str = field(repr=False)  # a PostgreSQL URL may carry a password
     encryption_key: Secret
     password: Secret | None = None  # PostgreSQL password from a secret source, not the URL
+    previous_encryption_keys: tuple[Secret, ...] = ()  # still decrypt; never encrypt
 
     @property
     def key_bytes(self) -> bytes:
         """The 32-byte AES key (validated at load time)."""
         return _decode_key(self.encryption_key.value) or b""
+
+    @property
+    def previous_key_bytes(self) -> tuple[bytes, ...]:
+        """The 32-byte keys that only decrypt, in configured order (validated at load time)."""
+        return tuple(_decode_key(key.value) or b"" for key in self.previous_encryption_keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +180,7 @@ class Config:
                 found.append(password)
             if self.store.password is not None:
                 found.append(self.store.password.value)
+            found.extend(key.value for key in self.store.previous_encryption_keys)
         if self.inbound_auth is not None:
             found.extend(key.value for key in self.inbound_auth.keys)
         egress = self.upstream.egress_proxy
@@ -328,7 +337,7 @@ def _client(r: Reader, data: Mapping[str, Any]) -> ClientConfig:
 
 
 def _identity(r: Reader, data: Mapping[str, Any]) -> IdentityConfig:
-    d = r.section(data, "identity", "identity", ("header", "hmac_key"))
+    d = r.section(data, "identity", "identity", ("header", "hmac_key", "key_id"))
     if d is None:
         r.problem("identity", "is required (at least identity.hmac_key)")
         d = {}
@@ -342,7 +351,18 @@ def _identity(r: Reader, data: Mapping[str, Any]) -> IdentityConfig:
             f"must be at least {MIN_HMAC_KEY_BYTES} bytes (e.g. `openssl rand -hex 32`), "
             f"got {len(key.encode())} from {key.source}",
         )
-    return IdentityConfig(header=header, hmac_key=key)
+    return IdentityConfig(header=header, hmac_key=key, key_id=_key_id(r, d))
+
+
+def _key_id(r: Reader, d: Mapping[str, Any]) -> str | None:
+    """`identity.key_id`: the 16 hex digits `hash-user --key-id` prints, or None."""
+    if d.get("key_id") is None:
+        return None
+    text = r.string(d, "key_id", "identity.key_id").strip().lower()
+    if not _KEY_ID.match(text):
+        r.problem("identity.key_id", "must be the 16 hex digits `hash-user --key-id` prints")
+        return None
+    return text
 
 
 def _anonymous(r: Reader, data: Mapping[str, Any]) -> AnonymousConfig | None:
@@ -374,7 +394,9 @@ def _decode_key(text: str) -> bytes | None:
 
 
 def _store(r: Reader, data: Mapping[str, Any]) -> StoreConfig | None:
-    d = r.section(data, "store", "store", ("url", "encryption_key", "password"))
+    d = r.section(
+        data, "store", "store", ("url", "encryption_key", "password", "previous_encryption_keys")
+    )
     if d is None:
         return None
     url = r.string(d, "url", "store.url")
@@ -405,7 +427,35 @@ def _store(r: Reader, data: Mapping[str, Any]) -> StoreConfig | None:
         password = r.secret(d, "password", "store.password")
         if url.startswith("sqlite:"):
             r.problem("store.password", "only applies to a PostgreSQL store")
-    return StoreConfig(url=url, encryption_key=key, password=password)
+    return StoreConfig(
+        url=url,
+        encryption_key=key,
+        password=password,
+        previous_encryption_keys=_previous_keys(r, d, key),
+    )
+
+
+def _previous_keys(r: Reader, d: Mapping[str, Any], current: Secret) -> tuple[Secret, ...]:
+    """`store.previous_encryption_keys`: secret sources validated like `encryption_key`."""
+    specs = d.get("previous_encryption_keys")
+    if specs is None:
+        return ()
+    if not isinstance(specs, list):
+        r.problem("store.previous_encryption_keys", "must be a list of secret sources")
+        return ()
+    keys: list[Secret] = []
+    for index, spec in enumerate(specs):
+        path = f"store.previous_encryption_keys[{index}]"
+        key = r.secret({"key": spec}, "key", path)
+        if key.source == "invalid":
+            continue
+        if _decode_key(key.value) is None:
+            r.problem(path, f"must be 32 bytes in base64; the value from {key.source} is not")
+        elif current.source != "invalid" and _decode_key(key.value) == _decode_key(current.value):
+            r.problem(path, "is the same key as store.encryption_key")
+        else:
+            keys.append(key)
+    return tuple(keys)
 
 
 def _tokens(r: Reader, data: Mapping[str, Any]) -> TokensConfig:

@@ -86,3 +86,14 @@ class IdentifierDeriver:
 def derive_identifier(key: bytes, user_id: str) -> str:
     """Lowercase hex HMAC-SHA256 of the UTF-8 user id (the contract's default scheme)."""
     return hmac.new(key, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+KEY_ID_LABEL = b"gini-auth-proxy\x00identity-key-id\x00v1"
+"""What `identity_key_id` signs. The NUL bytes keep it apart from every valid user id (control
+characters are refused), so no caller's X-User-Identifier can ever equal or reveal a key id."""
+KEY_ID_HEX_CHARS = 16  # 64 bits: collisions between two real keys are out of reach
+
+
+def identity_key_id(key: bytes) -> str:
+    """A fingerprint of `identity.hmac_key` that can be shown and compared, never reversed."""
+    return hmac.new(key, KEY_ID_LABEL, hashlib.sha256).hexdigest()[:KEY_ID_HEX_CHARS]

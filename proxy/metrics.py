@@ -160,15 +160,19 @@ class Metrics:
         )
         self.build_info = Gauge(
             "gini_proxy_build_info",
-            "Always 1; the version label says which build runs.",
-            ("version",),
+            "Always 1; the labels say which build runs and which identity key it derives with.",
+            ("version", "identity_key_id"),
             registry=r,
         )
-        self.build_info.labels(__version__).set(1)
         for flow in TOKEN_FLOWS:
             self.token_cache_entries.labels(flow).set(0)
         self._token_children: dict[tuple[str, bool], Callable[[], None]] = {}
         self._init_connection_metrics(r)
+
+    def set_build_info(self, identity_key_id: str) -> None:
+        """Publish the build: replicas with different key ids alert (never the key itself)."""
+        self.build_info.clear()
+        self.build_info.labels(__version__, identity_key_id).set(1)
 
     def response_cache_entries(self) -> Gauge:
         """The entry-count gauge, registered only by a configured response cache: without one

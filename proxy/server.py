@@ -25,6 +25,7 @@ from .cli import EXIT_FORCED, EXIT_OK, EXIT_STARTUP
 from .config import Address, Config
 from .connections import ConnectionGuard, GuardedRequestHandler, ensure_descriptors
 from .errors import BadRequest, InternalError
+from .keyguard import IdentityKeyChanged
 from .lifecycle import Lifecycle
 from .log import Redactor, configure_logging
 from .metrics import Metrics
@@ -146,7 +147,7 @@ async def run(services: Services, on_ready: Callable[[], None] | None = None) ->
     try:
         try:
             await proxy_runner.setup()
-        except StoreOpenError as exc:
+        except (StoreOpenError, IdentityKeyChanged) as exc:
             raise StartupError(str(exc)) from None
         await admin_runner.setup()
         await _start_site(proxy_runner, config.listen, "listen")

@@ -34,6 +34,7 @@ CONNECT_TIMEOUT = 3.0
 
 STORE_KEY = bytes(range(32))
 OTHER_STORE_KEY = bytes(range(100, 132))
+THIRD_STORE_KEY = bytes(range(200, 232))
 
 _unreachable: str | None = None  # remembered so a down server costs one timeout, not one per test
 
@@ -106,6 +107,12 @@ class Backend:
     def new_store(self, key: bytes = STORE_KEY) -> CredentialStore:
         """An unopened store on this location."""
         raise NotImplementedError
+
+    def keyring_store(self, key: bytes, *previous: bytes) -> CredentialStore:
+        """An unopened store on this location whose cipher also opens with `previous` keys."""
+        store = self.new_store(key)
+        store.cipher = Cipher(key, previous)
+        return store
 
     async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
         """Run `sql` outside the store (placeholders: `?` for SQLite, `$n` for PostgreSQL)."""

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from proxy import __version__
+from proxy.identity import identity_key_id
 
 from .conftest import HMAC_KEY, USER, RunningProxy
 
@@ -93,7 +94,9 @@ async def test_every_contract_metric_is_exposed(proxy: RunningProxy) -> None:
     text = await scrape(proxy)
     for name in CONTRACT_METRICS:
         assert f"# TYPE {name.removesuffix('_total')}" in text, name
-    assert f'gini_proxy_build_info{{version="{__version__}"}} 1.0' in text
+    key_id = identity_key_id(HMAC_KEY.encode())
+    build_info = f'gini_proxy_build_info{{identity_key_id="{key_id}",version="{__version__}"}} 1.0'
+    assert build_info in text
     assert 'gini_proxy_requests_total{method="GET",route="/documents",status="200"} 1.0' in text
 
 

@@ -1202,3 +1202,46 @@ def test_store_password_is_a_secret_for_postgres_only(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         build_config({**base, "store": {**store, "url": "sqlite:////tmp/x.db"}}, {}, tmp_path)
     assert any(p.startswith("store.password:") for p in raised.value.problems)
+
+
+# --- identity.key_id and store.previous_encryption_keys -------------------------------------
+
+
+def test_previous_encryption_keys_are_secrets_like_the_current_key(tmp_path: Path) -> None:
+    old = base64.b64encode(b"o" * 32).decode()
+    older = base64.b64encode(b"p" * 32).decode()
+    write(tmp_path / "old-key", old + "\n")
+    store = {
+        "url": "sqlite:////tmp/x.db",
+        "encryption_key": STORE_KEY,
+        "previous_encryption_keys": [{"file": "old-key"}, {"env": "OLDER_KEY"}],
+    }
+    config = build_config(with_(MINIMAL, store=store), {"OLDER_KEY": older}, tmp_path)
+    assert config.store is not None
+    assert config.store.previous_key_bytes == (b"o" * 32, b"p" * 32)
+    assert [key.source for key in config.store.previous_encryption_keys] == [
+        f"file:{tmp_path / 'old-key'}",
+        "env:OLDER_KEY",
+    ]
+    assert {old, older} <= set(config.secrets())  # the log redactor hides them too
+    assert old not in repr(config)
+
+
+def test_bad_previous_encryption_keys_are_each_reported(tmp_path: Path) -> None:
+    store = {
+        "url": "sqlite:////tmp/x.db",
+        "encryption_key": STORE_KEY,
+        "previous_encryption_keys": ["not-a-key", STORE_KEY, {"env": "MISSING"}],
+    }
+    problems = problems_of(with_(MINIMAL, store=store))
+    assert has(problems, "store.previous_encryption_keys[0]", "32 bytes in base64")
+    assert has(problems, "store.previous_encryption_keys[1]", "same key as store.encryption_key")
+    assert has(problems, "store.previous_encryption_keys[2]", "MISSING")
+    assert "not-a-key" not in " ".join(problems)
+    not_a_list = {**store, "previous_encryption_keys": STORE_KEY}
+    problems = problems_of(with_(MINIMAL, store=not_a_list))
+    assert has(problems, "store.previous_encryption_keys", "list")
+
+
+def test_identity_key_id_is_optional() -> None:
+    assert build(MINIMAL).identity.key_id is None

@@ -58,6 +58,7 @@ REQUIRED_ALERT_METRICS = (
     "gini_proxy_token_fetch_errors_total",
     "gini_proxy_anonymous_users_created_total",
     "gini_proxy_store_up",
+    "gini_proxy_build_info",
 )
 
 Obj = dict[str, Any]
@@ -558,6 +559,7 @@ def test_alerts_cover_the_failure_modes() -> None:
         "GiniProxyTokenFetchFailures",
         "GiniProxyAnonymousUserSpike",
         "GiniProxyStoreDown",
+        "GiniProxyIdentityKeyMismatch",
     } <= set(rules)
     assert (
         'gini_proxy_upstream_errors_total{reason="status_5xx"}'
@@ -682,6 +684,37 @@ ALERT_TESTS = {
                     "1580m",
                     "GiniProxyAnonymousUserSpike",
                     {"severity": "warning", "namespace": "ns"},
+                ),
+            ],
+        },
+        {
+            # "ns": a rollout of a new build with the same identity key; "split": one replica
+            # with another key.
+            "interval": "1m",
+            "input_series": [
+                series("gini_proxy_build_info", "1x20", pod="a", version="1", identity_key_id="k1"),
+                series("gini_proxy_build_info", "1x20", pod="b", version="2", identity_key_id="k1"),
+                series(
+                    "gini_proxy_build_info",
+                    "1x20",
+                    namespace="split",
+                    pod="c",
+                    identity_key_id="k1",
+                ),
+                series(
+                    "gini_proxy_build_info",
+                    "1x20",
+                    namespace="split",
+                    pod="d",
+                    identity_key_id="k2",
+                ),
+            ],
+            "alert_rule_test": [
+                fires("3m", "GiniProxyIdentityKeyMismatch"),  # pending for 5 minutes first
+                fires(
+                    "15m",
+                    "GiniProxyIdentityKeyMismatch",
+                    {"severity": "critical", "namespace": "split"},
                 ),
             ],
         },

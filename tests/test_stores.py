@@ -25,12 +25,14 @@ from proxy.secret import Secret
 from proxy.stores import make_store
 from proxy.stores.base import CredentialStore, StoredUser, StoreOpenError
 from proxy.stores.cipher import NONCE_BYTES, VERSION, Cipher, WrongKey
+from proxy.stores.keyring import rotate
 from proxy.stores.postgres import PostgresStore
 from proxy.stores.sqlite import SqliteStore
 
 from .stores_support import (
     OTHER_STORE_KEY,
     STORE_KEY,
+    THIRD_STORE_KEY,
     Backend,
     PostgresBackend,
     SqliteBackend,
@@ -666,3 +668,252 @@ def test_postgres_password_comes_from_its_own_secret_field() -> None:
     assert isinstance(store, PostgresStore)
     assert store.password == "db-pw-123"
     assert "db-pw-123" not in repr(StoreConfig("postgresql://x@y/z", key, Secret("db-pw-123")))
+
+
+# --- the encryption keyring (store.previous_encryption_keys, rotate-store-key) ------------
+
+
+async def _fill(store: CredentialStore, count: int) -> dict[str, str]:
+    """`count` stored users; returns key -> password."""
+    users = {f"{n:064x}": f"password-{n}" for n in range(count)}
+    for n, (key, password) in enumerate(users.items()):
+        await store.claim(key, f"user-{n}@anon.example.com", password)
+    return users
+
+
+async def test_a_previous_key_still_decrypts_and_the_read_reseals_the_row(
+    backend: Backend, store: CredentialStore
+) -> None:
+    await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+    await store.activate(KEY_A, EMAIL_1)
+    await store.close()
+    before = await backend.raw_row(KEY_A)
+
+    async with opened(backend.keyring_store(OTHER_STORE_KEY, STORE_KEY)) as rotated:
+        assert await rotated.get(KEY_A) == StoredUser(KEY_A, EMAIL_1, PASSWORD_1, "active")
+
+    after = await backend.raw_row(KEY_A)
+    assert before is not None
+    assert after is not None
+    assert after[0] == before[0]
+    assert after[2] == "active"
+    assert after[1] != before[1]
+    cipher = Cipher(OTHER_STORE_KEY)
+    assert cipher.try_password(KEY_A, EMAIL_1, after[1]) == (PASSWORD_1, False)
+    with pytest.raises(WrongKey):
+        Cipher(STORE_KEY).try_password(KEY_A, EMAIL_1, after[1])
+
+
+async def test_a_store_opens_when_only_a_previous_key_matches_its_key_check(
+    backend: Backend, store: CredentialStore
+) -> None:
+    await store.close()
+    async with opened(backend.keyring_store(OTHER_STORE_KEY, THIRD_STORE_KEY, STORE_KEY)):
+        pass
+    # A plain open does not move the key check: only rotate-store-key does, once every row is
+    # current, so dropping the old key before rotating still fails at startup.
+    assert Cipher(STORE_KEY).verify(await backend.meta("key_check") or b"") is False
+    refused = backend.new_store(OTHER_STORE_KEY)
+    with pytest.raises(StoreOpenError, match="previous_encryption_keys"):
+        await refused.open()
+    await refused.close()
+
+
+async def test_keys_that_decrypt_nothing_are_refused_at_open(
+    backend: Backend, store: CredentialStore
+) -> None:
+    await store.close()
+    refused = backend.keyring_store(OTHER_STORE_KEY, THIRD_STORE_KEY)
+    with pytest.raises(StoreOpenError, match="encryption_key"):
+        await refused.open()
+    await refused.close()
+
+
+async def test_rotate_reencrypts_every_row_in_batches_and_moves_the_key_check(
+    backend: Backend, store: CredentialStore
+) -> None:
+    users = await _fill(store, 7)
+    await store.close()
+
+    async with opened(backend.keyring_store(OTHER_STORE_KEY, STORE_KEY)) as rotated:
+        await rotated.get(f"{2:064x}")  # re-sealed lazily: counted as already current
+        report = await rotate(rotated, batch_size=3)
+        assert (report.reencrypted, report.already_current, report.undecryptable) == (6, 1, 0)
+        assert report.key_check_moved
+        again = await rotate(rotated, batch_size=3)
+        assert (again.reencrypted, again.already_current, again.key_check_moved) == (0, 7, False)
+
+    async with opened(backend.new_store(OTHER_STORE_KEY)) as new_key_only:
+        assert await new_key_only.count() == 7
+        for key, password in users.items():
+            stored = await new_key_only.get(key)
+            assert stored is not None
+            assert stored.password == password
+    old_key_only = backend.new_store(STORE_KEY)
+    with pytest.raises(StoreOpenError):
+        await old_key_only.open()
+    await old_key_only.close()
+
+
+async def test_rotate_counts_rows_no_key_decrypts_and_leaves_them_alone(
+    backend: Backend, store: CredentialStore
+) -> None:
+    await _fill(store, 3)
+    lost = Cipher(THIRD_STORE_KEY).seal_password(KEY_B, EMAIL_2, PASSWORD_2)
+    await store.claim(KEY_B, EMAIL_2, PASSWORD_2)
+    p = backend.param
+    await backend.execute(
+        f"UPDATE anonymous_users SET password = {p(1)} WHERE user_key = {p(2)}", lost, KEY_B
+    )
+    await store.close()
+
+    async with opened(backend.keyring_store(OTHER_STORE_KEY, STORE_KEY)) as rotated:
+        report = await rotate(rotated)
+        assert (report.reencrypted, report.already_current, report.undecryptable) == (3, 0, 1)
+        assert not report.key_check_moved  # the old key is still needed to start
+        assert await rotated.count() == 4
+    row = await backend.raw_row(KEY_B)
+    assert row is not None
+    assert row[1] == lost
+    Cipher(STORE_KEY).verify(await backend.meta("key_check") or b"")
+
+
+async def test_reseal_is_a_compare_and_swap(backend: Backend, store: CredentialStore) -> None:
+    await store.claim(KEY_A, EMAIL_1, PASSWORD_1)
+    row = await store.sealed_row(KEY_A)
+    assert row is not None
+    assert row.sealed == (await backend.raw_row(KEY_A) or ("", b"", ""))[1]
+    assert await store.sealed_row(KEY_B) is None
+    fresh = store.cipher.seal_password(KEY_A, EMAIL_1, PASSWORD_1)
+
+    assert not await store.reseal(KEY_A, EMAIL_1, b"\x01not-the-stored-value", fresh)
+    assert not await store.reseal(KEY_A, EMAIL_2, row.sealed, fresh)
+    assert (await backend.raw_row(KEY_A) or ("", b"", ""))[1] == row.sealed
+    assert await store.reseal(KEY_A, EMAIL_1, row.sealed, fresh)
+    assert (await backend.raw_row(KEY_A) or ("", b"", ""))[1] == fresh
+    assert not await store.reseal(KEY_A, EMAIL_1, row.sealed, fresh)  # already swapped
+
+
+async def test_reseal_many_swaps_only_rows_that_still_hold_what_was_read(
+    backend: Backend, store: CredentialStore
+) -> None:
+    users = await _fill(store, 4)
+    rows = await store.sealed_rows("", 10)
+    keys = sorted(users)
+    await store.delete(keys[1])  # deleted after it was read
+    await store.replace(keys[2], "user-2@anon.example.com", EMAIL_2, PASSWORD_2)  # replaced
+    swaps = [(row, store.cipher.seal_password(row.key, row.email, users[row.key])) for row in rows]
+
+    assert await store.reseal_many(swaps) == {keys[0], keys[3]}
+    assert await store.reseal_many([]) == set()
+    assert await store.reseal_many(swaps) == set()  # already swapped: nothing matches any more
+    assert await store.get(keys[2]) == StoredUser(keys[2], EMAIL_2, PASSWORD_2, "pending")
+    assert await store.get(keys[1]) is None
+    for n in (0, 3):
+        assert (await backend.raw_row(keys[n]) or ("", b"", ""))[1] == swaps[n][1]
+
+
+async def test_sqlite_without_returning_reseals_row_by_row(
+    sqlite_backend: SqliteBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with opened(sqlite_backend.new_store()) as old:
+        users = await _fill(old, 5)
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))  # before RETURNING
+    async with opened(sqlite_backend.keyring_store(OTHER_STORE_KEY, STORE_KEY)) as rotated:
+        report = await rotate(rotated, batch_size=2)
+        assert (report.reencrypted, report.already_current) == (5, 0)
+    async with opened(sqlite_backend.new_store(OTHER_STORE_KEY)) as new_key_only:
+        for key, password in users.items():
+            assert (
+                await new_key_only.get(key) or StoredUser("", "", "", "active")
+            ).password == password
+
+
+async def test_sealed_rows_pages_in_key_order(store: CredentialStore) -> None:
+    users = await _fill(store, 5)
+    first = await store.sealed_rows("", 2)
+    rest = await store.sealed_rows(first[-1].key, 10)
+    assert [row.key for row in first + rest] == sorted(users)
+    assert await store.sealed_rows(rest[-1].key, 10) == []
+    assert PASSWORD_1 not in repr(first)
+
+
+async def test_setdefault_meta_keeps_the_first_value(store: CredentialStore) -> None:
+    assert await store.get_meta("identity_key_id") is None
+    assert await store.setdefault_meta("identity_key_id", b"first") == b"first"
+    assert await store.setdefault_meta("identity_key_id", b"second") == b"first"
+    assert await store.get_meta("identity_key_id") == b"first"
+    assert not await store.replace_meta("identity_key_id", b"second", b"third")
+    assert await store.replace_meta("identity_key_id", b"first", b"third")
+    assert await store.get_meta("identity_key_id") == b"third"
+
+
+async def test_rotation_racing_replicas_loses_and_duplicates_nothing(backend: Backend) -> None:
+    """Two rotations and a serving replica (reads, replaces, deletes, claims) at once."""
+    async with opened(backend.new_store(STORE_KEY)) as old:
+        users = await _fill(old, 40)
+    async with (
+        opened(backend.keyring_store(OTHER_STORE_KEY, STORE_KEY)) as one,
+        opened(backend.keyring_store(OTHER_STORE_KEY, STORE_KEY)) as two,
+        opened(backend.keyring_store(OTHER_STORE_KEY, STORE_KEY)) as serving,
+    ):
+
+        async def serve() -> None:
+            for n, key in enumerate(list(users)):
+                if n % 4 == 0:
+                    fresh = f"replaced-{n}"
+                    await serving.replace(key, f"user-{n}@anon.example.com", f"r{n}@x.test", fresh)
+                    users[key] = fresh
+                elif n % 4 == 1:
+                    assert (await serving.get(key) or StoredUser("", "", "", "active")).password
+                elif n % 4 == 2 and n < 12:
+                    await serving.delete(key)
+                    del users[key]
+                await serving.claim(f"{n + 1000:064x}", f"new-{n}@x.test", f"new-{n}")
+                users[f"{n + 1000:064x}"] = f"new-{n}"
+                await asyncio.sleep(0)
+
+        reports = await asyncio.gather(
+            rotate(one, batch_size=4), rotate(two, batch_size=5), serve()
+        )
+        assert all(report.undecryptable == 0 for report in reports[:2])
+        await rotate(one)  # rows claimed behind the first pass are current already
+
+    async with opened(backend.new_store(OTHER_STORE_KEY)) as new_key_only:
+        assert await new_key_only.count() == len(users)
+        for key, password in users.items():
+            stored = await new_key_only.get(key)
+            assert stored is not None, key
+            assert stored.password == password
+
+
+def test_cipher_keyring_opens_with_previous_keys_and_says_so() -> None:
+    old = Cipher(STORE_KEY).seal(b"secret", b"context")
+    keyring = Cipher(OTHER_STORE_KEY, [THIRD_STORE_KEY, STORE_KEY])
+    assert keyring.unseal(old, b"context") == (b"secret", True)
+    assert keyring.unseal(keyring.seal(b"secret", b"context"), b"context") == (b"secret", False)
+    with pytest.raises(WrongKey):
+        Cipher(STORE_KEY).open(keyring.seal(b"secret", b"context"), b"context")
+    assert keyring.verify(Cipher(STORE_KEY).check_value()) is True
+    assert keyring.verify(keyring.check_value()) is False
+    with pytest.raises(ValueError, match="32 bytes"):
+        Cipher(STORE_KEY, [b"short"])
+
+
+@pytest.mark.postgres
+async def test_postgres_replicas_recording_meta_together_agree(
+    postgres_backend: PostgresBackend,
+) -> None:
+    stores = [postgres_backend.new_store() for _ in range(6)]
+    await asyncio.gather(*(store.open() for store in stores))
+    try:
+        results = await asyncio.gather(
+            *(
+                store.setdefault_meta("identity_key_id", f"{n}".encode())
+                for n, store in enumerate(stores)
+            )
+        )
+        assert len(set(results)) == 1
+    finally:
+        for store in stores:
+            await store.close()

@@ -15,7 +15,7 @@ def make_store(config: StoreConfig) -> CredentialStore:
     # Imported here: a sidecar without flow 4 never loads a database driver or cryptography.
     from .cipher import Cipher  # noqa: PLC0415
 
-    cipher = Cipher(config.key_bytes)
+    cipher = Cipher(config.key_bytes, config.previous_key_bytes)
     if config.url.startswith("sqlite:///"):
         from .sqlite import SqliteStore  # noqa: PLC0415
 

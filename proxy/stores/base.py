@@ -8,10 +8,14 @@ processes without locks: the first writer's credentials win (`claim`), they are 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from ..errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    from .cipher import Cipher
 
 State = Literal["pending", "active"]
 
@@ -30,8 +34,19 @@ class StoredUser:
     state: State
 
 
+@dataclass(frozen=True, slots=True)
+class SealedRow:
+    """One row as stored, password still sealed (key rotation works on these)."""
+
+    key: str
+    email: str
+    sealed: bytes = field(repr=False)
+
+
 class CredentialStore(Protocol):
     """Implemented by `SqliteStore` and `PostgresStore`; one contract test suite runs on both."""
+
+    cipher: Cipher
 
     async def open(self) -> None:
         """Connect, create or migrate the schema, and check the encryption key against it."""
@@ -59,6 +74,31 @@ class CredentialStore(Protocol):
 
     async def count(self) -> int:
         """How many users are stored (for /status)."""
+
+    # Metadata rows (`gini_proxy_meta`) beside the schema version and key check.
+
+    async def get_meta(self, name: str) -> bytes | None:
+        """The metadata value `name`, if any."""
+
+    async def setdefault_meta(self, name: str, value: bytes) -> bytes:
+        """Insert `value` unless `name` has one; return the stored value (the first wins)."""
+
+    async def replace_meta(self, name: str, old: bytes, new: bytes) -> bool:
+        """Set `name` to `new` if it still holds `old` (compare-and-swap)."""
+
+    # Key rotation: rows re-sealed one by one, each by compare-and-swap.
+
+    async def sealed_rows(self, after: str, limit: int) -> list[SealedRow]:
+        """Up to `limit` rows whose key sorts after `after`, in key order."""
+
+    async def sealed_row(self, key: str) -> SealedRow | None:
+        """One row as stored."""
+
+    async def reseal(self, key: str, email: str, old: bytes, new: bytes) -> bool:
+        """Swap in `new` if the row still holds `email` and exactly `old`."""
+
+    async def reseal_many(self, swaps: Sequence[tuple[SealedRow, bytes]]) -> set[str]:
+        """`reseal` for each (row as read, new sealed value) in one statement; the keys swapped."""
 
 
 def parse_state(value: object) -> State:

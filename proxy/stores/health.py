@@ -15,14 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from typing import Any, TypeVar
 
 from prometheus_client import Gauge
 
 from ..errors import StoreUnavailable
-from .base import CredentialStore, StoredUser
+from .base import CredentialStore, SealedRow, StoredUser
+from .cipher import Cipher
 
 log = logging.getLogger("proxy.store")
 
@@ -197,6 +198,7 @@ class GuardedStore:
 
     def __init__(self, store: CredentialStore, health: StoreHealth, timeout: float = CALL_TIMEOUT):
         self.inner = store
+        self.cipher: Cipher = store.cipher  # the same keyring object the store seals with
         self.health = health
         self.timeout = timeout
 
@@ -239,3 +241,26 @@ class GuardedStore:
 
     async def count(self) -> int:
         return await self._call(self.inner.count)
+
+    # Metadata and re-sealing (identity key guard, store key rotation) go through the same gate.
+
+    async def get_meta(self, name: str) -> bytes | None:
+        return await self._call(lambda: self.inner.get_meta(name))
+
+    async def setdefault_meta(self, name: str, value: bytes) -> bytes:
+        return await self._call(lambda: self.inner.setdefault_meta(name, value))
+
+    async def replace_meta(self, name: str, old: bytes, new: bytes) -> bool:
+        return await self._call(lambda: self.inner.replace_meta(name, old, new))
+
+    async def sealed_rows(self, after: str, limit: int) -> list[SealedRow]:
+        return await self._call(lambda: self.inner.sealed_rows(after, limit))
+
+    async def sealed_row(self, key: str) -> SealedRow | None:
+        return await self._call(lambda: self.inner.sealed_row(key))
+
+    async def reseal(self, key: str, email: str, old: bytes, new: bytes) -> bool:
+        return await self._call(lambda: self.inner.reseal(key, email, old, new))
+
+    async def reseal_many(self, swaps: Sequence[tuple[SealedRow, bytes]]) -> set[str]:
+        return await self._call(lambda: self.inner.reseal_many(swaps))

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 
 from ..errors import StoreUnavailable
-from .base import StoredUser, StoreOpenError, parse_state, require_user
+from .base import SealedRow, StoredUser, StoreOpenError, parse_state, require_user
 from .cipher import Cipher, WrongKey
+from .keyring import open_sealed
 
 log = logging.getLogger("proxy.store")
 
@@ -152,7 +153,7 @@ class PostgresStore:
         if row is None:
             return None
         email = row["email"]
-        password = self.cipher.open_password(key, email, bytes(row["password"]))
+        password = await open_sealed(self, key, email, bytes(row["password"]))
         return StoredUser(key, email, password, parse_state(row["state"]))
 
     async def claim(self, key: str, email: str, password: str) -> StoredUser:
@@ -197,3 +198,77 @@ class PostgresStore:
     async def count(self) -> int:
         async with self._conn() as conn:
             return int(await conn.fetchval("SELECT count(*) FROM anonymous_users"))
+
+    async def get_meta(self, name: str) -> bytes | None:
+        async with self._conn() as conn:
+            value = await conn.fetchval("SELECT value FROM gini_proxy_meta WHERE name = $1", name)
+        return None if value is None else bytes(value)
+
+    async def setdefault_meta(self, name: str, value: bytes) -> bytes:
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO gini_proxy_meta (name, value) VALUES ($1, $2)"
+                " ON CONFLICT (name) DO NOTHING",
+                name,
+                value,
+            )
+        stored = await self.get_meta(name)
+        if stored is None:  # only a concurrent DELETE, which nothing here issues
+            raise StoreUnavailable
+        return stored
+
+    async def replace_meta(self, name: str, old: bytes, new: bytes) -> bool:
+        async with self._conn() as conn:
+            status = await conn.execute(
+                "UPDATE gini_proxy_meta SET value = $1 WHERE name = $2 AND value = $3",
+                new,
+                name,
+                old,
+            )
+        return bool(status == "UPDATE 1")
+
+    async def sealed_rows(self, after: str, limit: int) -> list[SealedRow]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT user_key, email, password FROM anonymous_users"
+                " WHERE user_key > $1 ORDER BY user_key LIMIT $2",
+                after,
+                limit,
+            )
+        return [SealedRow(r["user_key"], r["email"], bytes(r["password"])) for r in rows]
+
+    async def sealed_row(self, key: str) -> SealedRow | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT email, password FROM anonymous_users WHERE user_key = $1", key
+            )
+        return None if row is None else SealedRow(key, row["email"], bytes(row["password"]))
+
+    async def reseal(self, key: str, email: str, old: bytes, new: bytes) -> bool:
+        async with self._conn() as conn:
+            status = await conn.execute(
+                "UPDATE anonymous_users SET password = $1"
+                " WHERE user_key = $2 AND email = $3 AND password = $4",
+                new,
+                key,
+                email,
+                old,
+            )
+        return bool(status == "UPDATE 1")
+
+    async def reseal_many(self, swaps: Sequence[tuple[SealedRow, bytes]]) -> set[str]:
+        if not swaps:
+            return set()
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "UPDATE anonymous_users AS u SET password = v.new"
+                " FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[])"
+                " AS v(user_key, email, old, new)"
+                " WHERE u.user_key = v.user_key AND u.email = v.email AND u.password = v.old"
+                " RETURNING u.user_key",
+                [row.key for row, _ in swaps],
+                [row.email for row, _ in swaps],
+                [row.sealed for row, _ in swaps],
+                [new for _, new in swaps],
+            )
+        return {row["user_key"] for row in rows}

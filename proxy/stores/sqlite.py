@@ -12,15 +12,16 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiosqlite
 
 from ..errors import StoreUnavailable
-from .base import StoredUser, StoreOpenError, parse_state, require_user
+from .base import SealedRow, StoredUser, StoreOpenError, parse_state, require_user
 from .cipher import Cipher, WrongKey
+from .keyring import open_sealed
 
 log = logging.getLogger("proxy.store")
 
@@ -175,7 +176,7 @@ class SqliteStore:
             return None
         email, sealed, state = row
         return StoredUser(
-            key, email, self.cipher.open_password(key, email, sealed), parse_state(state)
+            key, email, await open_sealed(self, key, email, sealed), parse_state(state)
         )
 
     async def claim(self, key: str, email: str, password: str) -> StoredUser:
@@ -222,3 +223,83 @@ class SqliteStore:
         async with self._errors() as db, db.execute("SELECT count(*) FROM anonymous_users") as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+    async def get_meta(self, name: str) -> bytes | None:
+        async with self._errors():
+            return await self._meta(name)
+
+    async def setdefault_meta(self, name: str, value: bytes) -> bytes:
+        async with self._errors() as db:
+            await db.execute(
+                "INSERT INTO gini_proxy_meta (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO NOTHING",
+                (name, value),
+            )
+            stored = await self._meta(name)
+        if stored is None:  # only a concurrent DELETE, which nothing here issues
+            raise StoreUnavailable
+        return stored
+
+    async def replace_meta(self, name: str, old: bytes, new: bytes) -> bool:
+        async with self._errors() as db:
+            cursor = await db.execute(
+                "UPDATE gini_proxy_meta SET value = ? WHERE name = ? AND value = ?",
+                (new, name, old),
+            )
+            return cursor.rowcount == 1
+
+    async def sealed_rows(self, after: str, limit: int) -> list[SealedRow]:
+        async with (
+            self._errors() as db,
+            db.execute(
+                "SELECT user_key, email, password FROM anonymous_users"
+                " WHERE user_key > ? ORDER BY user_key LIMIT ?",
+                (after, limit),
+            ) as cursor,
+        ):
+            rows = await cursor.fetchall()
+        return [SealedRow(key, email, bytes(sealed)) for key, email, sealed in rows]
+
+    async def sealed_row(self, key: str) -> SealedRow | None:
+        async with (
+            self._errors() as db,
+            db.execute(
+                "SELECT email, password FROM anonymous_users WHERE user_key = ?", (key,)
+            ) as cursor,
+        ):
+            row = await cursor.fetchone()
+        return None if row is None else SealedRow(key, row[0], bytes(row[1]))
+
+    async def reseal(self, key: str, email: str, old: bytes, new: bytes) -> bool:
+        async with self._errors() as db:
+            cursor = await db.execute(
+                "UPDATE anonymous_users SET password = ?"
+                " WHERE user_key = ? AND email = ? AND password = ?",
+                (new, key, email, old),
+            )
+            return cursor.rowcount == 1
+
+    async def reseal_many(self, swaps: Sequence[tuple[SealedRow, bytes]]) -> set[str]:
+        if not swaps:
+            return set()
+        if sqlite3.sqlite_version_info < (3, 35):  # no RETURNING: one statement per row
+            return {
+                row.key
+                for row, new in swaps
+                if await self.reseal(row.key, row.email, row.sealed, new)
+            }
+        # One statement, so one transaction and one fsync per batch instead of per row.
+        values = ", ".join(["(?, ?, ?, ?)"] * len(swaps))
+        params = [value for row, new in swaps for value in (row.key, row.email, row.sealed, new)]
+        async with (
+            self._errors() as db,
+            db.execute(
+                f"WITH v(user_key, email, old, new) AS (VALUES {values})"  # noqa: S608 - placeholders only
+                " UPDATE anonymous_users SET password = v.new FROM v"
+                " WHERE anonymous_users.user_key = v.user_key"
+                " AND anonymous_users.email = v.email AND anonymous_users.password = v.old"
+                " RETURNING anonymous_users.user_key",
+                params,
+            ) as cursor,
+        ):
+            return {key for (key,) in await cursor.fetchall()}

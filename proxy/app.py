@@ -18,7 +18,9 @@ from .handlers import TokenEndpoints
 from .identity import IdentifierDeriver
 from .lifecycle import Lifecycle
 from .metrics import TOKEN_FLOWS, Metrics
-from .middlewares import observe
+from .middlewares import InboundKeys, observe
+from .reload import Reloader
+from .reload_sources import register_sources, remember_secrets
 from .routes import GINI_TEMPLATES, RouteTable
 from .stores import CredentialStore, make_store
 from .tokens import TokenCache
@@ -54,6 +56,8 @@ class Services:
     anonymous: AnonymousUsers | None = field(init=False)
     endpoints: TokenEndpoints = field(init=False)
     access_log: AccessLog = field(init=False)
+    inbound_keys: InboundKeys | None = field(init=False)
+    reloader: Reloader = field(init=False)
 
     def __post_init__(self) -> None:
         config = self.config
@@ -94,6 +98,15 @@ class Services:
             self.anonymous,
             self.metrics,
         )
+        self._reloadable()
+
+    def _reloadable(self) -> None:
+        """The holders a reload swaps values in, and the registry of `{file:}` secrets."""
+        auth = self.config.inbound_auth
+        self.inbound_keys = InboundKeys(auth) if auth is not None else None
+        self.reloader = Reloader(self.metrics, self.config.reload_interval_seconds)
+        self.reloader.on_secrets = remember_secrets(self)
+        register_sources(self.reloader, self)
 
     def _token_cache(self, flow: str) -> TokenCache:
         errors = self.metrics.token_fetch_errors
@@ -133,6 +146,7 @@ def build_proxy_app(services: Services) -> web.Application:
                 services.routes,
                 services.lifecycle,
                 services.access_log,
+                services.inbound_keys,
             )
         ],
         client_max_size=services.config.max_body_bytes,
@@ -146,9 +160,11 @@ def build_proxy_app(services: Services) -> web.Application:
         await services.upstream.start()
         if services.response_cache is not None:
             await services.response_cache.start()
+        services.reloader.start()
         try:
             yield
         finally:
+            await services.reloader.close()
             services.access_log.flush()
             if services.response_cache is not None:
                 await services.response_cache.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import ipaddress
 import os
 import re
@@ -33,7 +34,7 @@ _TOP_KEYS = (
     "listen", "admin_listen", "public_url", "upstream", "client", "identity", "anonymous",
     "store", "tokens", "shutdown_grace_seconds", "drain_delay_seconds", "max_body_bytes",
     "max_rewrite_bytes", "inbound_auth", "allow_unauthenticated_network", "response_cache",
-    "logging",
+    "logging", "reload_interval_seconds",
 )  # fmt: skip
 
 
@@ -145,6 +146,8 @@ class Config:
     allow_unauthenticated_network: bool
     response_cache: ResponseCacheConfig | None
     logging: LoggingConfig
+    reload_interval_seconds: float = 30.0  # {file:} secrets re-read this often; 0 = SIGHUP only
+    source_file: Path | None = None  # the YAML file read, as named (not resolved): watched only
 
     def secrets(self) -> list[str]:
         """Every secret value this config holds (fed to the log redactor)."""
@@ -183,7 +186,10 @@ def load_config(path: Path, env: Mapping[str, str] = os.environ) -> Config:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError([f"{path} must hold a mapping of keys at the top level"])
-    return build_config(data, env, path.resolve().parent)
+    config = build_config(data, env, path.resolve().parent)
+    # Kept unresolved: a ConfigMap mount flips a `..data` symlink, and the reloader must see
+    # the new target, not the directory the link pointed to at startup.
+    return dataclasses.replace(config, source_file=path.absolute())
 
 
 def build_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) -> Config:
@@ -234,6 +240,9 @@ def build_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: Path
         allow_unauthenticated_network=allow_open,
         response_cache=_response_cache(r, data),
         logging=_logging(r, data),
+        reload_interval_seconds=r.number(
+            data, "reload_interval_seconds", "reload_interval_seconds", 30, 0, 86400
+        ),
     )
     if r.problems:
         raise ConfigError(r.problems)

@@ -57,6 +57,7 @@ REQUIRED_ALERT_METRICS = (
     "gini_proxy_request_duration_seconds_bucket",
     "gini_proxy_token_fetch_errors_total",
     "gini_proxy_anonymous_users_created_total",
+    "gini_proxy_secret_reloads_total",
 )
 
 Obj = dict[str, Any]
@@ -556,6 +557,8 @@ def test_alerts_cover_the_failure_modes() -> None:
         "GiniProxyHighLatency",
         "GiniProxyTokenFetchFailures",
         "GiniProxyAnonymousUserSpike",
+        "GiniProxySecretReloadRejected",
+        "GiniProxySecretReloadErrors",
     } <= set(rules)
     assert (
         'gini_proxy_upstream_errors_total{reason="status_5xx"}'
@@ -665,6 +668,51 @@ ALERT_TESTS = {
                     "1580m",
                     "GiniProxyAnonymousUserSpike",
                     {"severity": "warning", "namespace": "ns"},
+                ),
+            ],
+        },
+        {
+            # one rejected client secret at 10m; inbound key reloads failing from 20m on
+            "interval": "1m",
+            "input_series": [
+                series(
+                    "gini_proxy_secret_reloads_total",
+                    "0x10 1x30",
+                    pod="p",
+                    secret="client.secret",
+                    result="rejected",
+                ),
+                series(
+                    "gini_proxy_secret_reloads_total",
+                    "0x20 2+2x40",
+                    pod="p",
+                    secret="inbound_auth.keys",
+                    result="error",
+                ),
+            ],
+            "alert_rule_test": [
+                fires("5m", "GiniProxySecretReloadRejected"),
+                fires(
+                    "12m",
+                    "GiniProxySecretReloadRejected",
+                    {
+                        "severity": "warning",
+                        "namespace": "ns",
+                        "pod": "p",
+                        "secret": "client.secret",
+                    },
+                ),
+                fires("25m", "GiniProxySecretReloadRejected"),
+                fires("30m", "GiniProxySecretReloadErrors"),
+                fires(
+                    "40m",
+                    "GiniProxySecretReloadErrors",
+                    {
+                        "severity": "warning",
+                        "namespace": "ns",
+                        "pod": "p",
+                        "secret": "inbound_auth.keys",
+                    },
                 ),
             ],
         },

@@ -482,6 +482,8 @@ async def test_sighup_applies_a_new_secret_in_the_same_process(
             before = await uptime()
             sim.accept_client_secrets(CLIENT_SECRET, NEW_SECRET)
             volume.write(client_secret=NEW_SECRET, keys=OTHER_KEY)
+            # A new listen address in the config file is only noted: it needs a restart.
+            path.write_text(yaml.safe_dump({**data, "listen": f"127.0.0.1:{free_port()}"}))
             await asyncio.sleep(0.3)
             assert pay_authorizations(sim)[-1] == basic(CLIENT_SECRET)
             proc.process.send_signal(signal.SIGHUP)
@@ -496,6 +498,7 @@ async def test_sighup_applies_a_new_secret_in_the_same_process(
                 )
 
             await eventually(both_applied)
+            await proc.wait_for(rb"config file changed on disk, but it is only read at startup")
             sim.accept_client_secrets(NEW_SECRET)
             assert await status_of(OTHER_KEY) == 200
             assert await status_of(INBOUND_KEY) == 401

@@ -16,12 +16,16 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
-from proxy.config import build_config
+from proxy.config import MIN_INBOUND_KEY_BYTES, build_config
 from proxy.forward import basic_auth
 from proxy.gini import PROBE_IDENTIFIER
 from proxy.identity import derive_identifier
 from proxy.log import Redactor, configure_logging
+from proxy.reload import InvalidSecret
+from proxy.reload_sources import inbound_keys
 from proxy.sandbox import GiniSimulator
 from proxy.validation import ConfigError
 
@@ -544,3 +548,29 @@ def test_reload_interval_defaults_to_30_and_0_means_sighup_only(
     assert build_config(config_data(sim, tmp_path), {}, tmp_path).reload_interval_seconds == 30
     data = merge(config_data(sim, tmp_path), {"reload_interval_seconds": 0})
     assert build_config(data, {}, tmp_path).reload_interval_seconds == 0
+
+
+_KEY_TEXT = st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=MIN_INBOUND_KEY_BYTES
+).filter(lambda key: not key.startswith("#"))
+_LINE = st.one_of(_KEY_TEXT, st.just(""), st.just("   "), st.just("# a comment"))
+
+
+@given(lines=st.lists(_LINE, min_size=1, max_size=8), newline=st.sampled_from(["\n", "\r\n"]))
+def test_a_reloaded_key_file_reads_as_it_does_at_startup(lines: list[str], newline: str) -> None:
+    text = newline.join(lines) + newline
+    expected = [line for line in lines if line.strip() and not line.startswith("#")]
+    if not expected:
+        with pytest.raises(InvalidSecret):
+            inbound_keys((text.encode(),))
+        return
+    reloaded = inbound_keys((text.encode(),))
+    assert reloaded == tuple(key.encode() for key in expected)
+    data = {"inbound_auth": {"keys": text}, "client": {"id": "c", "secret": "s"}}
+    data["identity"] = {"hmac_key": HMAC_KEY}
+    at_startup = build_config(data, {}, Path("/"))
+    assert reloaded == tuple(key.encode() for key in (at_startup.inbound_auth or _never()).keys)
+
+
+def _never() -> Any:
+    raise AssertionError("inbound_auth missing")

@@ -20,7 +20,9 @@ from .identity import IdentifierDeriver, identity_key_id
 from .keyguard import check_pin, check_store
 from .lifecycle import Lifecycle
 from .metrics import TOKEN_FLOWS, Metrics, store_up_gauge
-from .middlewares import observe
+from .middlewares import InboundKeys, observe
+from .reload import Reloader
+from .reload_sources import register_sources, remember_secrets
 from .routes import GINI_TEMPLATES, RouteTable
 from .stores import CredentialStore, make_store
 from .stores.health import GuardedStore, StoreHealth
@@ -59,6 +61,8 @@ class Services:
     endpoints: TokenEndpoints = field(init=False)
     access_log: AccessLog = field(init=False)
     identity_key_id: str = field(init=False)
+    inbound_keys: InboundKeys | None = field(init=False)
+    reloader: Reloader = field(init=False)
 
     def __post_init__(self) -> None:
         config = self.config
@@ -101,6 +105,15 @@ class Services:
             self.anonymous,
             self.metrics,
         )
+        self._reloadable()
+
+    def _reloadable(self) -> None:
+        """The holders a reload swaps values in, and the registry of `{file:}` secrets."""
+        auth = self.config.inbound_auth
+        self.inbound_keys = InboundKeys(auth) if auth is not None else None
+        self.reloader = Reloader(self.metrics, self.config.reload_interval_seconds)
+        self.reloader.on_secrets = remember_secrets(self)
+        register_sources(self.reloader, self)
 
     def _store(self) -> tuple[CredentialStore | None, StoreHealth | None]:
         """The store as requests use it (deadlines, fail-fast) and its background check."""
@@ -148,6 +161,7 @@ def build_proxy_app(services: Services) -> web.Application:
                 services.routes,
                 services.lifecycle,
                 services.access_log,
+                services.inbound_keys,
             )
         ],
         client_max_size=services.config.max_body_bytes,
@@ -168,9 +182,11 @@ def build_proxy_app(services: Services) -> web.Application:
         await services.upstream.start()
         if services.response_cache is not None:
             await services.response_cache.start()
+        services.reloader.start()
         try:
             yield
         finally:
+            await services.reloader.close()
             services.access_log.flush()
             if services.response_cache is not None:
                 await services.response_cache.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import ipaddress
 import os
 import re
@@ -37,6 +38,7 @@ _TOP_KEYS = (
     "store", "tokens", "shutdown_grace_seconds", "drain_delay_seconds", "max_body_bytes",
     "max_rewrite_bytes", "inbound_auth", "allow_unauthenticated_network", "response_cache",
     "logging", "client_timeouts", "max_connections",
+    "reload_interval_seconds",
 )  # fmt: skip
 
 
@@ -169,6 +171,8 @@ class Config:
     logging: LoggingConfig
     client_timeouts: ClientTimeoutsConfig
     max_connections: int
+    reload_interval_seconds: float = 30.0  # {file:} secrets re-read this often; 0 = SIGHUP only
+    source_file: Path | None = None  # the YAML file read, as named (not resolved): watched only
 
     def secrets(self) -> list[str]:
         """Every secret value this config holds (fed to the log redactor)."""
@@ -211,7 +215,10 @@ def load_config(path: Path, env: Mapping[str, str] = os.environ) -> Config:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError([f"{path} must hold a mapping of keys at the top level"])
-    return build_config(data, env, path.resolve().parent)
+    config = build_config(data, env, path.resolve().parent)
+    # Kept unresolved: a ConfigMap mount flips a `..data` symlink, and the reloader must see
+    # the new target, not the directory the link pointed to at startup.
+    return dataclasses.replace(config, source_file=path.absolute())
 
 
 def build_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) -> Config:
@@ -264,6 +271,9 @@ def build_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: Path
         logging=_logging(r, data),
         client_timeouts=_client_timeouts(r, data),
         max_connections=r.integer(data, "max_connections", "max_connections", 1000, 1, 1_000_000),
+        reload_interval_seconds=r.number(
+            data, "reload_interval_seconds", "reload_interval_seconds", 30, 0, 86400
+        ),
     )
     if r.problems:
         raise ConfigError(r.problems)

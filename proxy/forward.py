@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -62,6 +62,8 @@ class Forwarder:
         base = URL(self.base)
         self._origin = (base.scheme, base.raw_host, base.port)
         self.basic = basic_auth(config.client.id, config.client.secret.value)
+        # Called when Gini answers 401 to our client credentials (a rotation may be due).
+        self.on_client_refused: Callable[[], None] | None = None
         drop = set(NEVER_FORWARD) | {self.identity_header.lower(), "accept-encoding"}
         if config.inbound_auth is not None:
             drop.add(config.inbound_auth.header.lower())
@@ -145,6 +147,8 @@ class Forwarder:
                     ctx.gini_request_id = answer.headers.get("X-Request-Id")
                     if answer.status >= 500:
                         self.upstream.metrics.upstream_error(PAY_API, "status_5xx")
+                    elif answer.status == 401 and self.on_client_refused is not None:
+                        self.on_client_refused()
                     return await self.relay.answer(request, ctx, answer, deadline)
         except (aiohttp.ClientError, TimeoutError) as exc:
             if ctx.body_too_large:

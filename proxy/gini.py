@@ -31,6 +31,10 @@ log = logging.getLogger("proxy.gini")
 JSON = "application/json"
 GINI_JSON = "application/vnd.gini.v1+json"
 BACKOFF_BASE = 0.1
+PROBE_IDENTIFIER = "gini-auth-proxy-secret-probe"
+"""The `X-User-Identifier` of the `/login` that tests a new client secret. Real identifiers are
+64 hex digits, so this one can never be a user's: the probe only ever reaches one Gini user of
+its own."""
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Answers are parsed here, so never compressed; and the proxy says who it is.
 _COMMON_HEADERS = {"Accept-Encoding": "identity", "User-Agent": f"gini-auth-proxy/{__version__}"}
@@ -78,6 +82,8 @@ class GiniClient:
         self.timeout = upstream.config.timeout_seconds
         self.clock = clock
         self.sleep = sleep
+        # Called when Gini answers 401 to the client secret in use (a rotation may be due).
+        self.on_client_refused: Callable[[], None] | None = None
 
     async def derived_login(self, identifier: str) -> Token:
         """Flow 2: `POST {pay_api}/login` with Basic client auth and the derived identifier."""
@@ -140,6 +146,20 @@ class GiniClient:
             raise InvalidGrant
         raise self._refused(answer, "the User Center refused the password login")
 
+    async def probe_client_secret(self, basic: str, via_user_center: bool) -> int:
+        """The status Gini answers to the client credentials `basic`, without using them for
+        anything: a client-credentials grant, or a `/login` for PROBE_IDENTIFIER."""
+        if via_user_center:
+            url = f"{self.user_center}/oauth/token?grant_type=client_credentials"
+            headers = {"Authorization": basic, "Accept": JSON}
+            return (await self._call(USER_CENTER, "GET", url, headers)).status
+        headers = {
+            "Authorization": basic,
+            "X-User-Identifier": PROBE_IDENTIFIER,
+            "Accept": GINI_JSON,
+        }
+        return (await self._call(PAY_API, "POST", f"{self.pay_api}/login", headers)).status
+
     def _token(self, answer: Answer) -> Token:
         body = answer.json()
         access = body.get("access_token") if isinstance(body, Mapping) else None
@@ -194,6 +214,12 @@ class GiniClient:
                 self.upstream.metrics.upstream_error(upstream, reason)
             else:
                 if answer.status not in _RETRY_STATUSES:
+                    if (
+                        answer.status == 401
+                        and self.on_client_refused is not None
+                        and headers.get("Authorization") == self.basic
+                    ):
+                        self.on_client_refused()
                     return answer
                 reason = "throttled" if answer.status == 429 else "status_5xx"
                 self.upstream.metrics.upstream_error(upstream, reason)

@@ -200,3 +200,11 @@ def configure_logging(level: str, redactor: Redactor, stream: IO[str] | None = N
     # aiosqlite logs every statement with its parameters at debug level: identifiers, emails
     # and sealed passwords have no place in logs, even when an operator asks for debug.
     logging.getLogger("aiosqlite").setLevel(logging.INFO)
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Redact `values` too from now on, in every JSON handler `configure_logging` installed
+    (a reloaded secret is as secret as the one read at startup)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, JsonFormatter):
+            handler.formatter.redactor.add(values)

@@ -24,6 +24,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 TOKEN_FLOWS = ("derived", "anonymous", "client")
 CLIENT_TIMEOUT_REASONS = ("header", "idle", "body", "send")
+RELOAD_RESULTS = ("applied", "rejected", "unchanged", "error")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -156,6 +157,13 @@ class Metrics:
             "gini_proxy_response_cache_total",
             "Response cache lookups on allow-listed routes (result: hit|miss|bypass|error).",
             ("route", "result"),
+            registry=r,
+        )
+        self.secret_reloads = Counter(
+            "gini_proxy_secret_reloads",
+            "Re-reads of reloadable {file:} secrets, by config key "
+            "(result: applied|rejected|unchanged|error).",
+            ("secret", "result"),
             registry=r,
         )
         self.build_info = Gauge(

@@ -63,18 +63,33 @@ def _as_proxy_error(exc: web.HTTPException) -> ProxyError:
     return NotFound("No such endpoint on this proxy.")
 
 
-def inbound_check(auth: InboundAuthConfig | None) -> Callable[[web.Request], bool] | None:
-    """A predicate for `inbound_auth` (None when not configured): does the caller hold a key?"""
+class InboundKeys:
+    """The inbound keys in force. A reload replaces `keys` whole (one attribute store), so a
+    request reads either the old tuple or the new one, never a mix, and takes no lock."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self, auth: InboundAuthConfig):
+        self.keys = tuple(key.encode() for key in auth.keys)
+
+
+def inbound_check(
+    auth: InboundAuthConfig | None, current: InboundKeys | None = None
+) -> Callable[[web.Request], bool] | None:
+    """A predicate for `inbound_auth` (None when not configured): does the caller hold a key?
+
+    `current` holds the keys (reloadable); without it they are fixed at build time.
+    """
     if auth is None:
         return None
     header = auth.header
-    keys = tuple(key.encode() for key in auth.keys)
+    holder = current if current is not None else InboundKeys(auth)
 
     def authenticated(request: web.Request) -> bool:
         offered = request.headers.get(header, "").encode("utf-8", "surrogateescape")
         # Compare against every key, always: timing must not reveal which one (or none) matched.
         matched = False
-        for key in keys:
+        for key in holder.keys:
             matched |= hmac.compare_digest(offered, key)
         return matched and bool(offered)
 
@@ -82,10 +97,15 @@ def inbound_check(auth: InboundAuthConfig | None) -> Callable[[web.Request], boo
 
 
 def observe(
-    config: Config, metrics: Metrics, routes: RouteTable, lifecycle: Lifecycle, access: AccessLog
+    config: Config,
+    metrics: Metrics,
+    routes: RouteTable,
+    lifecycle: Lifecycle,
+    access: AccessLog,
+    inbound_keys: InboundKeys | None = None,
 ) -> Middleware:
     """Build the middleware with every config-dependent choice made here, once."""
-    authenticated = inbound_check(config.inbound_auth)
+    authenticated = inbound_check(config.inbound_auth, inbound_keys)
     log_every = config.logging.access_log and config.logging.access_log_sample_rate >= 1.0
     sample_rate = config.logging.access_log_sample_rate if config.logging.access_log else 0.0
     identity_header = config.identity.header

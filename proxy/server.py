@@ -140,8 +140,13 @@ async def run(services: Services, on_ready: Callable[[], None] | None = None) ->
             log.info("signal received: draining", extra={"signal": signal.Signals(signum).name})
             stop.set()
 
+    def on_hangup() -> None:
+        log.info("SIGHUP: re-reading secret files")
+        services.reloader.trigger()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     graceful = True
     ensure_descriptors(config.max_connections)
     try:
@@ -166,7 +171,7 @@ async def run(services: Services, on_ready: Callable[[], None] | None = None) ->
         graceful = code == EXIT_OK
         return code
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         if graceful:  # after a second signal nothing is waited for any more
             await admin_runner.cleanup()

@@ -59,6 +59,7 @@ REQUIRED_ALERT_METRICS = (
     "gini_proxy_anonymous_users_created_total",
     "gini_proxy_store_up",
     "gini_proxy_build_info",
+    "gini_proxy_secret_reloads_total",
 )
 
 Obj = dict[str, Any]
@@ -560,6 +561,8 @@ def test_alerts_cover_the_failure_modes() -> None:
         "GiniProxyAnonymousUserSpike",
         "GiniProxyStoreDown",
         "GiniProxyIdentityKeyMismatch",
+        "GiniProxySecretReloadRejected",
+        "GiniProxySecretReloadErrors",
     } <= set(rules)
     assert (
         'gini_proxy_upstream_errors_total{reason="status_5xx"}'
@@ -715,6 +718,51 @@ ALERT_TESTS = {
                     "15m",
                     "GiniProxyIdentityKeyMismatch",
                     {"severity": "critical", "namespace": "split"},
+                ),
+            ],
+        },
+        {
+            # one rejected client secret at 10m; inbound key reloads failing from 20m on
+            "interval": "1m",
+            "input_series": [
+                series(
+                    "gini_proxy_secret_reloads_total",
+                    "0x10 1x30",
+                    pod="p",
+                    secret="client.secret",
+                    result="rejected",
+                ),
+                series(
+                    "gini_proxy_secret_reloads_total",
+                    "0x20 2+2x40",
+                    pod="p",
+                    secret="inbound_auth.keys",
+                    result="error",
+                ),
+            ],
+            "alert_rule_test": [
+                fires("5m", "GiniProxySecretReloadRejected"),
+                fires(
+                    "12m",
+                    "GiniProxySecretReloadRejected",
+                    {
+                        "severity": "warning",
+                        "namespace": "ns",
+                        "pod": "p",
+                        "secret": "client.secret",
+                    },
+                ),
+                fires("25m", "GiniProxySecretReloadRejected"),
+                fires("30m", "GiniProxySecretReloadErrors"),
+                fires(
+                    "40m",
+                    "GiniProxySecretReloadErrors",
+                    {
+                        "severity": "warning",
+                        "namespace": "ns",
+                        "pod": "p",
+                        "secret": "inbound_auth.keys",
+                    },
                 ),
             ],
         },

@@ -250,3 +250,26 @@ def test_problems_with_a_url_never_quote_its_password(password: str, junk: str) 
     parse_egress_proxy(reader, {"egress_proxy": {"url": url}})
     assert reader.problems
     assert all(quote(password, safe="") not in p and password not in p for p in reader.problems)
+
+
+async def test_a_rotated_egress_password_is_used_for_new_tunnels_without_a_restart(
+    start_proxy: StartProxy, sim: GiniSimulator, pki: Pki, egress: ConnectProxy, tmp_path: Path
+) -> None:
+    from .test_reload import SecretVolume
+
+    volume = SecretVolume(tmp_path / "egress-secret")
+    volume.write(password=PROXY_PASSWORD)
+    settings = via(pki, egress)
+    settings["upstream"]["egress_proxy"]["password"] = {"file": str(volume.path("password"))}
+    proxy = await start_proxy(**settings, reload_interval_seconds=0)
+    async with proxy.client.get(proxy.url + "/paymentProviders", headers=USER) as response:
+        assert response.status == 200  # a Pay API tunnel, opened with the old password
+    egress.password = "rotated-egress-password-42"
+    volume.write(password=egress.password)
+    results = await proxy.services.reloader.reload()
+    assert results["upstream.egress_proxy.password"] == "applied"
+    # Flow 4 needs the User Center: a new tunnel, which must carry the new password.
+    async with proxy.client.post(proxy.url + "/_proxy/tokens/anonymous", headers=USER) as answer:
+        assert answer.status == 200, await answer.text()
+    assert egress.refused == 0
+    assert any(sim.user_center_url.removeprefix("https://") == t for t in egress.targets)

@@ -354,3 +354,25 @@ async def test_tls13_refusal_of_a_missing_client_certificate_is_named(
     async with with_cert.client.get(with_cert.url + "/documents", headers=USER) as response:
         assert response.status == 200  # s_server's -www status page: the handshake passed
         assert b"gini-auth-proxy-client" in await response.read()
+
+
+async def test_sighup_reload_applies_rotated_tls_files_and_counts_them(
+    start_proxy: StartProxy, sim: GiniSimulator, pki: Pki, tmp_path: Path
+) -> None:
+    # The reloader (SIGHUP, reload_interval_seconds) applies TLS files at once, not only the
+    # context's own 10 s check, and counts them like every other reloadable secret.
+    ca_file = tmp_path / "reloaded-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca_file))
+    proxy = await start_proxy(
+        upstream={"tls": {"ca_file": str(ca_file)}}, reload_interval_seconds=0
+    )
+    async with proxy.client.get(proxy.url + "/paymentProviders", headers=USER) as response:
+        assert response.status == 502
+    ca_file.write_text("")  # an emptied file is never applied
+    assert await proxy.services.reloader.reload() == {"upstream.tls": "error"}
+    pki.ca.cert_pem.write_to_path(str(ca_file))
+    assert await proxy.services.reloader.reload() == {"upstream.tls": "applied"}
+    async with proxy.client.get(proxy.url + "/paymentProviders", headers=USER) as response:
+        assert response.status == 200
+    labels = {"secret": "upstream.tls", "result": "applied"}
+    assert proxy.metrics.registry.get_sample_value("gini_proxy_secret_reloads_total", labels) == 1

@@ -58,13 +58,32 @@ def parse_authorization(value: str | None) -> Credentials | None:
     return BasicCredentials(username, password) if colon else None
 
 
-def is_client(credentials: Credentials | None, config: SimulatorConfig) -> bool:
-    """True when ``credentials`` are this simulator's client id and secret."""
+def is_client(
+    credentials: Credentials | None,
+    config: SimulatorConfig,
+    accepted: frozenset[str] | None = None,
+) -> bool:
+    """True when ``credentials`` are this simulator's client id and one accepted secret.
+
+    ``accepted`` (the state's ``client_secrets``) replaces the configured secret while a test
+    rotates it; during a rotation Gini accepts the old and the new secret side by side.
+    """
     if not isinstance(credentials, BasicCredentials):
         return False
     id_ok = hmac.compare_digest(credentials.username.encode(), config.client_id.encode())
-    secret_ok = hmac.compare_digest(credentials.password.encode(), config.client_secret.encode())
+    offered = credentials.password.encode()
+    secret_ok = False
+    for secret in accepted or (config.client_secret,):
+        secret_ok |= hmac.compare_digest(offered, secret.encode())
     return id_ok and secret_ok
+
+
+def _client_ok(request: web.Request) -> bool:
+    state = state_of(request)
+    credentials = parse_authorization(request.headers.get("Authorization"))
+    return not state.reject_client and is_client(
+        credentials, config_of(request), state.client_secrets
+    )
 
 
 def pay_namespace(request: web.Request) -> str:
@@ -88,8 +107,7 @@ def pay_namespace(request: web.Request) -> str:
 
 def derived_identifier(request: web.Request) -> str:
     """Check Basic client auth and return the X-User-Identifier (Flow 1 and /login)."""
-    credentials = parse_authorization(request.headers.get("Authorization"))
-    if state_of(request).reject_client or not is_client(credentials, config_of(request)):
+    if not _client_ok(request):
         raise SimError(401, "Bad client credentials")
     identifier = request.headers.get(USER_IDENTIFIER_HEADER, "")
     if not identifier.strip():
@@ -100,8 +118,7 @@ def derived_identifier(request: web.Request) -> str:
 
 def require_client_basic(request: web.Request) -> None:
     """User Center client authentication (OAuth token endpoint); 401 otherwise."""
-    credentials = parse_authorization(request.headers.get("Authorization"))
-    if state_of(request).reject_client or not is_client(credentials, config_of(request)):
+    if not _client_ok(request):
         raise SimError(
             401,
             "Full authentication is required to access this resource",

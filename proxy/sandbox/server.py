@@ -67,6 +67,12 @@ class GiniSimulator:
         """Base URL of the User Center, without trailing slash."""
         return self._require_started(self.config.user_center_url)
 
+    def accept_client_secrets(self, *secrets: str) -> None:
+        """Accept exactly these client secrets from now on (a rotation: old, both, new)."""
+        if not secrets:
+            raise ValueError("at least one client secret must be accepted")
+        self.state.client_secrets = frozenset(secrets)
+
     def _require_started(self, url: str) -> str:
         if not url:
             raise RuntimeError("GiniSimulator is not started")

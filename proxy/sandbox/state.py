@@ -49,6 +49,8 @@ class SimulatorState:
     pay_api_delay: float = 0.0  # seconds added before every non-sandbox Pay API answer
     user_center_delay: float = 0.0  # same for the User Center
     reject_client: bool = False  # every client-authenticated call answers 401
+    # The client secrets accepted instead of the configured one (None: the configured one)
+    client_secrets: frozenset[str] | None = None
     max_upload_bytes: int | None = None  # larger uploads answer 413; None = no limit
     # Records and data
     requests: deque[RecordedRequest] = field(

@@ -67,7 +67,9 @@ class PostgresStore:
                     max_size=self.max_connections,
                     command_timeout=self.timeout,
                     timeout=self.timeout,
-                    password=self.password,  # None: the URL's, or PGPASSWORD / .pgpass
+                    # A callable is asked for every new connection, so a reloaded password
+                    # applies without a restart. None: the URL's, or PGPASSWORD / .pgpass.
+                    password=self._current_password if self.password is not None else None,
                 )
             except (ValueError, OverflowError):
                 # asyncpg's URL parsing: its message can quote a piece of the URL, such as part
@@ -91,6 +93,9 @@ class PostgresStore:
         except BaseException:
             await self.close()
             raise
+
+    def _current_password(self) -> str | None:
+        return self.password
 
     async def _migrate(self, conn: Any) -> None:
         await conn.execute(

@@ -16,6 +16,8 @@ from .forward import Forwarder, basic_auth
 from .gini import GiniClient
 from .handlers import TokenEndpoints
 from .identity import IdentifierDeriver
+from .jwt_metrics import JwtMetrics
+from .jwt_signer import JwtSigner
 from .lifecycle import Lifecycle
 from .metrics import TOKEN_FLOWS, Metrics
 from .middlewares import observe
@@ -54,6 +56,7 @@ class Services:
     anonymous: AnonymousUsers | None = field(init=False)
     endpoints: TokenEndpoints = field(init=False)
     access_log: AccessLog = field(init=False)
+    jwt_signer: JwtSigner | None = field(init=False)
 
     def __post_init__(self) -> None:
         config = self.config
@@ -68,7 +71,16 @@ class Services:
             self.response_cache = ResponseCache(
                 config.response_cache, config.identity.hmac_key.encode(), self.metrics
             )
-        self.forwarder = Forwarder(config, self.upstream, self.deriver, self.response_cache)
+        self.jwt_signer = None
+        if config.jwt is not None:  # published by the admin listener even in basic mode
+            self.jwt_signer = JwtSigner(
+                config.jwt, config.client, JwtMetrics(self.metrics.registry),
+                max_cached=config.tokens.max_cached,
+            )  # fmt: skip
+        signer = self.jwt_signer if config.client.auth == "jwt" else None
+        self.forwarder = Forwarder(
+            config, self.upstream, self.deriver, self.response_cache, signer=signer
+        )
         self.access_log = AccessLog(tuple(config.secrets()))
         self.routes = RouteTable(GINI_TEMPLATES + tuple(PROXY_ENDPOINTS))
         self.gini = GiniClient(

@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from .jwt_config import JwtConfig, read_auth, read_jwt
 from .secret import Secret
 from .validation import ConfigError, Reader
 
@@ -33,7 +34,7 @@ _TOP_KEYS = (
     "listen", "admin_listen", "public_url", "upstream", "client", "identity", "anonymous",
     "store", "tokens", "shutdown_grace_seconds", "drain_delay_seconds", "max_body_bytes",
     "max_rewrite_bytes", "inbound_auth", "allow_unauthenticated_network", "response_cache",
-    "logging",
+    "logging", "jwt",
 )  # fmt: skip
 
 
@@ -68,6 +69,7 @@ class UpstreamConfig:
 class ClientConfig:
     id: str
     secret: Secret
+    auth: str = "basic"  # basic | jwt: how flow-1 requests authenticate (jwt_config.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +147,7 @@ class Config:
     allow_unauthenticated_network: bool
     response_cache: ResponseCacheConfig | None
     logging: LoggingConfig
+    jwt: JwtConfig | None = None
 
     def secrets(self) -> list[str]:
         """Every secret value this config holds (fed to the log redactor)."""
@@ -158,6 +161,8 @@ class Config:
                 found.append(self.store.password.value)
         if self.inbound_auth is not None:
             found.extend(key.value for key in self.inbound_auth.keys)
+        if self.jwt is not None:
+            found.extend(key.value for key in self.jwt.signing_keys)
         return found
 
 
@@ -234,6 +239,7 @@ def build_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: Path
         allow_unauthenticated_network=allow_open,
         response_cache=_response_cache(r, data),
         logging=_logging(r, data),
+        jwt=read_jwt(r, data, client.auth),
     )
     if r.problems:
         raise ConfigError(r.problems)
@@ -294,12 +300,14 @@ def _upstream(r: Reader, data: Mapping[str, Any]) -> UpstreamConfig:
 
 
 def _client(r: Reader, data: Mapping[str, Any]) -> ClientConfig:
-    d = r.section(data, "client", "client", ("id", "secret"))
+    d = r.section(data, "client", "client", ("id", "secret", "auth"))
     if d is None:
         r.problem("client", "is required (id and secret of your Gini API client)")
         d = {}
     return ClientConfig(
-        id=r.string(d, "id", "client.id"), secret=r.secret(d, "secret", "client.secret")
+        id=r.string(d, "id", "client.id"),
+        secret=r.secret(d, "secret", "client.secret"),
+        auth=read_auth(r, d),
     )
 
 

@@ -298,7 +298,7 @@ async def test_forged_and_tampered_jwts_are_refused(
     async with proxy.client.get(proxy.url + "/documents", headers=USER) as answer:
         assert answer.status == 200
     good = sent_jwt(sim)
-    head, body, signature = good.split(".")
+    head, _body, signature = good.split(".")
     claims = jwt.decode(good, options={"verify_signature": False})
     claims["x-user-identifier"] = identifier("mallory")
     forged_body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
@@ -309,7 +309,7 @@ async def test_forged_and_tampered_jwts_are_refused(
         "another key, same kid": jwt.encode(
             claims, attacker.private, algorithm="ES256", headers={"kid": kid}
         ),
-        "alg none": jwt.encode(claims, None, algorithm="none", headers={"kid": kid}),
+        "alg none": jwt.encode(claims, "", algorithm="none", headers={"kid": kid}),
         "not a JWT": "garbage",
     }
     for what, token in candidates.items():
@@ -360,9 +360,10 @@ async def test_bad_replacement_keys_change_nothing_and_metrics_follow_the_signer
     assert sample(proxy, "gini_proxy_jwt_keys_published") == 1
     signer.replace_keys([second, first])
     assert sample(proxy, "gini_proxy_jwt_signing_key_info", kid=kid2) == 1
-    assert proxy.metrics.registry.get_sample_value(
-        "gini_proxy_jwt_signing_key_info", {"kid": kid1}
-    ) is None
+    assert (
+        proxy.metrics.registry.get_sample_value("gini_proxy_jwt_signing_key_info", {"kid": kid1})
+        is None
+    )
     assert sample(proxy, "gini_proxy_jwt_keys_published") == 2
     assert 0 <= sample(proxy, "gini_proxy_jwt_signing_key_age_seconds") < 5
     async with proxy.client.get(proxy.admin_url + "/metrics") as answer:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.cli import main
@@ -156,3 +157,37 @@ def test_loaded_keys_publish_public_members_only() -> None:
     assert set(rsa_key.jwk) == {"kty", "n", "e", "kid", "alg", "use"}
     with pytest.raises(SigningKeyError):
         load_signing_key(rsa_pem(2048), "ES256")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_examples_jwt_block_loads_when_uncommented(tmp_path: Path) -> None:
+    """The commented `jwt` block of config.example.yaml is a working section as it stands."""
+    lines = (ROOT / "config.example.yaml").read_text(encoding="utf-8").splitlines()
+    first = lines.index("# jwt:")
+    block = [lines[first][2:]]
+    for line in lines[first + 1 :]:
+        if not line.startswith("#   "):
+            break
+        block.append(line[2:])
+    key = tmp_path / "jwt-signing.pem"
+    key.write_text(ec_pem())
+    text = "\n".join(block).replace("/var/run/secrets/gini-proxy/jwt-signing.pem", str(key))
+    data = {**BASE, "client": {**BASE["client"], "auth": "jwt"}, **yaml.safe_load(text)}
+    config = build_config(data, {}, tmp_path)
+    assert config.jwt is not None
+    defaults = build_config(with_jwt(tmp_path, ec_pem()), {}, tmp_path).jwt
+    assert defaults is not None
+    assert config.jwt.algorithm == defaults.algorithm
+    assert config.jwt.lifetime_seconds == defaults.lifetime_seconds
+    assert config.jwt.claims == defaults.claims
+
+
+def test_the_docs_describe_every_jwt_key() -> None:
+    docs = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    for key in (
+        "client.auth", "jwt.issuer", "jwt.algorithm", "jwt.signing_keys", "jwt.lifetime_seconds",
+        "jwt.claims.user_identifier", "jwt.claims.client_id", "jwt.claims.client_secret",
+    ):  # fmt: skip
+        assert f"`{key}`" in docs, key

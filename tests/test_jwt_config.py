@@ -3,16 +3,22 @@ problem reported at once without quoting key material. Also the RFC 7638 `kid`."
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.cli import main
 from proxy.config import build_config
 from proxy.jwt_keys import SigningKeyError, load_signing_key, thumbprint
+from proxy.jwt_signer import JwtSigner
 from proxy.validation import ConfigError
 
 from .jwt_support import ISSUER, ec_pem, rsa_pem, write_keys
@@ -191,3 +197,34 @@ def test_the_docs_describe_every_jwt_key() -> None:
         "jwt.claims.user_identifier", "jwt.claims.client_id", "jwt.claims.client_secret",
     ):  # fmt: skip
         assert f"`{key}`" in docs, key
+
+
+_SIGNER_KEY = ec_pem()
+_CLAIM_NAMES = st.from_regex(r"[A-Za-z][A-Za-z0-9_.:-]{0,20}", fullmatch=True).filter(
+    lambda name: name not in {"iss", "sub", "aud", "exp", "nbf", "iat", "jti"}
+)
+
+
+@given(
+    identifier=st.text(min_size=1, max_size=80),
+    names=st.lists(_CLAIM_NAMES, min_size=2, max_size=2, unique=True),
+)
+@settings(max_examples=50)
+def test_any_identifier_and_claim_names_round_trip(identifier: str, names: list[str]) -> None:
+    """Whatever the identifier and the claim names, the JWT verifies against the published
+    JWKS and carries exactly the configured claims."""
+    with tempfile.TemporaryDirectory() as folder:
+        data = with_jwt(
+            Path(folder), _SIGNER_KEY, claims={"user_identifier": names[0], "client_id": names[1]}
+        )
+        config = build_config(data, {}, Path(folder))
+    assert config.jwt is not None
+    signer = JwtSigner(config.jwt, config.client)
+    token = signer.header_for(identifier).removeprefix("Bearer ")
+    jwks = jwt.PyJWKSet.from_dict(json.loads(signer.keys.jwks))
+    kid = jwt.get_unverified_header(token)["kid"]
+    claims = jwt.decode(token, jwks[kid].key, algorithms=["ES256"], issuer=ISSUER)
+    assert claims[names[0]] == identifier
+    assert claims[names[1]] == "my-client"
+    assert set(claims) == {"iss", "iat", "exp", names[0], names[1]}
+    assert signer.header_for(identifier) == "Bearer " + token  # cached

@@ -74,9 +74,11 @@ class Services:
         self.jwt_signer = None
         if config.jwt is not None:  # published by the admin listener even in basic mode
             self.jwt_signer = JwtSigner(
-                config.jwt, config.client, JwtMetrics(self.metrics.registry),
+                config.jwt,
+                config.client,
+                JwtMetrics(self.metrics.registry),
                 max_cached=config.tokens.max_cached,
-            )  # fmt: skip
+            )
         signer = self.jwt_signer if config.client.auth == "jwt" else None
         self.forwarder = Forwarder(
             config, self.upstream, self.deriver, self.response_cache, signer=signer

@@ -101,16 +101,16 @@ def _signing_keys(r: Reader, d: Mapping[str, Any], algorithm: str | None) -> tup
 def _claims(r: Reader, d: Mapping[str, Any]) -> JwtClaims:
     c = r.section(d, "claims", "jwt.claims", ("user_identifier", "client_id", "client_secret"))
     c = c or {}
+    secret_claim = None
+    if c.get("client_secret") is not None:
+        secret_claim = r.string(c, "client_secret", "jwt.claims.client_secret")
     names: dict[str, str | None] = {
-        "user_identifier": r.string(c, "user_identifier", "jwt.claims.user_identifier",
-                                    "x-user-identifier"),
-        "client_id": r.string(c, "client_id", "jwt.claims.client_id", "x-client-id"),
-        "client_secret": (
-            r.string(c, "client_secret", "jwt.claims.client_secret")
-            if c.get("client_secret") is not None
-            else None
+        "user_identifier": r.string(
+            c, "user_identifier", "jwt.claims.user_identifier", "x-user-identifier"
         ),
-    }  # fmt: skip
+        "client_id": r.string(c, "client_id", "jwt.claims.client_id", "x-client-id"),
+        "client_secret": secret_claim,
+    }
     seen: set[str] = set()
     for key, name in names.items():
         if name is None:

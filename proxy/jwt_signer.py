@@ -95,8 +95,8 @@ class JwtSigner:
         self._identifier_claim = config.claims.user_identifier
         self._cache: LRUCache[str, _Cached] = LRUCache(max_cached)
         self._first_seen: dict[str, float] = {}
-        self._keys = self._adopt(build_key_set([k.value for k in config.signing_keys],
-                                               config.algorithm))  # fmt: skip
+        pems = [key.value for key in config.signing_keys]
+        self._keys = self._adopt(build_key_set(pems, config.algorithm))
         if metrics is not None:
             metrics.watch(self.signing_key_age, lambda: len(self._keys.keys))
 

@@ -11,6 +11,7 @@ from prometheus_client.exposition import choose_encoder
 from . import __version__
 from .app import SERVICES, Services
 from .errors import StoreUnavailable
+from .jwks import add_jwks_route
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -128,4 +129,5 @@ def build_admin_app(services: Services) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", status)
+    add_jwks_route(app)
     return app

@@ -17,6 +17,8 @@ from .forward import Forwarder, basic_auth
 from .gini import GiniClient
 from .handlers import TokenEndpoints
 from .identity import IdentifierDeriver, identity_key_id
+from .jwt_metrics import JwtMetrics
+from .jwt_signer import JwtSigner
 from .keyguard import check_pin, check_store
 from .lifecycle import Lifecycle
 from .metrics import TOKEN_FLOWS, Metrics, store_up_gauge
@@ -63,6 +65,7 @@ class Services:
     identity_key_id: str = field(init=False)
     inbound_keys: InboundKeys | None = field(init=False)
     reloader: Reloader = field(init=False)
+    jwt_signer: JwtSigner | None = field(init=False)
 
     def __post_init__(self) -> None:
         config = self.config
@@ -79,7 +82,18 @@ class Services:
             self.response_cache = ResponseCache(
                 config.response_cache, config.identity.hmac_key.encode(), self.metrics
             )
-        self.forwarder = Forwarder(config, self.upstream, self.deriver, self.response_cache)
+        self.jwt_signer = None
+        if config.jwt is not None:  # published by the admin listener even in basic mode
+            self.jwt_signer = JwtSigner(
+                config.jwt,
+                config.client,
+                JwtMetrics(self.metrics.registry),
+                max_cached=config.tokens.max_cached,
+            )
+        signer = self.jwt_signer if config.client.auth == "jwt" else None
+        self.forwarder = Forwarder(
+            config, self.upstream, self.deriver, self.response_cache, signer=signer
+        )
         self.access_log = AccessLog(tuple(config.secrets()))
         self.routes = RouteTable(GINI_TEMPLATES + tuple(PROXY_ENDPOINTS))
         self.gini = GiniClient(

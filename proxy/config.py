@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 from .egress import EgressProxyConfig, parse_egress_proxy
+from .jwt_config import JwtConfig, read_auth, read_jwt
 from .secret import Secret
 from .tls import TlsConfig, parse_tls
 from .validation import ConfigError, Reader
@@ -38,7 +39,7 @@ _TOP_KEYS = (
     "store", "tokens", "shutdown_grace_seconds", "drain_delay_seconds", "max_body_bytes",
     "max_rewrite_bytes", "inbound_auth", "allow_unauthenticated_network", "response_cache",
     "logging", "client_timeouts", "max_connections",
-    "reload_interval_seconds",
+    "reload_interval_seconds", "jwt",
 )  # fmt: skip
 
 
@@ -75,6 +76,7 @@ class UpstreamConfig:
 class ClientConfig:
     id: str
     secret: Secret
+    auth: str = "basic"  # basic | jwt: how flow-1 requests authenticate (jwt_config.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +175,7 @@ class Config:
     max_connections: int
     reload_interval_seconds: float = 30.0  # {file:} secrets re-read this often; 0 = SIGHUP only
     source_file: Path | None = None  # the YAML file read, as named (not resolved): watched only
+    jwt: JwtConfig | None = None
 
     def secrets(self) -> list[str]:
         """Every secret value this config holds (fed to the log redactor)."""
@@ -190,6 +193,8 @@ class Config:
         egress = self.upstream.egress_proxy
         if egress is not None and egress.password is not None:
             found.append(egress.password.value)
+        if self.jwt is not None:
+            found.extend(key.value for key in self.jwt.signing_keys)
         return found
 
 
@@ -274,6 +279,7 @@ def build_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: Path
         reload_interval_seconds=r.number(
             data, "reload_interval_seconds", "reload_interval_seconds", 30, 0, 86400
         ),
+        jwt=read_jwt(r, data, client.auth),
     )
     if r.problems:
         raise ConfigError(r.problems)
@@ -337,12 +343,14 @@ def _upstream(r: Reader, data: Mapping[str, Any]) -> UpstreamConfig:
 
 
 def _client(r: Reader, data: Mapping[str, Any]) -> ClientConfig:
-    d = r.section(data, "client", "client", ("id", "secret"))
+    d = r.section(data, "client", "client", ("id", "secret", "auth"))
     if d is None:
         r.problem("client", "is required (id and secret of your Gini API client)")
         d = {}
     return ClientConfig(
-        id=r.string(d, "id", "client.id"), secret=r.secret(d, "secret", "client.secret")
+        id=r.string(d, "id", "client.id"),
+        secret=r.secret(d, "secret", "client.secret"),
+        auth=read_auth(r, d),
     )
 
 

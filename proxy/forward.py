@@ -34,6 +34,7 @@ from .rewrite import NEVER_FORWARD, UrlRewriter, filter_headers, is_json_type
 from .upstream import PAY_API, Upstream
 
 if TYPE_CHECKING:
+    from .jwt_signer import JwtSigner
     from .response_cache import ResponseCache
 
 # TRACE would echo the injected credentials back to the caller; CONNECT would open a tunnel.
@@ -54,6 +55,7 @@ class Forwarder:
         upstream: Upstream,
         deriver: IdentifierDeriver,
         cache: ResponseCache | None = None,
+        signer: JwtSigner | None = None,
     ):
         self.upstream = upstream
         self.deriver = deriver
@@ -64,6 +66,7 @@ class Forwarder:
         self.basic = basic_auth(config.client.id, config.client.secret.value)
         # Called when Gini answers 401 to our client credentials (a rotation may be due).
         self.on_client_refused: Callable[[], None] | None = None
+        self.signer = signer  # jwt mode: a per-user JWT instead of Basic + X-User-Identifier
         drop = set(NEVER_FORWARD) | {self.identity_header.lower(), "accept-encoding"}
         if config.inbound_auth is not None:
             drop.add(config.inbound_auth.header.lower())
@@ -105,8 +108,11 @@ class Forwarder:
         accept = request.headers.get("Accept-Encoding", "").lower()
         gzip = "gzip" in accept or "deflate" in accept
         headers["Accept-Encoding"] = "gzip, deflate" if gzip else "identity"
-        headers["Authorization"] = self.basic
-        headers["X-User-Identifier"] = identifier
+        if self.signer is None:
+            headers["Authorization"] = self.basic
+            headers["X-User-Identifier"] = identifier
+        else:
+            headers["X-JWT-Authorization"] = self.signer.header_for(identifier)
         headers["X-Request-Id"] = ctx.request_id
         return headers
 
@@ -147,8 +153,11 @@ class Forwarder:
                     ctx.gini_request_id = answer.headers.get("X-Request-Id")
                     if answer.status >= 500:
                         self.upstream.metrics.upstream_error(PAY_API, "status_5xx")
-                    elif answer.status == 401 and self.on_client_refused is not None:
-                        self.on_client_refused()
+                    elif answer.status == 401:
+                        if self.signer is not None:  # Gini refused our JWT for this user
+                            self.signer.rejected(identifier, headers["X-JWT-Authorization"])
+                        elif self.on_client_refused is not None:  # a rotation may be due
+                            self.on_client_refused()
                     return await self.relay.answer(request, ctx, answer, deadline)
         except (aiohttp.ClientError, TimeoutError) as exc:
             if ctx.body_too_large:

@@ -2,8 +2,9 @@
 
 Reloadable: `client.secret` (verified with Gini first), `inbound_auth.keys`, `store.password`
 (new pool connections), `upstream.egress_proxy.password` and the `upstream.tls` files (new
-upstream connections). Restart-only, a change is only logged: `identity.hmac_key`,
-`store.encryption_key` and the config file itself (listen addresses, store URL, ...).
+upstream connections), `jwt.signing_keys` (the whole list: signing and the JWKS switch at
+once). Restart-only, a change is only logged: `identity.hmac_key`, `store.encryption_key` and
+the config file itself (listen addresses, store URL, ...).
 Only `{file:}` sources are watched: `{env:}` and inline values cannot change in a running
 process.
 
@@ -23,6 +24,8 @@ import aiohttp
 from .config import MIN_INBOUND_KEY_BYTES
 from .errors import ProxyError
 from .forward import basic_auth
+from .jwt_keys import SigningKeyError, pem_blocks
+from .jwt_signer import build_key_set
 from .log import register_secrets
 from .reload import InvalidSecret, Reloader, SecretSource, Verdict, read_files, text_value
 from .secret import Secret
@@ -83,6 +86,7 @@ def register_sources(reloader: Reloader, services: Services) -> None:
     _store_password(reloader, services)
     _egress_password(reloader, services)
     _tls_files(reloader, services)
+    _jwt_keys(reloader, services)
     _restart_only(reloader, services)
 
 
@@ -236,6 +240,47 @@ def _tls_files(reloader: Reloader, services: Services) -> None:
             load,
             initial,
             lambda _: _refresh_tls(services),
+        )
+    )
+
+
+def _jwt_keys(reloader: Reloader, services: Services) -> None:
+    """`jwt.signing_keys`: the whole list at once, so adding a key, moving it first and
+    dropping the old one are each one edit of the Secret (docs/security.md's runbook)."""
+    jwt_config, signer = services.config.jwt, services.jwt_signer
+    if jwt_config is None or signer is None:
+        return
+    keys = jwt_config.signing_keys
+    files = [file_of(key) for key in keys]
+    paths = tuple(path for path in files if path is not None)
+    if not paths:
+        return
+    algorithm = jwt_config.algorithm
+
+    def load(contents: tuple[bytes, ...]) -> tuple[str, ...]:
+        read = iter(contents)
+        texts = [
+            key.value if path is None else text_value((next(read),))
+            for key, path in zip(keys, files, strict=True)
+        ]
+        pems = tuple(pem for text in texts for pem in pem_blocks(text))
+        try:
+            build_key_set(pems, algorithm)  # a bad list is never applied
+        except SigningKeyError as exc:
+            raise InvalidSecret(str(exc)) from None
+        return pems
+
+    def apply(pems: tuple[str, ...]) -> None:
+        signer.replace_keys(pems)
+
+    reloader.register(
+        SecretSource(
+            "jwt.signing_keys",
+            paths,
+            load,
+            tuple(pem for key in keys for pem in pem_blocks(key.value)),
+            apply,
+            secrets=lambda pems: pems,
         )
     )
 

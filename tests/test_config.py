@@ -941,12 +941,21 @@ def test_the_network_example_loads_with_inbound_auth(tmp_path: Path) -> None:
     assert has(problems_of(data, {"GINI_CLIENT_ID": "c"}), "listen", "no inbound_auth")
 
 
-def test_the_example_documents_inbound_auth_in_a_comment() -> None:
-    lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
-    first = lines.index("# inbound_auth:")
+def commented_section(example: Path, name: str) -> dict[str, Any]:
+    """A section the example shows as a `# name:` comment block, parsed."""
+    lines = example.read_text(encoding="utf-8").splitlines()
+    first = lines.index(f"# {name}:")
     block = [lines[first][2:]]
-    block += [line[2:] for line in lines[first + 1 :] if line.startswith("#   ")]
-    section = yaml.safe_load("\n".join(block))["inbound_auth"]
+    for line in lines[first + 1 :]:
+        if not line.startswith("#   "):
+            break
+        block.append(line[2:])
+    section: dict[str, Any] = yaml.safe_load("\n".join(block))[name]
+    return section
+
+
+def test_the_example_documents_inbound_auth_in_a_comment() -> None:
+    section = commented_section(EXAMPLE, "inbound_auth")
     assert set(section) == {f.name for f in dataclasses.fields(InboundAuthConfig)}
 
 
@@ -983,15 +992,16 @@ def _sections(config_cls: type[Any]) -> dict[str, type[Any]]:
 
 def test_the_example_lists_every_key() -> None:
     data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
-    # inbound_auth is there as a comment (see the test above): a sidecar on loopback needs none.
+    # inbound_auth and jwt are there as comments (tests above and in test_jwt_config.py).
     # source_file is where the config was read from, not a key.
     keys = {f.name for f in dataclasses.fields(Config)} - {"source_file"}
-    assert set(data) | {"inbound_auth"} == keys
+    assert set(data) | {"inbound_auth", "jwt"} == keys
     data["inbound_auth"] = {"header": "", "keys": ""}
+    data["jwt"] = commented_section(EXAMPLE, "jwt")
     sections = _sections(Config)
     assert set(sections) == {
         "upstream", "client", "identity", "anonymous", "store", "tokens", "inbound_auth",
-        "response_cache", "logging", "client_timeouts",
+        "response_cache", "logging", "client_timeouts", "jwt",
     }  # fmt: skip
     for name, section_cls in sections.items():
         assert set(data[name]) == {f.name for f in dataclasses.fields(section_cls)}, name

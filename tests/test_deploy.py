@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 OVERLAYS = ("sidecar", "standalone")
 AUTOSCALING = DEPLOY / "components" / "autoscaling"
+JWKS_INGRESS = DEPLOY / "components" / "jwks-ingress"
 DASHBOARD = DEPLOY / "grafana" / "gini-auth-proxy.json"
 RULES = DEPLOY / "base" / "prometheusrule.yaml"
 K8S_VERSION = "1.30"
@@ -149,6 +150,20 @@ def with_autoscaling(tmp_path: Path) -> Path:
     folder.mkdir()
     standalone = os.path.relpath(DEPLOY / "overlays" / "standalone", folder)
     component = os.path.relpath(AUTOSCALING, folder)
+    (folder / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - {standalone}\ncomponents:\n  - {component}\n"
+    )
+    return folder
+
+
+@pytest.fixture
+def with_jwks_ingress(tmp_path: Path) -> Path:
+    """A kustomization that enables the jwks-ingress component on the standalone overlay."""
+    folder = tmp_path / "jwks"
+    folder.mkdir()
+    standalone = os.path.relpath(DEPLOY / "overlays" / "standalone", folder)
+    component = os.path.relpath(JWKS_INGRESS, folder)
     (folder / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
         f"resources:\n  - {standalone}\ncomponents:\n  - {component}\n"
@@ -335,6 +350,33 @@ def test_autoscaling_component_validates(with_autoscaling: Path) -> None:
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     assert hpa["spec"]["minReplicas"] >= 2
     assert "limits" in proxy_container(deployment)["resources"]
+
+
+def test_jwks_ingress_exposes_only_the_jwks_path(with_jwks_ingress: Path) -> None:
+    """Gini reaches GET /.well-known/jwks.json on the admin port, and nothing else of it."""
+    objects = render(with_jwks_ingress)
+    validate_all(objects)
+    assert not only(render_overlay("standalone"), "Ingress"), "the Ingress is opt-in"
+    ingress = one(objects, "Ingress")["spec"]
+    service = one(objects, "Service")
+    service_ports = {p["name"]: p for p in service["spec"]["ports"]}
+    deployment = proxy_deployment(objects)
+    container_ports = {p["name"]: p["containerPort"] for p in proxy_container(deployment)["ports"]}
+    assert "defaultBackend" not in ingress
+    assert ingress["tls"], "Gini fetches the JWKS over HTTPS"
+    paths = [path for rule in ingress["rules"] for path in rule["http"]["paths"]]
+    assert [(p["path"], p["pathType"]) for p in paths] == [("/.well-known/jwks.json", "Exact")]
+    backend = paths[0]["backend"]["service"]
+    assert backend["name"] == service["metadata"]["name"]
+    port = service_ports[backend["port"]["name"]]
+    assert container_ports[port["targetPort"]] == 9090, "the admin listener serves the JWKS"
+    # The ingress controller may reach the admin port, and only that port.
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    policy = by_name(objects, "NetworkPolicy", "gini-auth-proxy-jwks")["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    assert [p["port"] for rule in policy["ingress"] for p in rule["ports"]] == ["metrics"]
+    assert all("namespaceSelector" in peer for rule in policy["ingress"] for peer in rule["from"])
 
 
 def validate_all(objects: list[Obj]) -> None:

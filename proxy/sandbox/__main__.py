@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import signal
 
+from proxy.sandbox.jwt_auth import JwtSettings
 from proxy.sandbox.server import GiniSimulator
 
 
@@ -21,6 +22,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--client-id", default="sim-client")
     parser.add_argument("--client-secret", default="sim-secret")
     parser.add_argument("--token-lifetime", type=int, default=3599, help="user tokens, seconds")
+    parser.add_argument(
+        "--jwks-url",
+        help="accept X-JWT-Authorization on the Pay API, verified against this JWK set "
+        "(e.g. http://127.0.0.1:9090/.well-known/jwks.json); needs --jwt-issuer",
+    )
+    parser.add_argument("--jwt-issuer", help="the iss claim JWTs must carry")
     return parser.parse_args(argv)
 
 
@@ -33,6 +40,8 @@ async def _serve(args: argparse.Namespace) -> None:
         pay_api_port=args.port_pay,
         user_center_port=args.port_uc,
     )
+    if args.jwks_url:
+        simulator.enable_jwt(JwtSettings(args.jwks_url, args.jwt_issuer or ""))
     async with simulator:
         print(f"Pay API:       {simulator.pay_api_url}")
         print(f"User Center:   {simulator.user_center_url}")

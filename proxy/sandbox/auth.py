@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from proxy.sandbox.common import RECORD_KEY, SimError, SimulatorConfig, config_of, state_of
+from proxy.sandbox.jwt_auth import JWT_IDENTIFIER_KEY
 from proxy.sandbox.models import Token
 
 USER_IDENTIFIER_HEADER = "X-User-Identifier"
@@ -90,11 +91,15 @@ def pay_namespace(request: web.Request) -> str:
     """Authenticate a Pay API request and return (and record) the namespace it acts as.
 
     Basic client credentials plus X-User-Identifier act as that derived user; a Bearer token
-    from /login or from the User Center password grant acts as its user.
+    from /login or from the User Center password grant acts as its user; a JWT verified by
+    `jwt_auth.jwt_middleware` acts as the user its identifier claim names.
     """
     state = state_of(request)
     credentials = parse_authorization(request.headers.get("Authorization"))
-    if isinstance(credentials, BearerCredentials):
+    namespace: str | None
+    if JWT_IDENTIFIER_KEY in request:
+        namespace = request[JWT_IDENTIFIER_KEY]
+    elif isinstance(credentials, BearerCredentials):
         token = state.find_token(credentials.token, "derived", "user")
         namespace = token.namespace() if token is not None else None
         if namespace is None:

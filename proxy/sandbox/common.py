@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.sandbox.state import RecordedRequest, SimulatorState
+
+if TYPE_CHECKING:
+    from proxy.sandbox.jwt_auth import JwtVerifier
 
 AppName = Literal["pay", "uc"]
 
@@ -34,6 +37,8 @@ class SimulatorConfig:
     # Filled in by GiniSimulator.start() once the ports are bound, before any request arrives.
     pay_api_url: str = ""
     user_center_url: str = ""
+    # JWT mutual authentication (flow 1), once GiniSimulator.enable_jwt() was called.
+    jwt: JwtVerifier | None = None
 
 
 class SimError(Exception):

@@ -16,6 +16,7 @@ from proxy.sandbox.common import (
     state_of,
 )
 from proxy.sandbox.documents import add_document_routes
+from proxy.sandbox.jwt_auth import jwt_middleware
 from proxy.sandbox.middleware import add_request_id, make_middleware
 from proxy.sandbox.payments import add_payment_routes
 from proxy.sandbox.sandbox_routes import add_sandbox_routes
@@ -46,7 +47,7 @@ def create_pay_api_app(state: SimulatorState, config: SimulatorConfig) -> web.Ap
     """Build the Pay API app sharing ``state`` and ``config`` with the User Center app."""
     # Uploads are streamed by the handlers, so the in-memory body cap only guards
     # request.read()/post() users; keep aiohttp's default.
-    app = web.Application(middlewares=[make_middleware("pay")])
+    app = web.Application(middlewares=[make_middleware("pay"), jwt_middleware])
     app[STATE_KEY] = state
     app[CONFIG_KEY] = config
     app.on_response_prepare.append(add_request_id)

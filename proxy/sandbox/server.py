@@ -9,6 +9,7 @@ from typing import Self
 from aiohttp import web
 
 from proxy.sandbox.common import SimulatorConfig, base_url
+from proxy.sandbox.jwt_auth import JwtSettings, JwtVerifier
 from proxy.sandbox.pay_api import create_pay_api_app
 from proxy.sandbox.state import SimulatorState
 from proxy.sandbox.user_center import create_user_center_app
@@ -78,6 +79,17 @@ class GiniSimulator:
             raise RuntimeError("GiniSimulator is not started")
         return url
 
+    def enable_jwt(self, settings: JwtSettings) -> JwtVerifier:
+        """Accept `X-JWT-Authorization` on the Pay API, verified against `settings.jwks_url`
+        (the backend's JWKS, fetched as Gini does). Calling it again replaces the settings."""
+        verifier = self.config.jwt
+        if verifier is None:
+            verifier = self.config.jwt = JwtVerifier(settings, self.client_id, self.client_secret)
+        else:  # keep its HTTP session; forget the keys fetched under the old settings
+            verifier.settings = settings
+            verifier.cache.keys, verifier.cache.fetched_at = {}, float("-inf")
+        return verifier
+
     async def start(self) -> None:
         """Bind both listeners and start serving."""
         if self._runners:
@@ -117,6 +129,8 @@ class GiniSimulator:
         runners, self._runners = self._runners, []
         for runner in reversed(runners):
             await runner.cleanup()
+        if self.config.jwt is not None:
+            await self.config.jwt.cache.close()
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -87,6 +87,10 @@ class SimulatorState:
         """Monotonic time in seconds as the simulator sees it."""
         return self.clock() + self._clock_offset
 
+    def wall_time(self) -> float:
+        """Unix time as the simulator sees it (JWT `exp`), moved by advance_time too."""
+        return time.time() + self._clock_offset
+
     def advance_time(self, seconds: float) -> None:
         """Move the simulator's clock forward, expiring tokens without sleeping."""
         self._clock_offset += seconds

@@ -3,7 +3,8 @@ token vending from the cache, and the response cache.
 
 Sections (`--only`, comma-separated; all by default): flow1 (GET /documents direct, bare,
 proxy with and without access log; memory), tokens (token vending), cache (response cache),
-tls (GET /documents from nginx over HTTPS: bare and proxy, TLS handshakes per 1,000 requests).
+tls (GET /documents from nginx over HTTPS: bare and proxy, TLS handshakes per 1,000 requests),
+jwt (client.auth jwt against basic).
 See docs/performance.md for the method. Exit codes: 0 every target met, 3 a target missed,
 1 the bench itself failed, 130 interrupted. Every process it starts is stopped on the way out.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from .cpu import find_process
+from .jwt_mode import sign_cost_us, write_key
 from .probe import cache_states, counter, get_json, redis_answers
 from .procs import Processes, vm_rss_kib
 from .profile import profile
@@ -75,8 +77,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         metavar="SECTIONS",
         help="run only these sections, comma-separated: flow1 (GET /documents: direct, bare, "
         "proxy; memory), tokens (token vending), cache (response cache), tls (bare and proxy "
-        "to nginx over HTTPS, handshakes per 1,000 requests); default: all (with --profile: "
-        "flow1)",
+        "to nginx over HTTPS, handshakes per 1,000 requests), jwt (client.auth jwt against "
+        "basic); default: all (with --profile: flow1)",
     )
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
@@ -171,6 +173,8 @@ def run(args: argparse.Namespace, procs: Processes, tmp: Path) -> Results:
         bench.cache()
     if "tls" in sections:
         bench.tls(nginx_path or ensure_tool("nginx", "nginx-light", NGINX_PATHS))
+    if "jwt" in sections:
+        bench.jwt()
     return results
 
 
@@ -375,6 +379,34 @@ class _Bench:
             if server is not upstream.server:
                 _stop(procs, server)
         _stop(procs, upstream.server)
+
+    def jwt(self) -> None:
+        """GET /documents through the proxy in basic mode, then in jwt mode, twice each
+        (alternating, so a burst of other load does not land on one mode only)."""
+        results = self.results
+        key = write_key(self.tmp)
+        for round_ in range(2):
+            for mode in ("basic", "jwt"):
+                proxy = start_proxy(
+                    self.procs,
+                    ROOT,
+                    self.tmp,
+                    self.upstream.url,
+                    access_log=True,
+                    tag=f"{mode}-{round_}",
+                    jwt_key=key if mode == "jwt" else None,
+                )
+                print(f"bench: {proxy.name}, round {round_ + 1}", flush=True)
+                url = proxy.url + "/documents"
+                run = self.wrk.measure(url, 32, self.warmup, self.seconds, proxy.pid)
+                best = results.jwt.get(mode)
+                if best is None or run.rps > best.rps:
+                    results.jwt[mode] = run  # the better of two: the less disturbed run
+                _stop(self.procs, proxy)
+        results.jwt_sign_us = sign_cost_us(key)
+        print(
+            f"bench:   one ES256 signature (cache miss): {results.jwt_sign_us:.0f} us", flush=True
+        )
 
     @staticmethod
     def _lookups(proxy: Server) -> dict[str, int]:

@@ -19,7 +19,8 @@ TARGET_ADDED_P50_MS = 0.35
 TARGET_RSS_MIB = 80.0
 TARGET_RSS_REQUESTS = 100_000
 TARGET_GROWTH_MIB = 20.0
-SECTIONS = ("flow1", "tokens", "cache", "tls")
+TARGET_JWT_RATIO = 0.95
+SECTIONS = ("flow1", "tokens", "cache", "tls", "jwt")
 
 ROWS = (
     ("direct", "direct to upstream"),
@@ -93,11 +94,15 @@ class Results:
     tls_one: dict[str, WrkResult] = field(default_factory=dict)
     tls_handshakes: dict[str, tuple[int, int]] = field(default_factory=dict)
     tls_plain: dict[str, WrkResult] = field(default_factory=dict)  # same servers, plain HTTP
+    # jwt mode: the proxy with client.auth basic and jwt (best of two runs each), and what one
+    # signature costs when a user's JWT is not cached
+    jwt: dict[str, WrkResult] = field(default_factory=dict)
+    jwt_sign_us: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
         data = asdict(self)
-        for group in ("many", "one", "cache", "tls_many", "tls_one", "tls_plain"):
+        for group in ("many", "one", "cache", "tls_many", "tls_one", "tls_plain", "jwt"):
             for key, result in getattr(self, group).items():
                 data[group][key]["rps"] = result.rps
         if self.tokens_wrk is not None:
@@ -206,6 +211,16 @@ class Results:
                         "info",
                     )
                 )
+        basic, signed = self.jwt.get("basic"), self.jwt.get("jwt")
+        if basic and signed and basic.rps:
+            ratio = signed.rps / basic.rps
+            rows.append(
+                (
+                    f"jwt mode req/s >= {TARGET_JWT_RATIO} x basic mode (32 conns)",
+                    f"{ratio:.2f} x ({signed.rps:.0f} / {basic.rps:.0f})",
+                    _ok(ratio >= TARGET_JWT_RATIO),
+                )
+            )
         return rows
 
     def passed(self) -> bool:
@@ -234,6 +249,8 @@ class Results:
             lines += self._cache()
         if "tls" in self.sections and self.tls_many:
             lines += self._tls()
+        if "jwt" in self.sections:
+            lines += self._jwt()
         lines += ["", *self.notes] if self.notes else []
         lines += [
             "",
@@ -369,6 +386,26 @@ class Results:
                 lines.append(
                     f"| {labels[key]:<23} | {conns:>5} | " + _figures(r) + f" {per_k:>26} |"
                 )
+        return lines
+
+    def _jwt(self) -> list[str]:
+        lines = [
+            "",
+            "### jwt mode: GET /documents, client.auth basic vs jwt (access log on, best of 2)",
+            "",
+            "| proxy                   | conns |   req/s | p50 ms | p90 ms | p99 ms | errors "
+            + _HEAD[0],
+            "|-------------------------|------:|--------:|-------:|-------:|-------:|-------:"
+            + _HEAD[1],
+        ]
+        for key, label in (("basic", "client.auth basic"), ("jwt", "client.auth jwt")):
+            r = self.jwt.get(key)
+            if r is not None:
+                lines.append(f"| {label:<23} | {32:>5} | " + _figures(r))
+        if self.jwt_sign_us:
+            lines.append(
+                f"one ES256 signature, when a user's JWT is not cached: {self.jwt_sign_us:.0f} us"
+            )
         return lines
 
 

@@ -131,6 +131,7 @@ def proxy_config(
     access_log: bool,
     cache_backend: str | None,
     ca_file: Path | None = None,
+    jwt_key: Path | None = None,
 ) -> str:
     text = f"""\
 listen: "127.0.0.1:{port}"
@@ -150,6 +151,11 @@ shutdown_grace_seconds: 5
         text = text.replace("\nclient:", f'\n  tls:\n    ca_file: "{ca_file}"\nclient:', 1)
     if not access_log:
         text += "logging:\n  access_log: false\n"
+    if jwt_key is not None:  # flow 1 with per-user JWTs (client.auth: jwt)
+        text = text.replace('  secret: "', '  auth: "jwt"\n  secret: "', 1)
+        text += (
+            f'jwt:\n  issuer: "https://bench.invalid"\n  signing_keys: [{{file: "{jwt_key}"}}]\n'
+        )
     if cache_backend is not None:
         text += (
             "response_cache:\n"
@@ -170,6 +176,7 @@ def start_proxy(
     cache_backend: str | None = None,
     tag: str | None = None,
     ca_file: Path | None = None,
+    jwt_key: Path | None = None,
 ) -> Server:
     """The real proxy from its console script; its stdout (the access log) goes to a file.
 
@@ -187,12 +194,15 @@ def start_proxy(
             access_log=access_log,
             cache_backend=cache_backend,
             ca_file=ca_file,
+            jwt_key=jwt_key,
         )
     )
     name = f"proxy ({'access log on' if access_log else 'access log off'})"
     if cache_backend is not None:
         kind = cache_backend.split(":", 1)[0]
         name = f"proxy (response cache {kind}, access log {'on' if access_log else 'off'})"
+    if jwt_key is not None:
+        name = f"proxy (client.auth jwt, access log {'on' if access_log else 'off'})"
     proc = procs.start(
         name,
         [str(root / ".venv" / "bin" / "gini-auth-proxy"), "serve", "--config", str(config)],

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import io
+import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,18 @@ StartProxy = Callable[..., Awaitable[RunningProxy]]
 async def sim() -> AsyncIterator[GiniSimulator]:
     async with GiniSimulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET) as simulator:
         yield simulator
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """Where `configure_logging(..., stream)` may write in a test; the root logger's handlers
+    and level are restored afterwards."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    stream = io.StringIO()
+    yield stream
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
 
 
 @pytest.fixture

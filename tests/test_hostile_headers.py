@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import unicodedata
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -337,16 +337,6 @@ async def test_nfc_and_nfd_forms_of_an_id_are_different_users(proxy: RunningProx
         got += [v for k, v in seen["headers"] if k.lower() == "x-user-identifier"]
     assert got == [identifier(nfc.encode()), identifier(nfd.encode())]
     assert got[0] != got[1]
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    stream = io.StringIO()
-    yield stream
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
 
 
 async def test_every_copy_of_the_identity_header_is_hidden_from_the_logs(

@@ -381,7 +381,7 @@ async def test_key_rotation_under_load_loses_no_request(
 ) -> None:
     """The four-step runbook at ~50 flow-1 requests/s, each step one edit of the Secret (a PEM
     bundle, first key signs) picked up by a reload as on SIGHUP: not one request fails."""
-    from .test_reload import SecretVolume
+    from .secret_volume import SecretVolume
 
     old, new = ec_pem(), ec_pem()
     volume = SecretVolume(tmp_path / "jwt-secret")
@@ -456,7 +456,7 @@ async def test_key_rotation_under_load_loses_no_request(
 async def test_a_broken_key_file_is_never_applied_on_reload(
     start_proxy: StartProxy, sim: GiniSimulator, tmp_path: Path
 ) -> None:
-    from .test_reload import SecretVolume
+    from .secret_volume import SecretVolume
 
     key = ec_pem()
     volume = SecretVolume(tmp_path / "jwt-secret")

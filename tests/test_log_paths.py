@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,16 +16,6 @@ from proxy.sandbox import GiniSimulator
 from .conftest import CLIENT_SECRET, HMAC_KEY, INBOUND_KEY, STORE_KEY, RunningProxy, StartProxy
 
 ALICE = "alice.secret-person@example.com"
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    stream = io.StringIO()
-    yield stream
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
 
 
 def install(stream: io.StringIO, config: Config) -> None:

@@ -5,37 +5,23 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from proxy.config import Config, build_config
 from proxy.doctor import PROBE_IDENTIFIER, Doctor
 from proxy.sandbox import GiniSimulator
 
-from .conftest import CLIENT_SECRET, config_data, merge
-from .network_support import (
+from ..conftest import CLIENT_SECRET, config_data, merge
+from .support import (
     PROXY_PASSWORD,
     PROXY_USER,
     ConnectProxy,
     Pki,
-    make_pki,
     tls_simulator,
 )
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    return make_pki(tmp_path)
-
-
-@pytest.fixture
-async def sim(pki: Pki) -> AsyncIterator[GiniSimulator]:
-    async with tls_simulator(pki.server_context()) as simulator:
-        yield simulator
 
 
 def data(sim: GiniSimulator, pki: Pki, tmp_path: Path, **overrides: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import trustme
 
 from proxy.sandbox import GiniSimulator
 
-from .conftest import CLIENT_ID, CLIENT_SECRET, USER, RunningProxy
+from ..conftest import CLIENT_ID, CLIENT_SECRET, USER, RunningProxy
 
 PROXY_USER = "svc-gini"
 PROXY_PASSWORD = "egress-pass-5d1e"

@@ -20,20 +20,8 @@ from proxy.sandbox import GiniSimulator
 from proxy.tls import TlsConfig, TlsContext, tls_file_problems
 from proxy.validation import ConfigError
 
-from .conftest import USER, RunningProxy, StartProxy, config_data, merge
-from .network_support import Pki, make_pki, run_flows, tls_simulator
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    return make_pki(tmp_path)
-
-
-@pytest.fixture
-async def sim(pki: Pki) -> AsyncIterator[GiniSimulator]:
-    """Overrides the plain-HTTP simulator of conftest: every test here talks HTTPS."""
-    async with tls_simulator(pki.server_context()) as simulator:
-        yield simulator
+from ..conftest import USER, RunningProxy, StartProxy, config_data, merge
+from .support import Pki, run_flows, tls_simulator
 
 
 def with_ca(pki: Pki, upstream: dict[str, Any] | None = None, **tls: Any) -> dict[str, Any]:

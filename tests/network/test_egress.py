@@ -17,27 +17,14 @@ from proxy.egress import parse_egress_proxy
 from proxy.sandbox import GiniSimulator
 from proxy.validation import ConfigError, Reader
 
-from .conftest import USER, RunningProxy, StartProxy, config_data, merge
-from .network_support import (
+from ..conftest import USER, RunningProxy, StartProxy, config_data, merge
+from .support import (
     PROXY_PASSWORD,
     PROXY_USER,
     ConnectProxy,
     Pki,
-    make_pki,
     run_flows,
-    tls_simulator,
 )
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    return make_pki(tmp_path)
-
-
-@pytest.fixture
-async def sim(pki: Pki) -> AsyncIterator[GiniSimulator]:
-    async with tls_simulator(pki.server_context()) as simulator:
-        yield simulator
 
 
 @pytest.fixture
@@ -255,7 +242,7 @@ def test_problems_with_a_url_never_quote_its_password(password: str, junk: str) 
 async def test_a_rotated_egress_password_is_used_for_new_tunnels_without_a_restart(
     start_proxy: StartProxy, sim: GiniSimulator, pki: Pki, egress: ConnectProxy, tmp_path: Path
 ) -> None:
-    from .test_reload import SecretVolume
+    from ..secret_volume import SecretVolume
 
     volume = SecretVolume(tmp_path / "egress-secret")
     volume.write(password=PROXY_PASSWORD)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,3 +146,16 @@ async def proxy(start_proxy: StartProxy) -> RunningProxy:
 
 
 USER = {"X-User-Id": "alice@example.com"}
+
+
+async def paced_load(
+    one: Callable[[int], Coroutine[Any, Any, None]], stop: asyncio.Event, every: float = 0.02
+) -> None:
+    """Start `one(n)` every `every` seconds (50/s by default) until `stop`, then wait for all."""
+    tasks: list[asyncio.Task[None]] = []
+    n = 0
+    while not stop.is_set():
+        tasks.append(asyncio.create_task(one(n)))
+        n += 1
+        await asyncio.sleep(every)
+    await asyncio.gather(*tasks)

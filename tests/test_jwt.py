@@ -21,7 +21,7 @@ from proxy.jwt_keys import load_signing_key
 from proxy.sandbox import GiniSimulator
 from proxy.sandbox.jwt_auth import JwtSettings
 
-from .conftest import CLIENT_ID, CLIENT_SECRET, HMAC_KEY, USER, RunningProxy, StartProxy
+from .conftest import CLIENT_ID, CLIENT_SECRET, HMAC_KEY, USER, RunningProxy, StartProxy, paced_load
 from .jwt_support import ISSUER, JWKS_PATH, PRIVATE_JWK_MEMBERS, ec_pem, jwt_overrides, rsa_pem
 
 
@@ -414,20 +414,11 @@ async def test_key_rotation_under_load_loses_no_request(
             statuses.append(answer.status)
             await answer.read()
 
-    async def load() -> None:
-        tasks: list[asyncio.Task[None]] = []
-        n = 0
-        while not stop.is_set():
-            tasks.append(asyncio.create_task(one(n)))
-            n += 1
-            await asyncio.sleep(0.02)
-        await asyncio.gather(*tasks)
-
     def last_kid() -> str:
         return str(jwt.get_unverified_header(sent_jwt(sim))["kid"])
 
     wait = cache_seconds * 3  # step 2: longer than Gini's JWKS cache time
-    runner = asyncio.create_task(load())
+    runner = asyncio.create_task(paced_load(one, stop))
     await asyncio.sleep(wait)
     kids.append(last_kid())
     await edit(old, new)  # 1. add the new key second: published, not signing

@@ -39,6 +39,7 @@ from .conftest import (
     StartProxy,
     config_data,
     merge,
+    paced_load,
 )
 from .secret_volume import SecretVolume
 from .test_server import free_port, spawn
@@ -376,16 +377,7 @@ async def test_three_rotations_under_load_fail_no_request(
             await answer.read()
             statuses.append(answer.status)
 
-    async def load() -> None:
-        tasks: list[asyncio.Task[None]] = []
-        n = 0
-        while not stop.is_set():
-            tasks.append(asyncio.create_task(one(n)))
-            n += 1
-            await asyncio.sleep(0.02)  # 50 requests a second
-        await asyncio.gather(*tasks)
-
-    loader = asyncio.create_task(load())
+    loader = asyncio.create_task(paced_load(one, stop))
     started = time.monotonic()
     current = CLIENT_SECRET
     for new in (NEW_SECRET, NEWER_SECRET, CLIENT_SECRET + "-3"):

@@ -17,8 +17,6 @@ from .forward import Forwarder, basic_auth
 from .gini import GiniClient
 from .handlers import TokenEndpoints
 from .identity import IdentifierDeriver, identity_key_id
-from .jwt_metrics import JwtMetrics
-from .jwt_signer import JwtSigner
 from .keyguard import check_pin, check_store
 from .lifecycle import Lifecycle
 from .metrics import TOKEN_FLOWS, Metrics, store_up_gauge
@@ -32,6 +30,7 @@ from .tokens import TokenCache
 from .upstream import Upstream
 
 if TYPE_CHECKING:
+    from .jwt_signer import JwtSigner
     from .response_cache import ResponseCache
 
 PROXY_ENDPOINTS = {
@@ -84,6 +83,10 @@ class Services:
             )
         self.jwt_signer = None
         if config.jwt is not None:  # published by the admin listener even in basic mode
+            # PyJWT and cryptography load only here: a basic-mode proxy does without them.
+            from .jwt_metrics import JwtMetrics  # noqa: PLC0415
+            from .jwt_signer import JwtSigner  # noqa: PLC0415
+
             self.jwt_signer = JwtSigner(
                 config.jwt,
                 config.client,

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from .app import SERVICES
 from .errors import NotFound
-from .jwt_signer import JWKS_MAX_AGE
+from .jwt_config import JWKS_MAX_AGE
 from .middlewares import error_response, new_request_id
 
 PATH = "/.well-known/jwks.json"

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .jwt_keys import ALGORITHMS, SigningKeyError, load_signing_key, pem_blocks
 from .secret import Secret
 from .validation import Reader
 
@@ -21,6 +20,20 @@ AUTH_MODES = ("basic", "jwt")
 _CLAIM = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 # Registered claims the proxy sets itself: a configured claim name must not collide with them.
 _RESERVED = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti"})
+
+ALGORITHMS = ("ES256", "RS256")
+JWKS_MAX_AGE = 300
+"""Seconds Gini (and any cache in between) may keep the published key set: step 2 of the
+rotation runbook waits at least this long."""
+_PEM_BLOCK = re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?-----END [A-Z0-9 ]+-----", re.DOTALL)
+
+
+def pem_blocks(text: str) -> list[str]:
+    """The PEM keys in one secret, in order: a file may hold a bundle of several, so the whole
+    key set can be one Secret entry that a rotation edits in place. Text without a PEM block
+    comes back whole, for load_signing_key to explain what is wrong with it."""
+    blocks = _PEM_BLOCK.findall(text)
+    return [block + "\n" for block in blocks] if blocks else [text]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +90,9 @@ def _signing_keys(r: Reader, d: Mapping[str, Any], algorithm: str | None) -> tup
     if not isinstance(entries, list) or not entries:
         r.problem("jwt.signing_keys", "needs a list of at least one key ({file: PATH} each)")
         return ()
+    # Key parsing needs `cryptography`: loaded only when a jwt section is configured.
+    from .jwt_keys import SigningKeyError, load_signing_key  # noqa: PLC0415
+
     secrets: list[Secret] = []
     kids: dict[str, int] = {}
     for index, _ in enumerate(entries):

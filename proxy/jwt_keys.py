@@ -10,13 +10,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-ALGORITHMS = ("ES256", "RS256")
 MIN_RSA_BITS = 2048
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -58,17 +56,6 @@ def thumbprint(members: dict[str, str]) -> str:
     """RFC 7638: SHA-256 over the required members, sorted, without whitespace."""
     canonical = json.dumps(members, sort_keys=True, separators=(",", ":"))
     return b64url(hashlib.sha256(canonical.encode("utf-8")).digest())
-
-
-_PEM_BLOCK = re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?-----END [A-Z0-9 ]+-----", re.DOTALL)
-
-
-def pem_blocks(text: str) -> list[str]:
-    """The PEM keys in one secret, in order: a file may hold a bundle of several, so the whole
-    key set can be one Secret entry that a rotation edits in place. Text without a PEM block
-    comes back whole, for load_signing_key to explain what is wrong with it."""
-    blocks = _PEM_BLOCK.findall(text)
-    return [block + "\n" for block in blocks] if blocks else [text]
 
 
 def load_signing_key(pem: str, algorithm: str) -> SigningKey:

@@ -19,15 +19,14 @@ import jwt
 from cachetools import LRUCache
 
 from .config import ClientConfig
-from .jwt_config import JwtConfig
-from .jwt_keys import SigningKey, SigningKeyError, load_signing_key, pem_blocks
+from .jwt_config import JwtConfig, pem_blocks
+from .jwt_keys import SigningKey, SigningKeyError, load_signing_key
 from .jwt_metrics import JwtMetrics
 
 log = logging.getLogger("proxy.jwt")
 
 MAX_REFRESH_MARGIN = 60
 DEFAULT_MAX_CACHED = 100_000
-JWKS_MAX_AGE = 300
 """Seconds a JWKS answer may be cached (by Gini, or a CDN in front of the Ingress)."""
 
 

@@ -24,8 +24,7 @@ import aiohttp
 from .config import MIN_INBOUND_KEY_BYTES
 from .errors import ProxyError
 from .forward import basic_auth
-from .jwt_keys import SigningKeyError, pem_blocks
-from .jwt_signer import build_key_set
+from .jwt_config import pem_blocks
 from .log import register_secrets
 from .reload import InvalidSecret, Reloader, SecretSource, Verdict, read_files, text_value
 from .secret import Secret
@@ -256,6 +255,8 @@ def _jwt_keys(reloader: Reloader, services: Services) -> None:
     if not paths:
         return
     algorithm = jwt_config.algorithm
+    from .jwt_keys import SigningKeyError  # noqa: PLC0415 - cryptography, only in jwt setups
+    from .jwt_signer import build_key_set  # noqa: PLC0415
 
     def load(contents: tuple[bytes, ...]) -> tuple[str, ...]:
         read = iter(contents)

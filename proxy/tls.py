@@ -18,10 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-
 from .validation import Reader
 
 log = logging.getLogger("proxy.tls")
@@ -82,7 +78,13 @@ def _read(path: Path) -> tuple[bytes | None, str | None]:
         return None, f"cannot read {path}: {exc.strerror or exc}"
 
 
+# `cryptography` is imported where the files are checked, not at module load: it costs several
+# MiB of RSS in every proxy, and only check-config and configs with TLS files need it.
+
+
 def _ca_problems(path: Path) -> list[str]:
+    from cryptography import x509  # noqa: PLC0415 - see above
+
     data, error = _read(path)
     if data is None:
         return [error or ""]
@@ -94,6 +96,10 @@ def _ca_problems(path: Path) -> list[str]:
 
 
 def _pair_problems(cert_path: Path, key_path: Path) -> list[tuple[str, str]]:
+    from cryptography import x509  # noqa: PLC0415 - see _ca_problems
+    from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
     problems: list[tuple[str, str]] = []
     cert_data, error = _read(cert_path)
     cert = None
@@ -129,6 +135,8 @@ def _pair_problems(cert_path: Path, key_path: Path) -> list[tuple[str, str]]:
 
 
 def _spki(public_key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
     der: bytes = public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )

@@ -17,13 +17,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import Gauge
 
 from ..errors import StoreUnavailable
 from .base import CredentialStore, SealedRow, StoredUser
-from .cipher import Cipher
+
+if TYPE_CHECKING:  # `cryptography` loads with a store backend, not with this module
+    from .cipher import Cipher
 
 log = logging.getLogger("proxy.store")
 

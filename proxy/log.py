@@ -1,9 +1,11 @@
-"""JSON logs, one object per line, with a redaction pass over every finished line.
+"""JSON logs, one object per line, with every value redacted before it is serialised.
 
-Redaction runs on the formatted line, so a secret cannot slip out through an exception text,
-an `extra` field or a third-party logger. Known secret values (from the config) are replaced
-exactly; credentials in `Authorization`-like shapes and `access_token`/`password` fields are
-replaced by pattern, which covers tokens the proxy never knew in advance.
+Redaction covers every field of every record (message, exception text, `extra` fields, any
+third-party logger), and runs on the values before JSON escaping, so it can never cut through
+an escape and break a line. Known secret values (from the config, and values read on reload)
+are replaced exactly; credentials in `Authorization`-like shapes, `access_token`/`password`
+text and fields named like credentials are replaced by pattern, which covers tokens the proxy
+never knew in advance. A line that would still spell a secret once escaped is withheld.
 """
 
 from __future__ import annotations

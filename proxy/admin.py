@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
-from . import __version__
-from .app import SERVICES, Services
-from .errors import StoreUnavailable
-from .jwks import add_jwks_route
+from proxy import __version__
+from proxy.app import SERVICES, Services
+from proxy.errors import StoreUnavailable
+from proxy.signing.jwks import add_jwks_route
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -8,30 +8,30 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .accesslog import AccessLog
-from .anonymous import AnonymousUsers
-from .config import Config
-from .errors import MethodNotAllowed, NotFound, ProxyError
-from .expect import expect_handler
-from .forward import Forwarder, basic_auth
-from .gini import GiniClient
-from .handlers import TokenEndpoints
-from .identity import IdentifierDeriver, identity_key_id
-from .keyguard import check_pin, check_store
-from .lifecycle import Lifecycle
-from .metrics import TOKEN_FLOWS, Metrics, store_up_gauge
-from .middlewares import InboundKeys, observe
-from .reload import Reloader
-from .reload_sources import register_sources, remember_secrets
-from .routes import GINI_TEMPLATES, RouteTable
-from .stores import CredentialStore, make_store
-from .stores.health import GuardedStore, StoreHealth
-from .tokens import TokenCache
-from .upstream import Upstream
+from proxy.config import Config
+from proxy.config.reload import Reloader
+from proxy.errors import MethodNotAllowed, NotFound, ProxyError
+from proxy.forwarding.handler import Forwarder, basic_auth
+from proxy.identity import IdentifierDeriver, identity_key_id
+from proxy.lifecycle import Lifecycle
+from proxy.metrics import TOKEN_FLOWS, Metrics, store_up_gauge
+from proxy.reloading import register_sources, remember_secrets
+from proxy.upstream import Upstream
+from proxy.vending.anonymous import AnonymousUsers
+from proxy.vending.endpoints import TokenEndpoints
+from proxy.vending.gini import GiniClient
+from proxy.vending.keyguard import check_pin, check_store
+from proxy.vending.stores import CredentialStore, make_store
+from proxy.vending.stores.health import GuardedStore, StoreHealth
+from proxy.vending.tokens import TokenCache
+from proxy.web.accesslog import AccessLog
+from proxy.web.expect import expect_handler
+from proxy.web.middleware import InboundKeys, observe
+from proxy.web.routes import GINI_TEMPLATES, RouteTable
 
 if TYPE_CHECKING:
-    from .jwt_signer import JwtSigner
-    from .response_cache import ResponseCache
+    from proxy.forwarding.cache import ResponseCache
+    from proxy.signing.signer import JwtSigner
 
 PROXY_ENDPOINTS = {
     "/_proxy/tokens/derived": "POST",
@@ -76,7 +76,7 @@ class Services:
         self.metrics.set_build_info(self.identity_key_id)
         self.response_cache = None
         if config.response_cache is not None:
-            from .response_cache import ResponseCache  # noqa: PLC0415 - loads its backends
+            from proxy.forwarding.cache import ResponseCache  # noqa: PLC0415 - loads its backends
 
             self.response_cache = ResponseCache(
                 config.response_cache, config.identity.hmac_key.encode(), self.metrics
@@ -84,8 +84,8 @@ class Services:
         self.jwt_signer = None
         if config.jwt is not None:  # published by the admin listener even in basic mode
             # PyJWT and cryptography load only here: a basic-mode proxy does without them.
-            from .jwt_metrics import JwtMetrics  # noqa: PLC0415
-            from .jwt_signer import JwtSigner  # noqa: PLC0415
+            from proxy.signing.metrics import JwtMetrics  # noqa: PLC0415
+            from proxy.signing.signer import JwtSigner  # noqa: PLC0415
 
             self.jwt_signer = JwtSigner(
                 config.jwt,

@@ -7,11 +7,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import __version__
-from .config import Config, config_path, load_config
-from .errors import ProxyError
-from .identity import derive_identifier, identity_key_id, validate_user_id
-from .validation import ConfigError
+from proxy import __version__
+from proxy.config import Config, config_path, load_config
+from proxy.config.reader import ConfigError
+from proxy.errors import ProxyError
+from proxy.identity import derive_identifier, identity_key_id, validate_user_id
 
 EXIT_OK = 0
 EXIT_FORCED = 1  # a second signal during the drain
@@ -57,7 +57,7 @@ def _load(path_arg: str | None) -> Config:
 
 def _doctor(path_arg: str | None) -> int:
     """Exit 0 when every check passed, 1 otherwise (an invalid config is a failed check)."""
-    from .doctor import doctor  # noqa: PLC0415 - keeps check-config fast and light
+    from proxy.commands.doctor import doctor  # noqa: PLC0415 - keeps check-config fast and light
 
     print(f"gini-auth-proxy doctor: {config_path(path_arg)}")
     try:
@@ -100,14 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
         if args.command == "doctor":
             return _doctor(args.config)
         if args.command == "serve":
-            from .server import serve  # noqa: PLC0415 - keeps check-config fast and light
+            from proxy.server import serve  # noqa: PLC0415 - keeps check-config fast and light
 
             return serve(_load(args.config))
         if args.command == "rotate-store-key":
-            from .rotation import rotate_store_key  # noqa: PLC0415
+            from proxy.commands.rotate_key import rotate_store_key  # noqa: PLC0415
 
             return rotate_store_key(_load(args.config))
-        from .demo import demo  # noqa: PLC0415
+        from proxy.commands.demo import demo  # noqa: PLC0415
 
         return demo(args.port, args.admin_port)
     except ConfigError as exc:

@@ -13,7 +13,7 @@ import re
 
 from multidict import MultiMapping
 
-from .errors import InvalidUser, MissingUser
+from proxy.errors import InvalidUser, MissingUser
 
 MAX_USER_ID_BYTES = 256
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

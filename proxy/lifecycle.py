@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from .errors import Draining
+from proxy.errors import Draining
 
 
 class Lifecycle:

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from . import __version__
+from proxy import __version__
 
 # `_created` series double the exposition for no use on a dashboard.
 disable_created_metrics()  # type: ignore[no-untyped-call]

@@ -18,20 +18,20 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from . import server_header
-from .admin import build_admin_app
-from .app import Services, build_proxy_app
-from .cli import EXIT_FORCED, EXIT_OK, EXIT_STARTUP
-from .config import Address, Config
-from .connections import ConnectionGuard, GuardedRequestHandler, ensure_descriptors
-from .errors import BadRequest, InternalError
-from .keyguard import IdentityKeyChanged
-from .lifecycle import Lifecycle
-from .log import Redactor, configure_logging
-from .metrics import Metrics
-from .middlewares import error_response, new_request_id
-from .routes import OTHER
-from .stores import StoreOpenError
+from proxy.admin import build_admin_app
+from proxy.app import Services, build_proxy_app
+from proxy.cli import EXIT_FORCED, EXIT_OK, EXIT_STARTUP
+from proxy.config import Address, Config
+from proxy.errors import BadRequest, InternalError
+from proxy.lifecycle import Lifecycle
+from proxy.log import Redactor, configure_logging
+from proxy.metrics import Metrics
+from proxy.vending.keyguard import IdentityKeyChanged
+from proxy.vending.stores import StoreOpenError
+from proxy.web import server_header
+from proxy.web.connections import ConnectionGuard, GuardedRequestHandler, ensure_descriptors
+from proxy.web.middleware import error_response, new_request_id
+from proxy.web.routes import OTHER
 
 log = logging.getLogger("proxy.server")
 

@@ -12,11 +12,11 @@ from typing import NoReturn
 
 import aiohttp
 
-from .config import UpstreamConfig
-from .errors import BadGateway, ProxyError, UpstreamTimeout, UpstreamUnavailable
-from .interim import GuardedConnector
-from .metrics import Metrics
-from .tls import TlsContext
+from proxy.config import UpstreamConfig
+from proxy.errors import BadGateway, ProxyError, UpstreamTimeout, UpstreamUnavailable
+from proxy.metrics import Metrics
+from proxy.transport.interim import GuardedConnector
+from proxy.transport.tls import TlsContext
 
 log = logging.getLogger("proxy.upstream")
 

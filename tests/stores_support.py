@@ -23,10 +23,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from proxy.stores.base import CredentialStore
-from proxy.stores.cipher import Cipher
-from proxy.stores.postgres import PostgresStore
-from proxy.stores.sqlite import SqliteStore
+from proxy.vending.stores.base import CredentialStore
+from proxy.vending.stores.cipher import Cipher
+from proxy.vending.stores.postgres import PostgresStore
+from proxy.vending.stores.sqlite import SqliteStore
 
 POSTGRES_DSN_ENV = "GINI_PROXY_TEST_POSTGRES_DSN"
 DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from proxy.config import build_config
-from proxy.connections import ensure_descriptors
-from proxy.validation import ConfigError
+from proxy.config.reader import ConfigError
+from proxy.web.connections import ensure_descriptors
 
 from .conftest import USER, RunningProxy, StartProxy
 

@@ -18,7 +18,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import proxy.config as config_module
+import proxy.config.model as config_module
 from proxy.cli import main
 from proxy.config import (
     Address,
@@ -29,8 +29,8 @@ from proxy.config import (
     config_path,
     load_config,
 )
-from proxy.secret import Secret, resolve_secret
-from proxy.validation import ConfigError
+from proxy.config.reader import ConfigError
+from proxy.config.secret import Secret, resolve_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.yaml"

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from proxy.app import Services
 from proxy.config import build_config
 from proxy.errors import BadRequest
-from proxy.forward import Forwarder
+from proxy.forwarding.handler import Forwarder
 from proxy.sandbox import GiniSimulator
 
 from .conftest import (

@@ -26,20 +26,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from proxy.accesslog import AccessLog
 from proxy.config import build_config
-from proxy.context import RequestContext
 from proxy.errors import InvalidUser, MissingUser
+from proxy.forwarding.relay import Relay
+from proxy.forwarding.rewrite import UrlRewriter
 from proxy.identity import MAX_USER_ID_BYTES, user_id_from
 from proxy.lifecycle import Lifecycle
 from proxy.log import REDACTED, Redactor, configure_logging
 from proxy.metrics import Metrics
-from proxy.middlewares import observe
-from proxy.relay import Relay
-from proxy.rewrite import UrlRewriter
-from proxy.routes import RouteTable
 from proxy.sandbox import GiniSimulator
-from proxy.server_header import SERVER
+from proxy.web.accesslog import AccessLog
+from proxy.web.context import RequestContext
+from proxy.web.middleware import observe
+from proxy.web.routes import RouteTable
+from proxy.web.server_header import SERVER
 
 from .conftest import HMAC_KEY, USER, RunningProxy, StartProxy, config_data
 

@@ -17,7 +17,7 @@ import aiohttp
 import jwt
 import pytest
 
-from proxy.jwt_keys import load_signing_key
+from proxy.config.signing_keys import load_signing_key
 from proxy.sandbox import GiniSimulator
 from proxy.sandbox.jwt_auth import JwtSettings
 

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from proxy.cli import main
 from proxy.config import build_config
-from proxy.jwt_keys import SigningKeyError, load_signing_key, thumbprint
-from proxy.jwt_signer import JwtSigner
-from proxy.validation import ConfigError
+from proxy.config.reader import ConfigError
+from proxy.config.signing_keys import SigningKeyError, load_signing_key, thumbprint
+from proxy.signing.signer import JwtSigner
 
 from .jwt_support import ISSUER, ec_pem, rsa_pem, write_keys
 

@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from proxy.config import build_config
+from proxy.config.reader import ConfigError
 from proxy.errors import InvalidUser
 from proxy.identity import KEY_ID_LABEL, derive_identifier, identity_key_id, validate_user_id
-from proxy.keyguard import IdentityKeyChanged, check_store
 from proxy.sandbox import GiniSimulator
-from proxy.validation import ConfigError
+from proxy.vending.keyguard import IdentityKeyChanged, check_store
 
 from .conftest import HMAC_KEY, USER, StartProxy, config_data, merge
 from .stores_support import PostgresBackend, backend_for

@@ -20,14 +20,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.config import MIN_INBOUND_KEY_BYTES, build_config
-from proxy.forward import basic_auth
-from proxy.gini import PROBE_IDENTIFIER
+from proxy.config.reader import ConfigError
+from proxy.config.reload import InvalidSecret
+from proxy.forwarding.handler import basic_auth
 from proxy.identity import derive_identifier
 from proxy.log import Redactor, configure_logging
-from proxy.reload import InvalidSecret
-from proxy.reload_sources import inbound_keys
+from proxy.reloading import inbound_keys
 from proxy.sandbox import GiniSimulator
-from proxy.validation import ConfigError
+from proxy.vending.gini import PROBE_IDENTIFIER
 
 from .conftest import (
     CLIENT_ID,

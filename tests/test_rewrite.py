@@ -15,8 +15,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from proxy.body import read_bounded, recode_json
-from proxy.rewrite import (
+from proxy.forwarding.body import read_bounded, recode_json
+from proxy.forwarding.rewrite import (
     HOP_BY_HOP,
     NEVER_FORWARD,
     NEVER_RETURN,

@@ -21,8 +21,8 @@ import yaml
 
 from proxy.identity import derive_identifier
 from proxy.sandbox import GiniSimulator
-from proxy.stores.cipher import Cipher
-from proxy.stores.postgres import PostgresStore
+from proxy.vending.stores.cipher import Cipher
+from proxy.vending.stores.postgres import PostgresStore
 
 from .conftest import HMAC_KEY, config_data, merge
 from .stores_support import PostgresBackend, opened, postgres_schema

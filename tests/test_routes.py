@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.routes import GINI_TEMPLATES, OTHER, RouteTable
+from proxy.web.routes import GINI_TEMPLATES, OTHER, RouteTable
 
 TABLE = RouteTable(GINI_TEMPLATES)
 LABELS = frozenset(GINI_TEMPLATES) | {OTHER}

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from proxy.errors import StoreUnavailable
-from proxy.stores.health import Deadlines, StoreHealth
+from proxy.vending.stores.health import Deadlines, StoreHealth
 
 
 async def test_a_deadline_never_waits_for_a_call_that_outlives_it() -> None:

@@ -22,9 +22,9 @@ import pytest
 import yaml
 
 from proxy.sandbox import GiniSimulator
-from proxy.stores.cipher import Cipher
-from proxy.stores.health import CHECK_TIMEOUT, StoreHealth
-from proxy.stores.postgres import PostgresStore
+from proxy.vending.stores.cipher import Cipher
+from proxy.vending.stores.health import CHECK_TIMEOUT, StoreHealth
+from proxy.vending.stores.postgres import PostgresStore
 
 from .conftest import USER, RunningProxy, StartProxy, config_data, merge
 from .relay_support import Relay, through

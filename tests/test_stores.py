@@ -20,14 +20,14 @@ from typing import Any
 import pytest
 
 from proxy.config import StoreConfig
+from proxy.config.secret import Secret
 from proxy.errors import StoreUnavailable
-from proxy.secret import Secret
-from proxy.stores import make_store
-from proxy.stores.base import CredentialStore, StoredUser, StoreOpenError
-from proxy.stores.cipher import NONCE_BYTES, VERSION, Cipher, WrongKey
-from proxy.stores.keyring import rotate
-from proxy.stores.postgres import PostgresStore
-from proxy.stores.sqlite import SqliteStore
+from proxy.vending.stores import make_store
+from proxy.vending.stores.base import CredentialStore, StoredUser, StoreOpenError
+from proxy.vending.stores.cipher import NONCE_BYTES, VERSION, Cipher, WrongKey
+from proxy.vending.stores.keyring import rotate
+from proxy.vending.stores.postgres import PostgresStore
+from proxy.vending.stores.sqlite import SqliteStore
 
 from .stores_support import (
     OTHER_STORE_KEY,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.tokens import DEFAULT_LIFETIME, Token, TokenCache, lifetime_from
+from proxy.vending.tokens import DEFAULT_LIFETIME, Token, TokenCache, lifetime_from
 
 
 class FakeClock:

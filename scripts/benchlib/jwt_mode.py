@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.config import build_config
-from proxy.jwt_signer import JwtSigner
+from proxy.signing.signer import JwtSigner
 
 from .servers import CLIENT_ID, CLIENT_SECRET, HMAC_KEY
 

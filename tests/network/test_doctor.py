@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
+from proxy.commands.doctor import PROBE_IDENTIFIER, Doctor
 from proxy.config import Config, build_config
-from proxy.doctor import PROBE_IDENTIFIER, Doctor
 from proxy.sandbox import GiniSimulator
 
 from ..conftest import CLIENT_SECRET, config_data, merge

@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.config import build_config
-from proxy.egress import parse_egress_proxy
+from proxy.config.egress import parse_egress_proxy
+from proxy.config.reader import ConfigError, Reader
 from proxy.sandbox import GiniSimulator
-from proxy.validation import ConfigError, Reader
 
 from ..conftest import USER, RunningProxy, StartProxy, config_data, merge
 from .support import (

@@ -16,9 +16,10 @@ import pytest
 import trustme
 
 from proxy.config import build_config
+from proxy.config.reader import ConfigError
+from proxy.config.tls import TlsConfig, tls_file_problems
 from proxy.sandbox import GiniSimulator
-from proxy.tls import TlsConfig, TlsContext, tls_file_problems
-from proxy.validation import ConfigError
+from proxy.transport.tls import TlsContext
 
 from ..conftest import USER, RunningProxy, StartProxy, config_data, merge
 from .support import Pki, run_flows, tls_simulator

@@ -1,0 +1,292 @@
+"""`gini-auth-proxy doctor`: can this pod reach Gini the way the config says? Step by step.
+
+Each step says what it checked and, when it fails, what to change. Nothing about any user is
+sent: the credential check is a client-credentials grant at the User Center (when flow 4 is
+configured) or a `/login` for the fixed identifier `PROBE_IDENTIFIER`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import email.utils
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from proxy.config import Config
+from proxy.errors import ProxyError
+from proxy.forwarding.handler import basic_auth
+from proxy.metrics import Metrics
+from proxy.transport.tls import build_context
+from proxy.upstream import PAY_API, USER_CENTER, Upstream, classify
+
+PROBE_IDENTIFIER = "gini-auth-proxy-doctor-probe"
+"""The X-User-Identifier of the `/login` probe: fixed, so it maps to one throwaway Gini user."""
+MAX_CLOCK_SKEW_SECONDS = 30
+CERT_WARN_DAYS = 14
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    name: str
+    ok: bool | None  # None: skipped because an earlier step failed
+    detail: str
+
+    def line(self) -> str:
+        mark = {True: " ok ", False: "FAIL", None: "skip"}[self.ok]
+        return f"[{mark}] {self.name:<22} {self.detail}"
+
+
+class Doctor:
+    """Runs the checks in order; `steps` holds the results, `ok` whether all passed."""
+
+    def __init__(self, config: Config, report: Callable[[str], None] = print):
+        self.config = config
+        self.report = report
+        self.steps: list[Step] = []
+        self.timeout = config.upstream.connect_timeout_seconds
+        self.egress = config.upstream.egress_proxy
+        self.context = build_context(config.upstream.tls)
+        self.reachable: dict[str, bool] = {}
+
+    @property
+    def ok(self) -> bool:
+        return all(step.ok for step in self.steps)
+
+    def add(self, name: str, ok: bool | None, detail: str) -> None:
+        step = Step(name, ok, detail)
+        self.steps.append(step)
+        self.report(step.line())
+
+    async def run(self) -> bool:
+        upstream = self.config.upstream
+        via = f"via egress proxy {self.egress.url}" if self.egress else "direct"
+        self.add("config", True, f"valid; calls to Gini go {via}")
+        if self.egress is not None:
+            await self.dns("dns egress proxy", self.egress.host, self.egress.port)
+        for name, url in ((PAY_API, upstream.pay_api), (USER_CENTER, upstream.user_center)):
+            self.reachable[name] = await self.origin(name, url)
+        await self.credentials()
+        await self.store()
+        failed = sum(1 for step in self.steps if step.ok is False)
+        self.report("all checks passed" if self.ok else f"{failed} check(s) failed")
+        return self.ok
+
+    async def dns(self, name: str, host: str, port: int) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout):
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port)
+        except (OSError, TimeoutError) as exc:
+            self.add(name, False, f"{host} does not resolve ({_why(exc)})")
+            return False
+        addresses = sorted({str(info[4][0]) for info in infos})
+        self.add(name, True, f"{host} -> {', '.join(addresses[:4])}")
+        return True
+
+    async def origin(self, name: str, url: str) -> bool:
+        """DNS, TCP (or the CONNECT tunnel) and the TLS handshake to one upstream."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        tls = parts.scheme == "https"
+        port = parts.port or (443 if tls else 80)
+        if self.egress is None:
+            if not await self.dns(f"dns {name}", host, port):
+                return False
+        else:
+            self.add(f"dns {name}", True, f"{host}: resolved by the egress proxy")
+        opened = await self.connect(name, host, port)
+        if opened is None:
+            return False
+        reader, writer = opened
+        try:
+            if not tls:
+                self.add(f"tls {name}", True, "plain http: no TLS (only for test setups)")
+                return True
+            return await self.handshake(name, host, writer)
+        finally:
+            writer.close()
+            del reader
+
+    async def connect(
+        self, name: str, host: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        target = f"{host}:{port}"
+        step = f"tcp {name}"
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self.egress is None:
+                    opened = await asyncio.open_connection(host, port)
+                    self.add(step, True, f"connected to {target}")
+                    return opened
+                reader, writer = await asyncio.open_connection(self.egress.host, self.egress.port)
+                status = await self.tunnel(reader, writer, target)
+        except (OSError, TimeoutError) as exc:
+            where = f"egress proxy {self.egress.url}" if self.egress else target
+            self.add(step, False, f"cannot connect to {where} ({_why(exc)})")
+            return None
+        if status == 200:
+            self.add(step, True, f"CONNECT {target} through {self.egress.url}")
+            return reader, writer
+        writer.close()
+        if status == 407:
+            why = "refused the proxy credentials (407): check upstream.egress_proxy"
+        else:
+            why = f"refused CONNECT {target} (status {status}): is the host allowed?"
+        self.add(step, False, f"egress proxy {why}")
+        return None
+
+    async def tunnel(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: str
+    ) -> int:
+        """Send CONNECT with the configured credentials; the proxy's status code."""
+        assert self.egress is not None
+        head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+        if self.egress.username is not None:
+            password = self.egress.password.value if self.egress.password is not None else ""
+            raw = f"{self.egress.username}:{password}".encode()
+            head += f"Proxy-Authorization: Basic {base64.b64encode(raw).decode()}\r\n"
+        writer.write((head + "\r\n").encode("latin-1"))
+        await writer.drain()
+        answer = await reader.readuntil(b"\r\n\r\n")
+        try:
+            return int(answer.split(b" ", 2)[1])
+        except (IndexError, ValueError):
+            return 0
+
+    async def handshake(self, name: str, host: str, writer: asyncio.StreamWriter) -> bool:
+        step = f"tls {name}"
+        try:
+            async with asyncio.timeout(self.timeout):
+                await writer.start_tls(self.context, server_hostname=host)
+        except ssl.SSLCertVerificationError as exc:
+            hint = "hostname mismatch" if exc.verify_code in (62, 64) else "not trusted"
+            self.add(
+                step,
+                False,
+                f"certificate {hint}: {exc.verify_message}; "
+                "a private or intercepting CA goes in upstream.tls.ca_file",
+            )
+            return False
+        except (OSError, TimeoutError) as exc:
+            self.add(step, False, f"handshake failed ({_why(exc)}); client certificate required?")
+            return False
+        ssl_object = writer.get_extra_info("ssl_object")
+        cert = ssl_object.getpeercert() if ssl_object is not None else None
+        if not cert:
+            self.add(step, True, "handshake ok")
+            return True
+        issuer = _name(cert.get("issuer", ()))
+        expires = ssl.cert_time_to_seconds(str(cert["notAfter"]))
+        until = datetime.datetime.fromtimestamp(expires, datetime.UTC)
+        days = int((expires - datetime.datetime.now(datetime.UTC).timestamp()) // 86400)
+        version = ssl_object.version() if ssl_object is not None else "?"
+        detail = f"{version}, issuer {issuer}, expires {until:%Y-%m-%d} ({days} days left)"
+        if days < CERT_WARN_DAYS:
+            detail += " - expires soon"
+        self.add(step, True, detail)
+        return True
+
+    async def credentials(self) -> None:
+        """Client credentials accepted, and Gini's clock against ours (from its Date header)."""
+        config = self.config
+        if config.anonymous is not None:
+            upstream_name = USER_CENTER
+            url = f"{config.upstream.user_center}/oauth/token?grant_type=client_credentials"
+            method, extra = "GET", {"Accept": "application/json"}
+            what = "client-credentials grant at the User Center"
+        else:
+            upstream_name = PAY_API
+            url = f"{config.upstream.pay_api}/login"
+            method = "POST"
+            extra = {"X-User-Identifier": PROBE_IDENTIFIER, "Accept": "application/json"}
+            what = f"/login for the probe identifier {PROBE_IDENTIFIER}"
+        if not self.reachable.get(upstream_name):
+            self.add("client credentials", None, f"needs a working connection to {upstream_name}")
+            self.add("clock skew", None, f"needs a working connection to {upstream_name}")
+            return
+        headers = {"Authorization": basic_auth(config.client.id, config.client.secret.value)}
+        upstream = Upstream(config.upstream, Metrics())
+        await upstream.start()
+        try:
+            async with (
+                asyncio.timeout(config.upstream.timeout_seconds),
+                upstream.session.request(
+                    method,
+                    url,
+                    headers={**headers, **extra},
+                    ssl=upstream.ssl_context(),
+                    proxy_headers=upstream.proxy_headers,
+                    allow_redirects=False,
+                ) as response,
+            ):
+                status, date = response.status, response.headers.get("Date")
+                await response.read()  # the token is read and dropped, never shown
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.add("client credentials", False, f"{what}: {classify(exc)[2]}")
+            self.add("clock skew", None, "no answer from Gini")
+            return
+        finally:
+            await upstream.close()
+        if status == 200:
+            self.add("client credentials", True, f"accepted ({what})")
+        elif status in (400, 401, 403):
+            self.add("client credentials", False, f"refused with {status} ({what}): check client")
+        else:
+            self.add("client credentials", False, f"unexpected status {status} ({what})")
+        self.clock_skew(date)
+
+    def clock_skew(self, date: str | None) -> None:
+        if date is None:
+            self.add("clock skew", None, "Gini sent no Date header")
+            return
+        try:
+            theirs = email.utils.parsedate_to_datetime(date)
+        except (TypeError, ValueError):
+            self.add("clock skew", None, f"unreadable Date header {date!r}")
+            return
+        skew = (datetime.datetime.now(datetime.UTC) - theirs).total_seconds()
+        ok = abs(skew) <= MAX_CLOCK_SKEW_SECONDS
+        advice = "" if ok else f" (more than {MAX_CLOCK_SKEW_SECONDS} s: check NTP on the node)"
+        self.add("clock skew", ok, f"{skew:+.0f} s against Gini's Date header{advice}")
+
+    async def store(self) -> None:
+        if self.config.store is None:
+            self.add("store", True, "none configured (flows 1-3 only)")
+            return
+        from proxy.vending.stores import StoreOpenError, make_store  # noqa: PLC0415 - loads a driver
+
+        store = make_store(self.config.store)
+        try:
+            async with asyncio.timeout(max(self.timeout, 10)):
+                await store.open()  # also checks store.encryption_key against the stored data
+                await store.ping()
+                users = await store.count()
+        except (StoreOpenError, ProxyError, OSError, TimeoutError) as exc:
+            self.add("store", False, _why(exc))
+        else:
+            self.add("store", True, f"reachable, encryption key accepted, {users} user(s)")
+        finally:
+            await store.close()
+
+
+def _name(rdns: object) -> str:
+    parts = {k: v for rdn in rdns for k, v in rdn} if isinstance(rdns, tuple) else {}
+    return str(parts.get("organizationName") or parts.get("commonName") or "?")
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ProxyError):
+        return exc.message
+    return str(exc) or type(exc).__name__
+
+
+def doctor(config: Config) -> int:
+    """`gini-auth-proxy doctor`: exit 0 when every check passed, 1 otherwise."""
+    return 0 if asyncio.run(Doctor(config).run()) else 1

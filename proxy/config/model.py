@@ -1,0 +1,159 @@
+"""The typed, frozen configuration: one dataclass per section, defaults documented beside the
+keys in docs/configuration.md. Reading and validating the YAML is `proxy.config.parse`."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from proxy.config.egress import EgressProxyConfig
+from proxy.config.jwt import JwtConfig
+from proxy.config.secret import Secret
+from proxy.config.store import StoreConfig, url_password
+from proxy.config.tls import TlsConfig
+
+DEFAULT_CONFIG_PATH = "config.yaml"
+CONFIG_ENV_VAR = "GINI_PROXY_CONFIG"
+MIN_HMAC_KEY_BYTES = 32
+MIN_INBOUND_KEY_BYTES = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # a host name: we cannot know, so assume it is reachable
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    pay_api: str
+    user_center: str
+    connect_timeout_seconds: float
+    timeout_seconds: float
+    max_retries: int
+    tls: TlsConfig | None = None
+    egress_proxy: EgressProxyConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    id: str
+    secret: Secret
+    auth: str = "basic"  # basic | jwt: how flow-1 requests authenticate (jwt_config.py)
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityConfig:
+    header: str
+    hmac_key: Secret
+    key_id: str | None = None  # pins the fingerprint of hmac_key (keyguard.py)
+
+
+@dataclass(frozen=True, slots=True)
+class AnonymousConfig:
+    email_domain: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokensConfig:
+    refresh_before_expiry_seconds: int
+    max_cached: int
+
+
+@dataclass(frozen=True, slots=True)
+class InboundAuthConfig:
+    header: str
+    keys: tuple[Secret, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheRoute:
+    template: str
+    shared: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCacheConfig:
+    routes: tuple[CacheRoute, ...]
+    ttl_seconds: int
+    backend: str
+    max_entry_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str
+    access_log: bool
+    access_log_sample_rate: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTimeoutsConfig:
+    """Bounds on slow or idle callers of the proxy listener (see `proxy.connections`)."""
+
+    header_seconds: float
+    idle_seconds: float
+    body_seconds: float
+    send_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listen: Address
+    admin_listen: Address
+    public_url: str
+    upstream: UpstreamConfig
+    client: ClientConfig
+    identity: IdentityConfig
+    anonymous: AnonymousConfig | None
+    store: StoreConfig | None
+    tokens: TokensConfig
+    shutdown_grace_seconds: float
+    drain_delay_seconds: float
+    max_body_bytes: int
+    max_rewrite_bytes: int
+    inbound_auth: InboundAuthConfig | None
+    allow_unauthenticated_network: bool
+    response_cache: ResponseCacheConfig | None
+    logging: LoggingConfig
+    client_timeouts: ClientTimeoutsConfig
+    max_connections: int
+    reload_interval_seconds: float = 30.0  # {file:} secrets re-read this often; 0 = SIGHUP only
+    source_file: Path | None = None  # the YAML file read, as named (not resolved): watched only
+    jwt: JwtConfig | None = None
+
+    def secrets(self) -> list[str]:
+        """Every secret value this config holds (fed to the log redactor)."""
+        found = [self.client.secret.value, self.identity.hmac_key.value]
+        if self.store is not None:
+            found.append(self.store.encryption_key.value)
+            password = url_password(self.store.url)  # postgresql://user:PASSWORD@host/db
+            if password:
+                found.append(password)
+            if self.store.password is not None:
+                found.append(self.store.password.value)
+            found.extend(key.value for key in self.store.previous_encryption_keys)
+        if self.inbound_auth is not None:
+            found.extend(key.value for key in self.inbound_auth.keys)
+        egress = self.upstream.egress_proxy
+        if egress is not None and egress.password is not None:
+            found.append(egress.password.value)
+        if self.jwt is not None:
+            found.extend(key.value for key in self.jwt.signing_keys)
+        return found
+
+
+# END

@@ -1,0 +1,354 @@
+"""Reading the YAML config: every section validated, every problem reported at once.
+
+The key names are part of the public contract (docs/configuration.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from proxy.config.egress import parse_egress_proxy
+from proxy.config.jwt import read_auth, read_jwt
+from proxy.config.model import (
+    CONFIG_ENV_VAR,
+    DEFAULT_CONFIG_PATH,
+    MIN_HMAC_KEY_BYTES,
+    MIN_INBOUND_KEY_BYTES,
+    Address,
+    AnonymousConfig,
+    CacheRoute,
+    ClientConfig,
+    ClientTimeoutsConfig,
+    Config,
+    IdentityConfig,
+    InboundAuthConfig,
+    LoggingConfig,
+    ResponseCacheConfig,
+    TokensConfig,
+    UpstreamConfig,
+)
+from proxy.config.reader import ConfigError, Reader
+from proxy.config.secret import Secret
+from proxy.config.store import parse_store
+from proxy.config.tls import parse_tls
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+)
+_KEY_ID = re.compile(r"^[0-9a-f]{16}$")
+_TOP_KEYS = (
+    "listen", "admin_listen", "public_url", "upstream", "client", "identity", "anonymous",
+    "store", "tokens", "shutdown_grace_seconds", "drain_delay_seconds", "max_body_bytes",
+    "max_rewrite_bytes", "inbound_auth", "allow_unauthenticated_network", "response_cache",
+    "logging", "client_timeouts", "max_connections",
+    "reload_interval_seconds", "jwt",
+)  # fmt: skip
+
+
+def config_path(explicit: str | None, env: Mapping[str, str] = os.environ) -> Path:
+    """`--config`, else `$GINI_PROXY_CONFIG`, else `./config.yaml`."""
+    return Path(explicit or env.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: Path, env: Mapping[str, str] = os.environ) -> Config:
+    """Read and validate a YAML config file; raises ConfigError listing every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError([f"cannot read config file {path}: {reason}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"{path} is not valid YAML{where}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"{path} must hold a mapping of keys at the top level"])
+    config = build_config(data, env, path.resolve().parent)
+    # Kept unresolved: a ConfigMap mount flips a `..data` symlink, and the reloader must see
+    # the new target, not the directory the link pointed to at startup.
+    return dataclasses.replace(config, source_file=path.absolute())
+
+
+def build_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) -> Config:
+    """Validate an already parsed mapping (tests and `demo` build configs this way)."""
+    r = Reader(env, base_dir)
+    r.check_keys(data, "", _TOP_KEYS)
+    listen = _address(r, data, "listen", "127.0.0.1:8080")
+    admin = _address(r, data, "admin_listen", "0.0.0.0:9090")
+    if listen == admin:
+        r.problem("admin_listen", "must differ from listen")
+    upstream = _upstream(r, data)
+    client = _client(r, data)
+    identity = _identity(r, data)
+    anonymous = _anonymous(r, data)
+    store = parse_store(r, data)
+    if anonymous is not None and store is None:
+        r.problem("store", "is required when the anonymous section is present (flow 4)")
+    inbound = _inbound_auth(r, data)
+    allow_open = r.boolean(
+        data, "allow_unauthenticated_network", "allow_unauthenticated_network", False
+    )
+    if not listen.is_loopback and inbound is None and not allow_open:
+        r.problem(
+            "listen",
+            f"{listen} is reachable from the network but no inbound_auth is configured: anyone "
+            "who can reach the proxy could act as every user. Configure inbound_auth, listen on "
+            "127.0.0.1, or set allow_unauthenticated_network: true",
+        )
+    config = Config(
+        listen=listen,
+        admin_listen=admin,
+        public_url=_public_url(r, data, listen),
+        upstream=upstream,
+        client=client,
+        identity=identity,
+        anonymous=anonymous,
+        store=store,
+        tokens=_tokens(r, data),
+        shutdown_grace_seconds=r.number(
+            data, "shutdown_grace_seconds", "shutdown_grace_seconds", 20, 0, 3600
+        ),
+        drain_delay_seconds=r.number(data, "drain_delay_seconds", "drain_delay_seconds", 5, 0, 600),
+        max_body_bytes=r.integer(data, "max_body_bytes", "max_body_bytes", 64 << 20, 1, 1 << 40),
+        max_rewrite_bytes=r.integer(
+            data, "max_rewrite_bytes", "max_rewrite_bytes", 1 << 20, 0, 64 << 20
+        ),
+        inbound_auth=inbound,
+        allow_unauthenticated_network=allow_open,
+        response_cache=_response_cache(r, data),
+        logging=_logging(r, data),
+        client_timeouts=_client_timeouts(r, data),
+        max_connections=r.integer(data, "max_connections", "max_connections", 1000, 1, 1_000_000),
+        reload_interval_seconds=r.number(
+            data, "reload_interval_seconds", "reload_interval_seconds", 30, 0, 86400
+        ),
+        jwt=read_jwt(r, data, client.auth),
+    )
+    if r.problems:
+        raise ConfigError(r.problems)
+    return config
+
+
+def _address(r: Reader, data: Mapping[str, Any], key: str, default: str) -> Address:
+    text = r.string(data, key, key, default)
+    host, sep, port = text.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    valid_port = port.isascii() and port.isdigit() and 0 <= int(port) <= 65535
+    # An IPv6 address needs its brackets: "::1" alone would read as host ":" and port 1.
+    if not sep or not host or not valid_port or (":" in host and not bracketed):
+        r.problem(key, f"must be HOST:PORT (e.g. 127.0.0.1:8080), got {text!r}")
+        return Address("127.0.0.1", 0)
+    return Address(host, int(port))
+
+
+def _base_url(r: Reader, text: str, path: str) -> str:
+    """Validate an absolute http(s) base URL; return it without a trailing slash."""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        r.problem(path, f"must be an absolute http(s) URL, got {text!r}")
+    elif parts.query or parts.fragment or parts.username or parts.password:
+        r.problem(path, "must not contain a query, fragment or credentials")
+    return text.rstrip("/")
+
+
+def _public_url(r: Reader, data: Mapping[str, Any], listen: Address) -> str:
+    if data.get("public_url") is None:
+        if listen.host in ("0.0.0.0", "::"):  # noqa: S104 - comparing, not binding
+            r.problem("public_url", "is required when listen is a wildcard address")
+        return f"http://{listen}"
+    return _base_url(r, r.string(data, "public_url", "public_url"), "public_url")
+
+
+def _upstream(r: Reader, data: Mapping[str, Any]) -> UpstreamConfig:
+    keys: tuple[str, ...] = ("pay_api", "user_center", "connect_timeout_seconds", "timeout_seconds")
+    keys += ("max_retries", "tls", "egress_proxy")
+    d = r.section(data, "upstream", "upstream", keys) or {}
+    return UpstreamConfig(
+        pay_api=_base_url(
+            r,
+            r.string(d, "pay_api", "upstream.pay_api", "https://pay-api.gini.net"),
+            "upstream.pay_api",
+        ),
+        user_center=_base_url(
+            r,
+            r.string(d, "user_center", "upstream.user_center", "https://user.gini.net"),
+            "upstream.user_center",
+        ),
+        connect_timeout_seconds=r.number(
+            d, "connect_timeout_seconds", "upstream.connect_timeout_seconds", 5, 0.01, 600
+        ),
+        timeout_seconds=r.number(d, "timeout_seconds", "upstream.timeout_seconds", 60, 0.01, 3600),
+        max_retries=r.integer(d, "max_retries", "upstream.max_retries", 2, 0, 10),
+        tls=parse_tls(r, d),
+        egress_proxy=parse_egress_proxy(r, d),
+    )
+
+
+def _client(r: Reader, data: Mapping[str, Any]) -> ClientConfig:
+    d = r.section(data, "client", "client", ("id", "secret", "auth"))
+    if d is None:
+        r.problem("client", "is required (id and secret of your Gini API client)")
+        d = {}
+    return ClientConfig(
+        id=r.string(d, "id", "client.id"),
+        secret=r.secret(d, "secret", "client.secret"),
+        auth=read_auth(r, d),
+    )
+
+
+def _identity(r: Reader, data: Mapping[str, Any]) -> IdentityConfig:
+    d = r.section(data, "identity", "identity", ("header", "hmac_key", "key_id"))
+    if d is None:
+        r.problem("identity", "is required (at least identity.hmac_key)")
+        d = {}
+    header = r.string(d, "header", "identity.header", "X-User-Id")
+    if not _HEADER_NAME.match(header):
+        r.problem("identity.header", f"{header!r} is not a valid HTTP header name")
+    key = r.secret(d, "hmac_key", "identity.hmac_key")
+    if key.source != "invalid" and len(key.encode()) < MIN_HMAC_KEY_BYTES:
+        r.problem(
+            "identity.hmac_key",
+            f"must be at least {MIN_HMAC_KEY_BYTES} bytes (e.g. `openssl rand -hex 32`), "
+            f"got {len(key.encode())} from {key.source}",
+        )
+    return IdentityConfig(header=header, hmac_key=key, key_id=_key_id(r, d))
+
+
+def _key_id(r: Reader, d: Mapping[str, Any]) -> str | None:
+    """`identity.key_id`: the 16 hex digits `hash-user --key-id` prints, or None."""
+    if d.get("key_id") is None:
+        return None
+    text = r.string(d, "key_id", "identity.key_id").strip().lower()
+    if not _KEY_ID.match(text):
+        r.problem("identity.key_id", "must be the 16 hex digits `hash-user --key-id` prints")
+        return None
+    return text
+
+
+def _anonymous(r: Reader, data: Mapping[str, Any]) -> AnonymousConfig | None:
+    d = r.section(data, "anonymous", "anonymous", ("email_domain",))
+    if d is None:
+        return None
+    domain = r.string(d, "email_domain", "anonymous.email_domain")
+    if domain and not _DOMAIN.match(domain):
+        r.problem("anonymous.email_domain", f"{domain!r} is not a domain name")
+    return AnonymousConfig(email_domain=domain.lower())
+
+
+def _tokens(r: Reader, data: Mapping[str, Any]) -> TokensConfig:
+    d = r.section(data, "tokens", "tokens", ("refresh_before_expiry_seconds", "max_cached")) or {}
+    return TokensConfig(
+        refresh_before_expiry_seconds=r.integer(
+            d, "refresh_before_expiry_seconds", "tokens.refresh_before_expiry_seconds", 60, 0, 3600
+        ),
+        max_cached=r.integer(d, "max_cached", "tokens.max_cached", 100_000, 1, 10_000_000),
+    )
+
+
+def _inbound_auth(r: Reader, data: Mapping[str, Any]) -> InboundAuthConfig | None:
+    d = r.section(data, "inbound_auth", "inbound_auth", ("header", "keys"))
+    if d is None:
+        return None
+    header = r.string(d, "header", "inbound_auth.header", "X-Proxy-Key")
+    if not _HEADER_NAME.match(header):
+        r.problem("inbound_auth.header", f"{header!r} is not a valid HTTP header name")
+    blob = r.secret(d, "keys", "inbound_auth.keys")
+    keys = tuple(
+        Secret(line.strip(), f"{blob.source}#{n}")
+        for n, line in enumerate(blob.value.splitlines(), 1)
+        if line.strip() and not line.lstrip().startswith("#")
+    )
+    if blob.source != "invalid":
+        short = [k.source for k in keys if len(k.encode()) < MIN_INBOUND_KEY_BYTES]
+        if not keys or short:
+            r.problem(
+                "inbound_auth.keys",
+                f"needs one key per line, each at least {MIN_INBOUND_KEY_BYTES} bytes"
+                + (f" (too short: {', '.join(short)})" if short else ""),
+            )
+    return InboundAuthConfig(header=header, keys=keys)
+
+
+def _response_cache(r: Reader, data: Mapping[str, Any]) -> ResponseCacheConfig | None:
+    keys = ("routes", "ttl_seconds", "backend", "max_entry_bytes")
+    d = r.section(data, "response_cache", "response_cache", keys)
+    if d is None:
+        return None
+    routes: list[CacheRoute] = []
+    entries = d.get("routes") or []
+    if not isinstance(entries, list):
+        r.problem("response_cache.routes", "must be a list of path templates")
+        entries = []
+    for index, entry in enumerate(entries):
+        path = f"response_cache.routes[{index}]"
+        item = {"path": entry} if isinstance(entry, str) else entry
+        if not isinstance(item, Mapping):
+            r.problem(path, "must be a path template or {path: ..., shared: true|false}")
+            continue
+        r.check_keys(item, path, ("path", "shared"))
+        template = r.string(item, "path", f"{path}.path")
+        if template and not template.startswith("/"):
+            r.problem(f"{path}.path", "must start with /")
+        routes.append(CacheRoute(template, r.boolean(item, "shared", f"{path}.shared", False)))
+    backend = r.string(d, "backend", "response_cache.backend", "memory")
+    if not (backend == "memory" or backend.startswith(("sqlite:////", "redis://", "rediss://"))):
+        r.problem(
+            "response_cache.backend",
+            "must be memory, sqlite:////ABSOLUTE/PATH or redis://HOST:PORT/DB",
+        )
+    return ResponseCacheConfig(
+        routes=tuple(routes),
+        ttl_seconds=r.integer(d, "ttl_seconds", "response_cache.ttl_seconds", 300, 1, 86400 * 7),
+        backend=backend,
+        max_entry_bytes=r.integer(
+            d, "max_entry_bytes", "response_cache.max_entry_bytes", 1 << 20, 1, 64 << 20
+        ),
+    )
+
+
+def _logging(r: Reader, data: Mapping[str, Any]) -> LoggingConfig:
+    d = (
+        r.section(data, "logging", "logging", ("level", "access_log", "access_log_sample_rate"))
+        or {}
+    )
+    level = r.string(d, "level", "logging.level", "info").lower()
+    if level not in ("debug", "info", "warning", "error"):
+        r.problem("logging.level", "must be one of debug, info, warning, error")
+        level = "info"
+    return LoggingConfig(
+        level=level,
+        access_log=r.boolean(d, "access_log", "logging.access_log", True),
+        access_log_sample_rate=r.number(
+            d, "access_log_sample_rate", "logging.access_log_sample_rate", 1.0, 0, 1
+        ),
+    )
+
+
+def _client_timeouts(r: Reader, data: Mapping[str, Any]) -> ClientTimeoutsConfig:
+    keys = ("header_seconds", "idle_seconds", "body_seconds", "send_seconds")
+    d = r.section(data, "client_timeouts", "client_timeouts", keys) or {}
+
+    def seconds(key: str, default: float) -> float:
+        # Lower bound above zero: 0 would close every connection at once, not turn a bound off.
+        return r.number(d, key, f"client_timeouts.{key}", default, 0.05, 86400)
+
+    return ClientTimeoutsConfig(
+        header_seconds=seconds("header_seconds", 10),
+        idle_seconds=seconds("idle_seconds", 60),
+        body_seconds=seconds("body_seconds", 30),
+        send_seconds=seconds("send_seconds", 30),
+    )

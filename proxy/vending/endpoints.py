@@ -1,0 +1,86 @@
+"""The `/_proxy/` endpoints: token vending (flows 2-4) and the anonymous user's erasure."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.errors import NotFound
+from proxy.identity import IdentifierDeriver, user_id_from
+from proxy.log import hide
+from proxy.metrics import Metrics
+from proxy.vending.anonymous import AnonymousUsers
+from proxy.vending.gini import GiniClient
+from proxy.vending.tokens import Token, TokenCache
+from proxy.web.expect import ExpectHandler
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def token_response(token: Token, now: float) -> web.Response:
+    """RFC 6749-shaped token answer that Gini's mobile SDKs consume unchanged."""
+    hide(token.access_token)
+    body = {
+        "access_token": token.access_token,
+        "token_type": "bearer",
+        "expires_in": token.seconds_left(now),
+    }
+    return web.json_response(body, headers=NO_STORE)
+
+
+class TokenEndpoints:
+    """`POST /_proxy/tokens/{derived,anonymous}` and `DELETE /_proxy/users/anonymous`."""
+
+    def __init__(
+        self,
+        identity_header: str,
+        deriver: IdentifierDeriver,
+        gini: GiniClient,
+        derived_tokens: TokenCache,
+        anonymous_tokens: TokenCache,
+        anonymous: AnonymousUsers | None,
+        metrics: Metrics,
+    ):
+        self.identity_header = identity_header
+        self.deriver = deriver
+        self.gini = gini
+        self.derived_tokens = derived_tokens
+        self.anonymous_tokens = anonymous_tokens
+        self.anonymous = anonymous
+        self.metrics = metrics
+
+    def _key(self, request: web.Request) -> str:
+        return self.deriver(user_id_from(request.headers, self.identity_header))
+
+    def _anonymous(self) -> AnonymousUsers:
+        if self.anonymous is None:
+            raise NotFound("Anonymous users are not enabled: the config has no anonymous section.")
+        return self.anonymous
+
+    async def derived(self, request: web.Request) -> web.Response:
+        """Flow 2: a Pay API token for the caller's derived user."""
+        key = self._key(request)
+        token, cached = await self.derived_tokens.get(key, lambda: self.gini.derived_login(key))
+        self.metrics.token_issued("derived", cached)
+        return token_response(token, self.derived_tokens.clock())
+
+    async def anonymous_token(self, request: web.Request) -> web.Response:
+        """Flow 4: a token for the caller's anonymous user, created on first use."""
+        key = self._key(request)
+        users = self._anonymous()
+        token, cached = await self.anonymous_tokens.get(key, lambda: users.login(key))
+        self.metrics.token_issued("anonymous", cached)
+        return token_response(token, self.anonymous_tokens.clock())
+
+    async def forget_anonymous(self, request: web.Request) -> web.Response:
+        """Right to erasure: drop the stored credentials and cached tokens (204, or 404)."""
+        key = self._key(request)
+        users = self._anonymous()
+        self.anonymous_tokens.forget(key)
+        if not await users.forget(key):
+            raise NotFound("No anonymous user is stored for this user id.")
+        return web.Response(status=204, headers=NO_STORE)
+
+    def add_routes(self, router: web.UrlDispatcher, expect: ExpectHandler) -> None:
+        router.add_post("/_proxy/tokens/derived", self.derived, expect_handler=expect)
+        router.add_post("/_proxy/tokens/anonymous", self.anonymous_token, expect_handler=expect)
+        router.add_delete("/_proxy/users/anonymous", self.forget_anonymous, expect_handler=expect)

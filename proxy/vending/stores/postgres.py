@@ -1,0 +1,285 @@
+"""PostgreSQL credential store: several replicas share one set of anonymous users.
+
+Schema changes run under a transaction-scoped advisory lock, so replicas starting together
+migrate once. Every step has a timeout: connect, pool acquire and statement (`timeout`, 2 s
+by default); `health.GuardedStore` adds a deadline on each whole call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from proxy.errors import StoreUnavailable
+from proxy.vending.stores.base import (
+    SealedRow,
+    StoredUser,
+    StoreOpenError,
+    parse_state,
+    require_user,
+)
+from proxy.vending.stores.cipher import Cipher, WrongKey
+from proxy.vending.stores.keyring import open_sealed
+
+log = logging.getLogger("proxy.store")
+
+SCHEMA_VERSION = 1
+_MIGRATION_LOCK = 0x67696E69_70727879  # "giniprxy": any constant shared by all replicas
+_MIGRATIONS = {
+    1: (
+        """CREATE TABLE anonymous_users (
+               user_key   TEXT PRIMARY KEY,
+               email      TEXT NOT NULL,
+               password   BYTEA NOT NULL,
+               state      TEXT NOT NULL CHECK (state IN ('pending', 'active')),
+               created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+               updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+           )""",
+    ),
+}
+MIGRATION_LOCK_TIMEOUT = 10.0  # another replica may hold the lock while it migrates
+_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+
+
+class PostgresStore:
+    """CredentialStore on PostgreSQL through an asyncpg pool."""
+
+    def __init__(
+        self,
+        dsn: str,
+        cipher: Cipher,
+        timeout: float = 2.0,
+        max_connections: int = 10,
+        password: str | None = None,
+    ):
+        self.dsn = dsn
+        self.password = password
+        self.cipher = cipher
+        self.timeout = timeout
+        self.max_connections = max_connections
+        self._pool: Any = None
+
+    async def open(self) -> None:
+        try:
+            try:
+                self._pool = await asyncpg.create_pool(
+                    self.dsn,
+                    min_size=1,
+                    max_size=self.max_connections,
+                    command_timeout=self.timeout,
+                    timeout=self.timeout,
+                    # A callable is asked for every new connection, so a reloaded password
+                    # applies without a restart. None: the URL's, or PGPASSWORD / .pgpass.
+                    password=self._current_password if self.password is not None else None,
+                )
+            except (ValueError, OverflowError):
+                # asyncpg's URL parsing: its message can quote a piece of the URL, such as part
+                # of a password holding an unescaped `/` or `#`, so it is not repeated here.
+                raise StoreOpenError(
+                    "cannot open PostgreSQL store: store.url is not a valid PostgreSQL URL"
+                    " (percent-encode special characters in the user name and password)"
+                ) from None
+            async with self._pool.acquire(timeout=self.timeout) as conn, conn.transaction():
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock($1)",
+                    _MIGRATION_LOCK,
+                    timeout=MIGRATION_LOCK_TIMEOUT,
+                )
+                await self._migrate(conn)
+        except (*_ERRORS, WrongKey) as exc:
+            await self.close()
+            raise StoreOpenError(
+                f"cannot open PostgreSQL store: {type(exc).__name__}: {exc}"
+            ) from None
+        except BaseException:
+            await self.close()
+            raise
+
+    def _current_password(self) -> str | None:
+        return self.password
+
+    async def _migrate(self, conn: Any) -> None:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS gini_proxy_meta"
+            " (name TEXT PRIMARY KEY, value BYTEA NOT NULL)"
+        )
+        version = await conn.fetchval(
+            "SELECT value FROM gini_proxy_meta WHERE name = 'schema_version'"
+        )
+        current = int(bytes(version).decode()) if version is not None else 0
+        if current > SCHEMA_VERSION:
+            raise StoreOpenError(
+                f"the store has schema version {current}; this build knows {SCHEMA_VERSION}"
+            )
+        for number in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[number]:
+                await conn.execute(statement)
+        await conn.execute(
+            "INSERT INTO gini_proxy_meta (name, value) VALUES ('schema_version', $1) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            str(SCHEMA_VERSION).encode(),
+        )
+        check = await conn.fetchval("SELECT value FROM gini_proxy_meta WHERE name = 'key_check'")
+        if check is None:
+            await conn.execute(
+                "INSERT INTO gini_proxy_meta (name, value) VALUES ('key_check', $1)",
+                self.cipher.check_value(),
+            )
+        else:
+            self.cipher.verify(bytes(check))
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), self.timeout)
+            except (*_ERRORS,):
+                pool.terminate()
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[Any]:
+        if self._pool is None:
+            raise StoreUnavailable
+        try:
+            async with self._pool.acquire(timeout=self.timeout) as conn:
+                yield conn
+        except _ERRORS as exc:
+            log.warning("store call failed", extra={"error": type(exc).__name__})
+            raise StoreUnavailable from None
+
+    async def ping(self) -> None:
+        async with self._conn() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def get(self, key: str) -> StoredUser | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT email, password, state FROM anonymous_users WHERE user_key = $1", key
+            )
+        if row is None:
+            return None
+        email = row["email"]
+        password = await open_sealed(self, key, email, bytes(row["password"]))
+        return StoredUser(key, email, password, parse_state(row["state"]))
+
+    async def claim(self, key: str, email: str, password: str) -> StoredUser:
+        sealed = self.cipher.seal_password(key, email, password)
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO anonymous_users (user_key, email, password, state)"
+                " VALUES ($1, $2, $3, 'pending') ON CONFLICT (user_key) DO NOTHING",
+                key,
+                email,
+                sealed,
+            )
+        return await require_user(self, key)
+
+    async def replace(self, key: str, old_email: str, email: str, password: str) -> StoredUser:
+        sealed = self.cipher.seal_password(key, email, password)
+        async with self._conn() as conn:
+            await conn.execute(
+                "UPDATE anonymous_users SET email = $1, password = $2, state = 'pending',"
+                " updated_at = now() WHERE user_key = $3 AND email = $4",
+                email,
+                sealed,
+                key,
+                old_email,
+            )
+        return await require_user(self, key)
+
+    async def activate(self, key: str, email: str) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                "UPDATE anonymous_users SET state = 'active', updated_at = now()"
+                " WHERE user_key = $1 AND email = $2 AND state = 'pending'",
+                key,
+                email,
+            )
+
+    async def delete(self, key: str) -> bool:
+        async with self._conn() as conn:
+            status = await conn.execute("DELETE FROM anonymous_users WHERE user_key = $1", key)
+        return bool(status != "DELETE 0")
+
+    async def count(self) -> int:
+        async with self._conn() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM anonymous_users"))
+
+    async def get_meta(self, name: str) -> bytes | None:
+        async with self._conn() as conn:
+            value = await conn.fetchval("SELECT value FROM gini_proxy_meta WHERE name = $1", name)
+        return None if value is None else bytes(value)
+
+    async def setdefault_meta(self, name: str, value: bytes) -> bytes:
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO gini_proxy_meta (name, value) VALUES ($1, $2)"
+                " ON CONFLICT (name) DO NOTHING",
+                name,
+                value,
+            )
+        stored = await self.get_meta(name)
+        if stored is None:  # only a concurrent DELETE, which nothing here issues
+            raise StoreUnavailable
+        return stored
+
+    async def replace_meta(self, name: str, old: bytes, new: bytes) -> bool:
+        async with self._conn() as conn:
+            status = await conn.execute(
+                "UPDATE gini_proxy_meta SET value = $1 WHERE name = $2 AND value = $3",
+                new,
+                name,
+                old,
+            )
+        return bool(status == "UPDATE 1")
+
+    async def sealed_rows(self, after: str, limit: int) -> list[SealedRow]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT user_key, email, password FROM anonymous_users"
+                " WHERE user_key > $1 ORDER BY user_key LIMIT $2",
+                after,
+                limit,
+            )
+        return [SealedRow(r["user_key"], r["email"], bytes(r["password"])) for r in rows]
+
+    async def sealed_row(self, key: str) -> SealedRow | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT email, password FROM anonymous_users WHERE user_key = $1", key
+            )
+        return None if row is None else SealedRow(key, row["email"], bytes(row["password"]))
+
+    async def reseal(self, key: str, email: str, old: bytes, new: bytes) -> bool:
+        async with self._conn() as conn:
+            status = await conn.execute(
+                "UPDATE anonymous_users SET password = $1"
+                " WHERE user_key = $2 AND email = $3 AND password = $4",
+                new,
+                key,
+                email,
+                old,
+            )
+        return bool(status == "UPDATE 1")
+
+    async def reseal_many(self, swaps: Sequence[tuple[SealedRow, bytes]]) -> set[str]:
+        if not swaps:
+            return set()
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "UPDATE anonymous_users AS u SET password = v.new"
+                " FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[])"
+                " AS v(user_key, email, old, new)"
+                " WHERE u.user_key = v.user_key AND u.email = v.email AND u.password = v.old"
+                " RETURNING u.user_key",
+                [row.key for row, _ in swaps],
+                [row.email for row, _ in swaps],
+                [row.sealed for row, _ in swaps],
+                [new for _, new in swaps],
+            )
+        return {row["user_key"] for row in rows}

@@ -1,0 +1,311 @@
+"""SQLite credential store: the embedded default (one replica, or one sidecar with a volume).
+
+WAL journal with `synchronous=FULL`, so a committed row survives a crash or power cut; the
+database file is created owner-only (0600) and SQLite gives its -wal/-shm files the same mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiosqlite
+
+from proxy.errors import StoreUnavailable
+from proxy.vending.stores.base import (
+    SealedRow,
+    StoredUser,
+    StoreOpenError,
+    parse_state,
+    require_user,
+)
+from proxy.vending.stores.cipher import Cipher, WrongKey
+from proxy.vending.stores.keyring import open_sealed
+
+log = logging.getLogger("proxy.store")
+
+SCHEMA_VERSION = 1
+_MIGRATIONS = {
+    1: (
+        """CREATE TABLE anonymous_users (
+               user_key   TEXT PRIMARY KEY,
+               email      TEXT NOT NULL,
+               password   BLOB NOT NULL,
+               state      TEXT NOT NULL CHECK (state IN ('pending', 'active')),
+               created_at REAL NOT NULL,
+               updated_at REAL NOT NULL
+           )""",
+    ),
+}
+
+
+class SqliteStore:
+    """CredentialStore on one SQLite file through aiosqlite."""
+
+    def __init__(self, path: Path, cipher: Cipher, busy_timeout: float = 2.0):
+        self.path = path
+        self.cipher = cipher
+        self.busy_timeout = busy_timeout
+        self._db: aiosqlite.Connection | None = None
+
+    async def open(self) -> None:
+        self._create_private_file()
+        try:
+            self._db = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            await self._enable_wal()
+            await self._db.execute("PRAGMA synchronous = FULL")
+            await self._migrate()
+        except (sqlite3.Error, WrongKey) as exc:
+            await self.close()
+            raise StoreOpenError(f"cannot open SQLite store {self.path}: {exc}") from None
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _enable_wal(self) -> None:
+        # Switching a fresh file to WAL can fail with SQLITE_BUSY at once, without waiting for
+        # busy_timeout, while another process does the same: retry until busy_timeout is spent.
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                await self.db.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.02)
+            else:
+                return
+
+    def _create_private_file(self) -> None:
+        if not self.path.parent.is_dir():
+            raise StoreOpenError(
+                f"the folder of the SQLite store does not exist: {self.path.parent}"
+            )
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError as exc:
+            raise StoreOpenError(f"cannot open SQLite store {self.path}: {exc.strerror}") from None
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            if mode & 0o077:
+                log.warning("store file was readable by others; restricting it to 0600",
+                            extra={"path": str(self.path), "mode": oct(mode)})  # fmt: skip
+                os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+
+    async def _migrate(self) -> None:
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")  # one process migrates; others wait (busy_timeout)
+        try:
+            await db.execute(
+                "CREATE TABLE IF NOT EXISTS gini_proxy_meta"
+                " (name TEXT PRIMARY KEY, value BLOB NOT NULL)"
+            )
+            version = await self._meta("schema_version")
+            current = int(version) if version is not None else 0
+            if current > SCHEMA_VERSION:
+                raise StoreOpenError(
+                    f"the store has schema version {current}; this build knows {SCHEMA_VERSION}"
+                )
+            for number in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[number]:
+                    await db.execute(statement)
+            await self._set_meta("schema_version", str(SCHEMA_VERSION).encode())
+            check = await self._meta("key_check")
+            if check is None:
+                await self._set_meta("key_check", self.cipher.check_value())
+            else:
+                self.cipher.verify(check)
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    async def _meta(self, name: str) -> bytes | None:
+        async with self.db.execute(
+            "SELECT value FROM gini_proxy_meta WHERE name = ?", (name,)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        value = row[0]
+        return value if isinstance(value, bytes) else str(value).encode()
+
+    async def _set_meta(self, name: str, value: bytes) -> None:
+        await self.db.execute(
+            "INSERT INTO gini_proxy_meta (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreUnavailable
+        return self._db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    @asynccontextmanager
+    async def _errors(self) -> AsyncIterator[aiosqlite.Connection]:
+        try:
+            yield self.db
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: connection already closed
+            log.warning("store call failed", extra={"error": type(exc).__name__})
+            raise StoreUnavailable from None
+
+    async def ping(self) -> None:
+        async with self._errors() as db:
+            await db.execute("SELECT 1")
+
+    async def get(self, key: str) -> StoredUser | None:
+        async with (
+            self._errors() as db,
+            db.execute(
+                "SELECT email, password, state FROM anonymous_users WHERE user_key = ?", (key,)
+            ) as cursor,
+        ):
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        email, sealed, state = row
+        return StoredUser(
+            key, email, await open_sealed(self, key, email, sealed), parse_state(state)
+        )
+
+    async def claim(self, key: str, email: str, password: str) -> StoredUser:
+        now = time.time()
+        async with self._errors() as db:
+            await db.execute(
+                "INSERT INTO anonymous_users"
+                " (user_key, email, password, state, created_at, updated_at)"
+                " VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (user_key) DO NOTHING",
+                (key, email, self.cipher.seal_password(key, email, password), now, now),
+            )
+        return await require_user(self, key)
+
+    async def replace(self, key: str, old_email: str, email: str, password: str) -> StoredUser:
+        async with self._errors() as db:
+            await db.execute(
+                "UPDATE anonymous_users"
+                " SET email = ?, password = ?, state = 'pending', updated_at = ?"
+                " WHERE user_key = ? AND email = ?",
+                (
+                    email,
+                    self.cipher.seal_password(key, email, password),
+                    time.time(),
+                    key,
+                    old_email,
+                ),
+            )
+        return await require_user(self, key)
+
+    async def activate(self, key: str, email: str) -> None:
+        async with self._errors() as db:
+            await db.execute(
+                "UPDATE anonymous_users SET state = 'active', updated_at = ?"
+                " WHERE user_key = ? AND email = ? AND state = 'pending'",
+                (time.time(), key, email),
+            )
+
+    async def delete(self, key: str) -> bool:
+        async with self._errors() as db:
+            cursor = await db.execute("DELETE FROM anonymous_users WHERE user_key = ?", (key,))
+            return cursor.rowcount > 0
+
+    async def count(self) -> int:
+        async with self._errors() as db, db.execute("SELECT count(*) FROM anonymous_users") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def get_meta(self, name: str) -> bytes | None:
+        async with self._errors():
+            return await self._meta(name)
+
+    async def setdefault_meta(self, name: str, value: bytes) -> bytes:
+        async with self._errors() as db:
+            await db.execute(
+                "INSERT INTO gini_proxy_meta (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO NOTHING",
+                (name, value),
+            )
+            stored = await self._meta(name)
+        if stored is None:  # only a concurrent DELETE, which nothing here issues
+            raise StoreUnavailable
+        return stored
+
+    async def replace_meta(self, name: str, old: bytes, new: bytes) -> bool:
+        async with self._errors() as db:
+            cursor = await db.execute(
+                "UPDATE gini_proxy_meta SET value = ? WHERE name = ? AND value = ?",
+                (new, name, old),
+            )
+            return cursor.rowcount == 1
+
+    async def sealed_rows(self, after: str, limit: int) -> list[SealedRow]:
+        async with (
+            self._errors() as db,
+            db.execute(
+                "SELECT user_key, email, password FROM anonymous_users"
+                " WHERE user_key > ? ORDER BY user_key LIMIT ?",
+                (after, limit),
+            ) as cursor,
+        ):
+            rows = await cursor.fetchall()
+        return [SealedRow(key, email, bytes(sealed)) for key, email, sealed in rows]
+
+    async def sealed_row(self, key: str) -> SealedRow | None:
+        async with (
+            self._errors() as db,
+            db.execute(
+                "SELECT email, password FROM anonymous_users WHERE user_key = ?", (key,)
+            ) as cursor,
+        ):
+            row = await cursor.fetchone()
+        return None if row is None else SealedRow(key, row[0], bytes(row[1]))
+
+    async def reseal(self, key: str, email: str, old: bytes, new: bytes) -> bool:
+        async with self._errors() as db:
+            cursor = await db.execute(
+                "UPDATE anonymous_users SET password = ?"
+                " WHERE user_key = ? AND email = ? AND password = ?",
+                (new, key, email, old),
+            )
+            return cursor.rowcount == 1
+
+    async def reseal_many(self, swaps: Sequence[tuple[SealedRow, bytes]]) -> set[str]:
+        if not swaps:
+            return set()
+        if sqlite3.sqlite_version_info < (3, 35):  # no RETURNING: one statement per row
+            return {
+                row.key
+                for row, new in swaps
+                if await self.reseal(row.key, row.email, row.sealed, new)
+            }
+        # One statement, so one transaction and one fsync per batch instead of per row.
+        values = ", ".join(["(?, ?, ?, ?)"] * len(swaps))
+        params = [value for row, new in swaps for value in (row.key, row.email, row.sealed, new)]
+        async with (
+            self._errors() as db,
+            db.execute(
+                f"WITH v(user_key, email, old, new) AS (VALUES {values})"  # noqa: S608 - placeholders only
+                " UPDATE anonymous_users SET password = v.new FROM v"
+                " WHERE anonymous_users.user_key = v.user_key"
+                " AND anonymous_users.email = v.email AND anonymous_users.password = v.old"
+                " RETURNING anonymous_users.user_key",
+                params,
+            ) as cursor,
+        ):
+            return {key for (key,) in await cursor.fetchall()}

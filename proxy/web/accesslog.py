@@ -1,0 +1,91 @@
+"""The access log: one JSON line per request, written without the `logging` machinery.
+
+A line through `logging` cost about 114 µs on the benchmark machine (LogRecord, formatter,
+a redaction regex over the whole line, a write and flush per line) against a request budget
+of a few hundred. Every field here is either produced by the proxy or validated, so the line
+needs no pattern redaction; known secret values are still checked for (a caller could send
+one as its request id). Lines are buffered and flushed by a loop timer, at 256 lines, and at
+shutdown, to the output stream `log.configure_logging` set up (nowhere until it is called,
+and nowhere when the level is above info).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import re
+import time
+
+from aiohttp import web
+
+from proxy.log import REDACTED, access_stream
+from proxy.metrics import METHODS
+from proxy.web.context import RequestContext
+
+FLUSH_SECONDS = 0.1
+FLUSH_LINES = 256
+_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")  # the caller's request id is held to the same
+
+
+@functools.lru_cache(maxsize=1024)
+def _route_json(route: str) -> str:
+    return json.dumps(route)  # templates come from config too: escape them, once each
+
+
+class AccessLog:
+    """Buffers access lines for one output stream."""
+
+    def __init__(self, secrets: tuple[str, ...]):
+        self.secrets = tuple(s for s in secrets if len(s) >= 4)
+        self._lines: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._second = -1
+        self._stamp = ""
+
+    def _timestamp(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:  # formatting the date once per second, not per line
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
+
+    def write(self, request: web.Request, ctx: RequestContext, status: int, seconds: float) -> None:
+        # Formatted by hand: every string here is validated to characters that need no JSON
+        # escaping (request ids and Gini's by _ID, methods from a fixed set, routes from the
+        # route table), so json.dumps would only cost time. The test suite parses the lines.
+        gini_id = ctx.gini_request_id
+        gini = f'"{gini_id}"' if gini_id is not None and _ID.fullmatch(gini_id) else "null"
+        upstream = ctx.upstream_seconds
+        bytes_in = request.content_length
+        line = (
+            f'{{"timestamp": "{self._timestamp(time.time())}", "level": "info", '
+            f'"logger": "proxy.access", "message": "request", "request_id": "{ctx.request_id}", '
+            f'"gini_request_id": {gini}, '
+            f'"method": "{request.method if request.method in METHODS else "other"}", '
+            f'"route": {_route_json(ctx.route)}, "status": {status}, '
+            f'"duration_ms": {seconds * 1000:.3f}, '
+            f'"upstream_ms": {"null" if upstream is None else f"{upstream * 1000:.3f}"}, '
+            f'"bytes_in": {"null" if bytes_in is None else bytes_in}, '
+            f'"bytes_out": {ctx.bytes_out or "null"}}}'
+        )
+        for secret in self.secrets:
+            if secret in line:
+                line = line.replace(secret, REDACTED)
+        self._lines.append(line)
+        if len(self._lines) >= FLUSH_LINES:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        """Write out what is buffered (also called at shutdown)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._lines:
+            lines, self._lines = self._lines, []
+            stream = access_stream()
+            if stream is not None:
+                stream.write("\n".join(lines) + "\n")
+                stream.flush()

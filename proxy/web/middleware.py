@@ -1,0 +1,157 @@
+"""The proxy listener's single middleware: request id, inbound auth, errors, metrics, access log.
+
+One layer instead of four: each aiohttp middleware costs a measurable share of the hot path,
+and these concerns all wrap the same span of the request anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from proxy.config import Config, InboundAuthConfig
+from proxy.errors import InternalError, MethodNotAllowed, NotFound, ProxyError, Unauthenticated
+from proxy.lifecycle import Lifecycle
+from proxy.log import end_request_scope, request_scope
+from proxy.metrics import Metrics
+from proxy.web.accesslog import AccessLog
+from proxy.web.context import CONTEXT, RequestContext
+from proxy.web.routes import RouteTable
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+log = logging.getLogger("proxy.errors")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
+CLIENT_CLOSED = 499  # nginx's convention for "the caller went away"; metrics only
+
+
+# Ids must be unique, not secret: a random per-process prefix and a counter, instead of a
+# getrandom() system call per request.
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
+
+
+def new_request_id() -> str:
+    """32 hex characters, unique across processes and requests."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def error_response(error: ProxyError, request_id: str) -> web.Response:
+    """The contract's JSON error body, with the request id in body and header."""
+    body = {"error": error.code, "message": error.message, "requestId": request_id}
+    response = web.json_response(body, status=error.status, headers=error.headers)
+    response.headers["X-Request-Id"] = request_id
+    if error.closes_connection:
+        response.force_close()
+    return response
+
+
+def _as_proxy_error(exc: web.HTTPException) -> ProxyError:
+    if exc.status == 405:
+        return MethodNotAllowed(headers={"Allow": exc.headers.get("Allow", "")})
+    return NotFound("No such endpoint on this proxy.")
+
+
+class InboundKeys:
+    """The inbound keys in force. A reload replaces `keys` whole (one attribute store), so a
+    request reads either the old tuple or the new one, never a mix, and takes no lock."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self, auth: InboundAuthConfig):
+        self.keys = tuple(key.encode() for key in auth.keys)
+
+
+def inbound_check(
+    auth: InboundAuthConfig | None, current: InboundKeys | None = None
+) -> Callable[[web.Request], bool] | None:
+    """A predicate for `inbound_auth` (None when not configured): does the caller hold a key?
+
+    `current` holds the keys (reloadable); without it they are fixed at build time.
+    """
+    if auth is None:
+        return None
+    header = auth.header
+    holder = current if current is not None else InboundKeys(auth)
+
+    def authenticated(request: web.Request) -> bool:
+        offered = request.headers.get(header, "").encode("utf-8", "surrogateescape")
+        # Compare against every key, always: timing must not reveal which one (or none) matched.
+        matched = False
+        for key in holder.keys:
+            matched |= hmac.compare_digest(offered, key)
+        return matched and bool(offered)
+
+    return authenticated
+
+
+def observe(
+    config: Config,
+    metrics: Metrics,
+    routes: RouteTable,
+    lifecycle: Lifecycle,
+    access: AccessLog,
+    inbound_keys: InboundKeys | None = None,
+) -> Middleware:
+    """Build the middleware with every config-dependent choice made here, once."""
+    authenticated = inbound_check(config.inbound_auth, inbound_keys)
+    log_every = config.logging.access_log and config.logging.access_log_sample_rate >= 1.0
+    sample_rate = config.logging.access_log_sample_rate if config.logging.access_log else 0.0
+    identity_header = config.identity.header
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        request_id = request.headers.get("X-Request-Id")
+        if request_id is None or not _REQUEST_ID.fullmatch(request_id):
+            request_id = new_request_id()
+        ctx = RequestContext(request_id, routes.match(request.path))
+        request[CONTEXT] = ctx
+        # Every copy of the identity header is hidden, also when duplicates get the request refused.
+        scope = request_scope(request_id, *request.headers.getall(identity_header, ()))
+        lifecycle.in_flight += 1
+        status = CLIENT_CLOSED
+        try:
+            try:
+                if authenticated is not None and not authenticated(request):
+                    raise Unauthenticated
+                if lifecycle.refusing:
+                    raise lifecycle.draining_error()
+                response = await handler(request)
+            except ProxyError as exc:
+                response = error_response(exc, request_id)
+            except web.HTTPException as exc:  # the router's 404/405 for /_proxy/ paths
+                response = error_response(_as_proxy_error(exc), request_id)
+            except (asyncio.CancelledError, ConnectionResetError):
+                raise  # the caller went away; nothing to answer
+            except Exception:
+                log.exception(
+                    "unhandled error", extra={"request_id": request_id, "route": ctx.route}
+                )
+                response = error_response(InternalError(), request_id)
+            status = response.status
+            if not ctx.bytes_out and response.content_length:
+                ctx.bytes_out = response.content_length
+            if not response.prepared:
+                response.headers["X-Request-Id"] = request_id
+            return response
+        finally:
+            lifecycle.request_done()
+            seconds = time.perf_counter() - started
+            metrics.observe_request(request.method, ctx.route, status, seconds)
+            if log_every or (sample_rate and random.random() < sample_rate):  # noqa: S311
+                access.write(request, ctx, status, seconds)
+            end_request_scope(scope)
+
+    return middleware

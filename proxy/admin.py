@@ -129,5 +129,5 @@ def build_admin_app(services: Services) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", status)
-    add_jwks_route(app)
+    add_jwks_route(app, services.jwt_signer)
     return app

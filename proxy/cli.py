@@ -1,22 +1,19 @@
-"""Command line: `serve`, `demo`, `check-config`, `hash-user`, `rotate-store-key`, with the
-contract's exit codes."""
+"""Command line: `serve`, `demo`, `check-config`, `hash-user`, `doctor`, `rotate-store-key`.
+
+The one place where exceptions become exit codes (`proxy.exitcodes`): commands raise
+ConfigError or StartupError and return OK or FORCED themselves."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
-from proxy import __version__
-from proxy.config import Config, config_path, load_config
-from proxy.config.reader import ConfigError
-from proxy.errors import ProxyError
+from proxy import __version__, exitcodes
+from proxy.config import Config, ConfigError, config_path, load_config
+from proxy.errors import ProxyError, StartupError
 from proxy.identity import derive_identifier, identity_key_id, validate_user_id
-
-EXIT_OK = 0
-EXIT_FORCED = 1  # a second signal during the drain
-EXIT_CONFIG = 2
-EXIT_STARTUP = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,26 +62,26 @@ def _doctor(path_arg: str | None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"[FAIL] config                 {problem}")
-        return 1
-    return doctor(config)
+        return exitcodes.CHECK_FAILED
+    return exitcodes.OK if doctor(config) else exitcodes.CHECK_FAILED
 
 
 def _hash_user(args: argparse.Namespace) -> int:
     """`hash-user ID` prints the X-User-Identifier; `hash-user --key-id` the identity key id."""
     if args.key_id == (args.user_id is not None):
         print("error: give either an ID or --key-id", file=sys.stderr)
-        return EXIT_CONFIG
+        return exitcodes.CONFIG
     config = _load(args.config)
     if args.key_id:
         print(identity_key_id(config.identity.hmac_key.encode()))
-        return EXIT_OK
+        return exitcodes.OK
     try:
         user_id = validate_user_id(args.user_id)
     except ProxyError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exitcodes.CONFIG
     print(derive_identifier(config.identity.hmac_key.encode(), user_id))
-    return EXIT_OK
+    return exitcodes.OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit per command
@@ -94,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
         if args.command == "check-config":
             _load(args.config)
             print(f"{config_path(args.config)}: configuration is valid")
-            return EXIT_OK
+            return exitcodes.OK
         if args.command == "hash-user":
             return _hash_user(args)
         if args.command == "doctor":
@@ -106,10 +103,17 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
         if args.command == "rotate-store-key":
             from proxy.commands.rotate_key import rotate_store_key  # noqa: PLC0415
 
-            return rotate_store_key(_load(args.config))
+            rotate_store_key(_load(args.config))
+            return exitcodes.OK
         from proxy.commands.demo import demo  # noqa: PLC0415
 
         return demo(args.port, args.admin_port)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exitcodes.CONFIG
+    except StartupError as exc:
+        if args.command == "serve":  # logging is set up: one JSON line, no traceback
+            logging.getLogger("proxy.server").error("startup failed: %s", exc)  # noqa: TRY400
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return exitcodes.STARTUP

@@ -128,3 +128,8 @@ class TooManyConnections(ProxyError):
     status = 503
     code = "too_many_connections"
     default_message = "The proxy has too many open connections; retry shortly."
+
+
+class StartupError(Exception):
+    """A valid configuration that cannot run here: a port is taken, the store cannot be opened
+    or holds another identity key, stored credentials cannot be decrypted (exit code 3)."""

@@ -17,11 +17,11 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 
-from proxy.config import MIN_INBOUND_KEY_BYTES
+from proxy.config import MIN_INBOUND_KEY_BYTES, Config
 from proxy.config.jwt import pem_blocks
 from proxy.config.reload import (
     InvalidSecret,
@@ -38,7 +38,28 @@ from proxy.log import register_secrets
 from proxy.transport.tls import build_context
 
 if TYPE_CHECKING:
-    from proxy.app import Services
+    from proxy.forwarding.handler import Forwarder
+    from proxy.signing.signer import JwtSigner
+    from proxy.upstream import Upstream
+    from proxy.vending.gini import GiniClient
+    from proxy.vending.stores import CredentialStore
+    from proxy.web.accesslog import AccessLog
+    from proxy.web.middleware import InboundKeys
+
+
+class Services(Protocol):
+    """The holders a reload swaps values in: `proxy.app.Services` is one. Declared here so that
+    this module depends on what it changes, not on the composition root that builds it."""
+
+    config: Config
+    access_log: AccessLog
+    forwarder: Forwarder
+    gini: GiniClient
+    inbound_keys: InboundKeys | None
+    jwt_signer: JwtSigner | None
+    store: CredentialStore | None
+    upstream: Upstream
+
 
 HMAC_KEY_NOTE = (
     "a different identity.hmac_key maps every user to a new, empty Gini user: "

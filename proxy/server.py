@@ -18,11 +18,11 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from proxy import exitcodes
 from proxy.admin import build_admin_app
 from proxy.app import Services, build_proxy_app
-from proxy.cli import EXIT_FORCED, EXIT_OK, EXIT_STARTUP
 from proxy.config import Address, Config
-from proxy.errors import BadRequest, InternalError
+from proxy.errors import BadRequest, InternalError, StartupError
 from proxy.lifecycle import Lifecycle
 from proxy.log import Redactor, configure_logging
 from proxy.metrics import Metrics
@@ -36,10 +36,6 @@ from proxy.web.routes import OTHER
 log = logging.getLogger("proxy.server")
 
 CANCEL_AFTER = 0.5
-
-
-class StartupError(Exception):
-    """The proxy could not start (port taken, store unreachable): exit code 3."""
 
 
 async def _start_site(runner: web.AppRunner, address: Address, what: str) -> None:
@@ -168,7 +164,7 @@ async def run(services: Services, on_ready: Callable[[], None] | None = None) ->
             on_ready()
         await stop.wait()
         code = await _drain(services, proxy_runner, force)
-        graceful = code == EXIT_OK
+        graceful = code == exitcodes.OK
         return code
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -186,7 +182,7 @@ async def _drain(services: Services, proxy_runner: ProxyRunner, force: asyncio.E
     try:
         await asyncio.wait([forced], timeout=config.drain_delay_seconds)
         if force.is_set():
-            return EXIT_FORCED
+            return exitcodes.FORCED
         lifecycle.refusing = True
         cleanup = asyncio.create_task(
             _close_listener(proxy_runner, lifecycle, config.shutdown_grace_seconds)
@@ -194,12 +190,12 @@ async def _drain(services: Services, proxy_runner: ProxyRunner, force: asyncio.E
         await asyncio.wait([cleanup, forced], return_when=asyncio.FIRST_COMPLETED)
         if not cleanup.done():
             cleanup.cancel()
-            return EXIT_FORCED
+            return exitcodes.FORCED
         await cleanup
     finally:
         forced.cancel()
     log.info("drained; exiting")
-    return EXIT_OK
+    return exitcodes.OK
 
 
 async def _close_listener(runner: ProxyRunner, lifecycle: Lifecycle, grace: float) -> None:
@@ -227,14 +223,9 @@ def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
 
 
 def serve(config: Config) -> int:
-    """`gini-auth-proxy serve`: log setup, then run until drained; returns the exit code."""
+    """`gini-auth-proxy serve`: log setup, then run until drained; returns the exit code.
+
+    A StartupError propagates: cli logs it and exits 3."""
     configure_logging(config.logging.level, Redactor(config.secrets()))
 
-    async def main() -> int:
-        try:
-            return await run(Services(config))
-        except StartupError as exc:
-            log.error("startup failed: %s", exc)  # noqa: TRY400 - expected, no traceback
-            return EXIT_STARTUP
-
-    return run_async(main)
+    return run_async(lambda: run(Services(config)))

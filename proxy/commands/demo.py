@@ -10,11 +10,10 @@ import tempfile
 from pathlib import Path
 
 from proxy.app import Services
-from proxy.cli import EXIT_STARTUP
 from proxy.config import Config, build_config
 from proxy.log import Redactor, configure_logging
 from proxy.sandbox import GiniSimulator
-from proxy.server import StartupError, run, run_async
+from proxy.server import run, run_async
 
 DEMO_CLIENT_ID = "demo-client"
 
@@ -73,7 +72,7 @@ Operations:
 
 
 def demo(port: int, admin_port: int) -> int:
-    """Run the simulator and the proxy until Ctrl-C; returns the exit code."""
+    """Run the simulator and the proxy until Ctrl-C; returns the exit code (StartupError: cli)."""
 
     async def main() -> int:
         with tempfile.TemporaryDirectory(prefix="gini-auth-proxy-demo-") as folder:
@@ -82,12 +81,8 @@ def demo(port: int, admin_port: int) -> int:
             ) as sim:
                 config = demo_config(sim, port, admin_port, Path(folder))
                 configure_logging("info", Redactor(config.secrets()), sys.stderr)
-                try:
-                    return await run(
-                        Services(config), on_ready=lambda: print(banner(config, sim), flush=True)
-                    )
-                except StartupError as exc:
-                    print(f"error: {exc}", file=sys.stderr)
-                    return EXIT_STARTUP
+                return await run(
+                    Services(config), on_ready=lambda: print(banner(config, sim), flush=True)
+                )
 
     return run_async(main)

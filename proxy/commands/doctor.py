@@ -287,6 +287,6 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def doctor(config: Config) -> int:
-    """`gini-auth-proxy doctor`: exit 0 when every check passed, 1 otherwise."""
-    return 0 if asyncio.run(Doctor(config).run()) else 1
+def doctor(config: Config) -> bool:
+    """`gini-auth-proxy doctor`: True when every check passed."""
+    return asyncio.run(Doctor(config).run())

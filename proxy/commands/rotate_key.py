@@ -10,19 +10,17 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from proxy.cli import EXIT_CONFIG, EXIT_OK, EXIT_STARTUP
-from proxy.config import Config
-from proxy.errors import StoreUnavailable
+from proxy.config import Config, ConfigError
+from proxy.errors import StartupError, StoreUnavailable
 from proxy.log import Redactor, configure_logging
 from proxy.vending.stores import StoreOpenError, make_store
 from proxy.vending.stores.keyring import RotationReport, rotate
 
 
-def rotate_store_key(config: Config) -> int:
-    """Run the rotation for `config.store`; returns the exit code (0, 2 or 3)."""
+def rotate_store_key(config: Config) -> None:
+    """Re-encrypt every row of `config.store`; raises ConfigError or StartupError (see cli)."""
     if config.store is None:
-        print("error: store: no credential store is configured", file=sys.stderr)
-        return EXIT_CONFIG
+        raise ConfigError(["store: no credential store is configured"])
     configure_logging(config.logging.level, Redactor(config.secrets()), stream=sys.stderr)
     store = make_store(config.store)
 
@@ -36,19 +34,15 @@ def rotate_store_key(config: Config) -> int:
     try:
         report = asyncio.run(main())
     except (StoreOpenError, StoreUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_STARTUP
+        raise StartupError(str(exc)) from None
     print(
         f"re-encrypted {report.reencrypted} stored credentials with store.encryption_key;"
         f" {report.already_current} were already current"
     )
     if report.undecryptable:
-        print(
-            f"error: {report.undecryptable} stored credentials cannot be decrypted by"
+        raise StartupError(
+            f"{report.undecryptable} stored credentials cannot be decrypted by"
             " store.encryption_key or any of store.previous_encryption_keys; they were left"
             " untouched. Add the key they were encrypted with to previous_encryption_keys and"
-            " run rotate-store-key again; keep every old key until this reports none.",
-            file=sys.stderr,
+            " run rotate-store-key again; keep every old key until this reports none."
         )
-        return EXIT_STARTUP
-    return EXIT_OK

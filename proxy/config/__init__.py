@@ -12,19 +12,18 @@ from proxy.config.model import (
     MIN_INBOUND_KEY_BYTES,
     Address,
     AnonymousConfig,
-    CacheRoute,
     ClientConfig,
     ClientTimeoutsConfig,
     Config,
     IdentityConfig,
     InboundAuthConfig,
     LoggingConfig,
-    ResponseCacheConfig,
     TokensConfig,
     UpstreamConfig,
 )
 from proxy.config.parse import build_config, config_path, load_config
 from proxy.config.reader import ConfigError
+from proxy.config.response_cache import CacheRoute, ResponseCacheConfig
 from proxy.config.store import StoreConfig
 
 __all__ = [

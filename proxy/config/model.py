@@ -9,6 +9,7 @@ from pathlib import Path
 
 from proxy.config.egress import EgressProxyConfig
 from proxy.config.jwt import JwtConfig
+from proxy.config.response_cache import ResponseCacheConfig
 from proxy.config.secret import Secret
 from proxy.config.store import StoreConfig, url_password
 from proxy.config.tls import TlsConfig
@@ -77,20 +78,6 @@ class TokensConfig:
 class InboundAuthConfig:
     header: str
     keys: tuple[Secret, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class CacheRoute:
-    template: str
-    shared: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseCacheConfig:
-    routes: tuple[CacheRoute, ...]
-    ttl_seconds: int
-    backend: str
-    max_entry_bytes: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,18 +24,17 @@ from proxy.config.model import (
     MIN_INBOUND_KEY_BYTES,
     Address,
     AnonymousConfig,
-    CacheRoute,
     ClientConfig,
     ClientTimeoutsConfig,
     Config,
     IdentityConfig,
     InboundAuthConfig,
     LoggingConfig,
-    ResponseCacheConfig,
     TokensConfig,
     UpstreamConfig,
 )
 from proxy.config.reader import ConfigError, Reader
+from proxy.config.response_cache import parse_response_cache
 from proxy.config.secret import Secret
 from proxy.config.store import parse_store
 from proxy.config.tls import parse_tls
@@ -128,7 +127,7 @@ def build_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: Path
         ),
         inbound_auth=inbound,
         allow_unauthenticated_network=allow_open,
-        response_cache=_response_cache(r, data),
+        response_cache=parse_response_cache(r, data),
         logging=_logging(r, data),
         client_timeouts=_client_timeouts(r, data),
         max_connections=r.integer(data, "max_connections", "max_connections", 1000, 1, 1_000_000),
@@ -281,43 +280,6 @@ def _inbound_auth(r: Reader, data: Mapping[str, Any]) -> InboundAuthConfig | Non
                 + (f" (too short: {', '.join(short)})" if short else ""),
             )
     return InboundAuthConfig(header=header, keys=keys)
-
-
-def _response_cache(r: Reader, data: Mapping[str, Any]) -> ResponseCacheConfig | None:
-    keys = ("routes", "ttl_seconds", "backend", "max_entry_bytes")
-    d = r.section(data, "response_cache", "response_cache", keys)
-    if d is None:
-        return None
-    routes: list[CacheRoute] = []
-    entries = d.get("routes") or []
-    if not isinstance(entries, list):
-        r.problem("response_cache.routes", "must be a list of path templates")
-        entries = []
-    for index, entry in enumerate(entries):
-        path = f"response_cache.routes[{index}]"
-        item = {"path": entry} if isinstance(entry, str) else entry
-        if not isinstance(item, Mapping):
-            r.problem(path, "must be a path template or {path: ..., shared: true|false}")
-            continue
-        r.check_keys(item, path, ("path", "shared"))
-        template = r.string(item, "path", f"{path}.path")
-        if template and not template.startswith("/"):
-            r.problem(f"{path}.path", "must start with /")
-        routes.append(CacheRoute(template, r.boolean(item, "shared", f"{path}.shared", False)))
-    backend = r.string(d, "backend", "response_cache.backend", "memory")
-    if not (backend == "memory" or backend.startswith(("sqlite:////", "redis://", "rediss://"))):
-        r.problem(
-            "response_cache.backend",
-            "must be memory, sqlite:////ABSOLUTE/PATH or redis://HOST:PORT/DB",
-        )
-    return ResponseCacheConfig(
-        routes=tuple(routes),
-        ttl_seconds=r.integer(d, "ttl_seconds", "response_cache.ttl_seconds", 300, 1, 86400 * 7),
-        backend=backend,
-        max_entry_bytes=r.integer(
-            d, "max_entry_bytes", "response_cache.max_entry_bytes", 1 << 20, 1, 64 << 20
-        ),
-    )
 
 
 def _logging(r: Reader, data: Mapping[str, Any]) -> LoggingConfig:

@@ -92,7 +92,7 @@ def pay_namespace(request: web.Request) -> str:
 
     Basic client credentials plus X-User-Identifier act as that derived user; a Bearer token
     from /login or from the User Center password grant acts as its user; a JWT verified by
-    `jwt_auth.jwt_middleware` acts as the user its identifier claim names.
+    `pay_api.jwt_middleware` acts as the user its identifier claim names.
     """
     state = state_of(request)
     credentials = parse_authorization(request.headers.get("Authorization"))

@@ -17,14 +17,15 @@ from typing import Any
 import aiohttp
 import jwt
 from aiohttp import web
-from aiohttp.typedefs import Handler
-
-from proxy.sandbox.common import CONFIG_KEY, STATE_KEY, SimError, is_sandbox_path
 
 JWT_HEADER = "X-JWT-Authorization"
 JWT_IDENTIFIER_KEY = web.RequestKey("sandbox_jwt_identifier", str)
 FETCH_TIMEOUT = aiohttp.ClientTimeout(total=5)
 ALGORITHMS = ("ES256", "RS256")
+
+
+class JwtRefused(Exception):
+    """The token is not accepted; the Pay API answers 401 with this message."""
 
 
 @dataclass
@@ -58,7 +59,7 @@ class JwksCache:
 
 
 class JwtVerifier:
-    """Verifies tokens against the backend's JWKS; every refusal is SimError(401)."""
+    """Verifies tokens against the backend's JWKS; every refusal is JwtRefused (a 401)."""
 
     def __init__(self, settings: JwtSettings, client_id: str, client_secret: str):
         self.settings = settings
@@ -91,21 +92,21 @@ class JwtVerifier:
                 await self._fetch()
         key = cache.keys.get(kid)
         if key is None:
-            raise SimError(401, "JWT signed by an unknown key")
+            raise JwtRefused("JWT signed by an unknown key")
         return key
 
     async def verify(self, token: str, wall_clock: float) -> str:
-        """The user identifier the token carries, or SimError(401)."""
+        """The user identifier the token carries, or JwtRefused."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
-            raise SimError(401, "Malformed JWT") from None
+            raise JwtRefused("Malformed JWT") from None
         kid, alg = header.get("kid"), header.get("alg")
         if not isinstance(kid, str) or alg not in ALGORITHMS:
-            raise SimError(401, "JWT without a kid or with an unsupported algorithm")
+            raise JwtRefused("JWT without a kid or with an unsupported algorithm")
         key = await self.key_for(kid)
         if key.algorithm_name != alg:
-            raise SimError(401, "JWT algorithm does not match its key")
+            raise JwtRefused("JWT algorithm does not match its key")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -116,13 +117,13 @@ class JwtVerifier:
                 options={"require": ["exp", "iss"], "verify_exp": False, "verify_iat": False},
             )
         except jwt.InvalidIssuerError:
-            raise SimError(401, "JWT from an unknown issuer") from None
+            raise JwtRefused("JWT from an unknown issuer") from None
         except jwt.InvalidTokenError:
-            raise SimError(401, "JWT signature or claims invalid") from None
+            raise JwtRefused("JWT signature or claims invalid") from None
         if not isinstance(claims["exp"], int | float):
-            raise SimError(401, "JWT exp is not a number")
+            raise JwtRefused("JWT exp is not a number")
         if claims["exp"] + self.settings.leeway_seconds <= wall_clock:
-            raise SimError(401, "JWT expired")
+            raise JwtRefused("JWT expired")
         return self._identifier(claims)
 
     def _identifier(self, claims: dict[str, Any]) -> str:
@@ -131,32 +132,15 @@ class JwtVerifier:
         if not isinstance(client_id, str) or not hmac.compare_digest(
             client_id.encode(), self.client_id.encode()
         ):
-            raise SimError(401, "JWT for an unknown client")
+            raise JwtRefused("JWT for an unknown client")
         if settings.client_secret_claim is not None and settings.client_secret_claim in claims:
             secret = claims[settings.client_secret_claim]
             if not isinstance(secret, str) or not hmac.compare_digest(
                 secret.encode(), self.client_secret.encode()
             ):
-                raise SimError(401, "JWT with a wrong client secret")
+                raise JwtRefused("JWT with a wrong client secret")
         identifier = claims.get(settings.user_identifier_claim)
         if not isinstance(identifier, str) or not identifier.strip():
-            raise SimError(401, "JWT without a user identifier")
+            raise JwtRefused("JWT without a user identifier")
         self.verified += 1
         return identifier
-
-
-@web.middleware
-async def jwt_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Pay API: a request with X-JWT-Authorization acts as the user its verified JWT names."""
-    value = request.headers.get(JWT_HEADER)
-    if value is None or is_sandbox_path(request.path):
-        return await handler(request)
-    verifier = request.app[CONFIG_KEY].jwt
-    if verifier is None:
-        raise SimError(401, "JWT authentication is not configured for this client")
-    scheme, _, token = value.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise SimError(401, "X-JWT-Authorization must be `Bearer <jwt>`")
-    state = request.app[STATE_KEY]
-    request[JWT_IDENTIFIER_KEY] = await verifier.verify(token.strip(), state.wall_time())
-    return await handler(request)

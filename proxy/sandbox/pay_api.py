@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from proxy.sandbox.auth import derived_identifier
 from proxy.sandbox.common import (
@@ -10,13 +11,15 @@ from proxy.sandbox.common import (
     PLAIN_JSON,
     RECORD_KEY,
     STATE_KEY,
+    SimError,
     SimulatorConfig,
     config_of,
+    is_sandbox_path,
     json_response,
     state_of,
 )
 from proxy.sandbox.documents import add_document_routes
-from proxy.sandbox.jwt_auth import jwt_middleware
+from proxy.sandbox.jwt_auth import JWT_HEADER, JWT_IDENTIFIER_KEY, JwtRefused
 from proxy.sandbox.middleware import add_request_id, make_middleware
 from proxy.sandbox.payments import add_payment_routes
 from proxy.sandbox.sandbox_routes import add_sandbox_routes
@@ -41,6 +44,26 @@ async def login(request: web.Request) -> web.Response:
         "expires_in": config.token_lifetime,
     }
     return json_response(body, content_type=PLAIN_JSON)
+
+
+@web.middleware
+async def jwt_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Pay API: a request with X-JWT-Authorization acts as the user its verified JWT names."""
+    value = request.headers.get(JWT_HEADER)
+    if value is None or is_sandbox_path(request.path):
+        return await handler(request)
+    verifier = request.app[CONFIG_KEY].jwt
+    if verifier is None:
+        raise SimError(401, "JWT authentication is not configured for this client")
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise SimError(401, "X-JWT-Authorization must be `Bearer <jwt>`")
+    state = request.app[STATE_KEY]
+    try:
+        request[JWT_IDENTIFIER_KEY] = await verifier.verify(token.strip(), state.wall_time())
+    except JwtRefused as exc:
+        raise SimError(401, str(exc)) from None
+    return await handler(request)
 
 
 def create_pay_api_app(state: SimulatorState, config: SimulatorConfig) -> web.Application:

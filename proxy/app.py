@@ -10,15 +10,15 @@ from aiohttp import web
 
 from proxy.config import Config
 from proxy.config.reload import Reloader
-from proxy.errors import MethodNotAllowed, NotFound, ProxyError
-from proxy.forwarding.handler import Forwarder, basic_auth
-from proxy.identity import IdentifierDeriver, identity_key_id
+from proxy.errors import ProxyError
+from proxy.forwarding.handler import Forwarder
+from proxy.identity import CallerIdentity, IdentifierDeriver, identity_key_id
 from proxy.lifecycle import Lifecycle
 from proxy.metrics import TOKEN_FLOWS, Metrics, store_up_gauge
 from proxy.reloading import register_sources, remember_secrets
-from proxy.upstream import Upstream
+from proxy.upstream import Upstream, basic_auth
 from proxy.vending.anonymous import AnonymousUsers
-from proxy.vending.endpoints import TokenEndpoints
+from proxy.vending.endpoints import PROXY_ENDPOINTS, TokenEndpoints
 from proxy.vending.gini import GiniClient
 from proxy.vending.keyguard import check_pin, check_store
 from proxy.vending.stores import CredentialStore, make_store
@@ -33,11 +33,6 @@ if TYPE_CHECKING:
     from proxy.forwarding.cache import ResponseCache
     from proxy.signing.signer import JwtSigner
 
-PROXY_ENDPOINTS = {
-    "/_proxy/tokens/derived": "POST",
-    "/_proxy/tokens/anonymous": "POST",
-    "/_proxy/users/anonymous": "DELETE",
-}
 REFRESH_AHEAD_SECONDS = 30.0
 """A token hit within this many seconds of its refresh margin is renewed in the background."""
 
@@ -51,6 +46,7 @@ class Services:
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     upstream: Upstream = field(init=False)
     deriver: IdentifierDeriver = field(init=False)
+    caller: CallerIdentity = field(init=False)
     forwarder: Forwarder = field(init=False)
     response_cache: ResponseCache | None = field(init=False)
     routes: RouteTable = field(init=False)
@@ -72,6 +68,7 @@ class Services:
         self.metrics.in_flight.set_function(lambda: lifecycle.in_flight)
         self.upstream = Upstream(config.upstream, self.metrics)
         self.deriver = IdentifierDeriver(config.identity.hmac_key.encode())
+        self.caller = CallerIdentity(config.identity.header, self.deriver)
         self.identity_key_id = identity_key_id(config.identity.hmac_key.encode())
         self.metrics.set_build_info(self.identity_key_id)
         self.response_cache = None
@@ -95,7 +92,7 @@ class Services:
             )
         signer = self.jwt_signer if config.client.auth == "jwt" else None
         self.forwarder = Forwarder(
-            config, self.upstream, self.deriver, self.response_cache, signer=signer
+            config, self.upstream, self.caller, self.response_cache, signer=signer
         )
         self.access_log = AccessLog(tuple(config.secrets()))
         self.routes = RouteTable(GINI_TEMPLATES + tuple(PROXY_ENDPOINTS))
@@ -114,8 +111,7 @@ class Services:
                 self.metrics,
             )
         self.endpoints = TokenEndpoints(
-            config.identity.header,
-            self.deriver,
+            self.caller,
             self.gini,
             self.token_caches["derived"],
             self.token_caches["anonymous"],
@@ -161,13 +157,6 @@ class Services:
 SERVICES = web.AppKey("gini_proxy_services", Services)
 
 
-async def _unknown_proxy_endpoint(request: web.Request) -> web.StreamResponse:
-    allowed = PROXY_ENDPOINTS.get(request.path)
-    if allowed is not None:
-        raise MethodNotAllowed(headers={"Allow": allowed})
-    raise NotFound("No such endpoint on this proxy; /_proxy/ paths are never forwarded.")
-
-
 def build_proxy_app(services: Services) -> web.Application:
     """The app behind `listen`: flow-1 forwarding, token vending, the /_proxy/ endpoints."""
     app = web.Application(
@@ -179,6 +168,7 @@ def build_proxy_app(services: Services) -> web.Application:
                 services.lifecycle,
                 services.access_log,
                 services.inbound_keys,
+                services.caller,
             )
         ],
         client_max_size=services.config.max_body_bytes,
@@ -228,6 +218,5 @@ def build_proxy_app(services: Services) -> web.Application:
     app.cleanup_ctx.append(store_checks)
     expect = expect_handler(services.config.max_body_bytes)
     services.endpoints.add_routes(app.router, expect)
-    app.router.add_route("*", "/_proxy/{tail:.*}", _unknown_proxy_endpoint, expect_handler=expect)
     app.router.add_route("*", "/{tail:.*}", services.forwarder.handle, expect_handler=expect)
     return app

@@ -22,6 +22,8 @@ class ProxyError(Exception):
     def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None):
         self.message = message or self.default_message
         self.headers = headers or {}
+        self.detail: str | None = None
+        """What went wrong, for the operator (a log line, `doctor`); never sent to the caller."""
         super().__init__(self.message)
 
 

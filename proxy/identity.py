@@ -83,6 +83,26 @@ class IdentifierDeriver:
         return len(self._memo)
 
 
+class CallerIdentity:
+    """Who a request acts for, read the same way by every endpoint: the configured identity
+    header, validated (`user_id_from`), mapped to Gini's identifier by `deriver`."""
+
+    __slots__ = ("deriver", "header")
+
+    def __init__(self, header: str, deriver: IdentifierDeriver):
+        self.header = header
+        self.deriver = deriver
+
+    def identifier(self, headers: MultiMapping[str]) -> str:
+        """The `X-User-Identifier` for the one valid user id in `headers`, else MissingUser or
+        InvalidUser."""
+        return self.deriver(user_id_from(headers, self.header))
+
+    def values(self, headers: MultiMapping[str]) -> tuple[str, ...]:
+        """Every copy of the identity header as sent, valid or not: what the log scope hides."""
+        return tuple(headers.getall(self.header, ()))
+
+
 def derive_identifier(key: bytes, user_id: str) -> str:
     """Lowercase hex HMAC-SHA256 of the UTF-8 user id (the contract's default scheme)."""
     return hmac.new(key, user_id.encode("utf-8"), hashlib.sha256).hexdigest()

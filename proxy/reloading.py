@@ -33,9 +33,9 @@ from proxy.config.reload import (
 )
 from proxy.config.secret import Secret
 from proxy.errors import ProxyError
-from proxy.forwarding.handler import basic_auth
 from proxy.log import register_secrets
 from proxy.transport.tls import build_context
+from proxy.upstream import basic_auth
 
 if TYPE_CHECKING:
     from proxy.forwarding.handler import Forwarder

@@ -1,20 +1,27 @@
-"""The one aiohttp ClientSession for all calls to Gini, and the one place its errors are translated.
-
-Everything above this module sees `ProxyError`s, never aiohttp exceptions.
+"""Every call to Gini: one shared ClientSession, and `Upstream.call`, the one context manager
+that runs a call under its deadline, times it, counts it and turns every aiohttp or asyncio
+failure into the contract's `ProxyError` (as httpx's `map_httpcore_exceptions` does for
+httpcore). Nothing above this module sees an aiohttp exception.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import ssl
-from typing import NoReturn
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from proxy.config import UpstreamConfig
-from proxy.errors import BadGateway, ProxyError, UpstreamTimeout, UpstreamUnavailable
+from proxy.errors import ProxyError
 from proxy.metrics import Metrics
+from proxy.transport.failures import PERMANENT_REASONS, classify
 from proxy.transport.interim import GuardedConnector
 from proxy.transport.tls import TlsContext
 
@@ -22,10 +29,42 @@ log = logging.getLogger("proxy.upstream")
 
 PAY_API = "pay_api"
 USER_CENTER = "user_center"
-# Failures a retry cannot fix (a configuration or trust problem): reported at once.
-PERMANENT_REASONS = frozenset(
-    {"tls_certificate", "tls_hostname", "tls_handshake", "proxy_auth", "proxy_refused"}
-)
+
+
+def basic_auth(client_id: str, secret: str) -> str:
+    """The `Authorization` value for Gini's client credentials."""
+    return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode("ascii")
+
+
+class Retry(Exception):
+    """An attempt made with `retry=True` failed in a way another attempt may fix (already
+    counted, not logged)."""
+
+
+class AnswerBroken(Exception):
+    """Gini's answer failed after the caller's response had started (`Call.relaying`): all that
+    is left is to cut the caller's connection. Counted as `disconnect` unless `client_gone`."""
+
+    def __init__(self, client_gone: bool, error: str):
+        super().__init__(error)
+        self.client_gone = client_gone
+        self.error = error  # the exception class, for the log line
+
+
+class Call:
+    """One call in progress, as `Upstream.call` yields it."""
+
+    __slots__ = ("deadline", "refusal", "relaying", "response", "seconds")
+
+    def __init__(self) -> None:
+        self.response: aiohttp.ClientResponse  # Gini's answer, once its head arrived
+        self.deadline: asyncio.Timeout  # covers the answer's head, and its body unless moved
+        self.seconds = 0.0  # until the answer's head
+        self.refusal: ProxyError | None = None
+        """Set by whoever feeds a streamed request body: the caller's own fault (too large, too
+        slow) is what a failure of this call is then answered with."""
+        self.relaying = False
+        """Set once the caller's response has started: a failure can then only cut it."""
 
 
 class Upstream:
@@ -42,7 +81,7 @@ class Upstream:
         egress = config.egress_proxy
         self.proxy = egress.url if egress is not None else None
         # Sent on the CONNECT (or to the proxy for http upstreams), never to Gini. aiohttp takes
-        # them per request only, so forward.py and gini.py pass them on every call.
+        # them per request only, so `call` passes them every time.
         self.proxy_headers: dict[str, str] | None = None
         if egress is not None and egress.username is not None:
             password = egress.password.value if egress.password is not None else ""
@@ -61,8 +100,8 @@ class Upstream:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
-            # Connect only: read timeouts are per request (see forward.py), because aiohttp's
-            # per-read timer costs more than one deadline per request on the hot path.
+            # Connect only: each call runs under one deadline of its own (see `call`), because
+            # aiohttp's per-read timer costs more than one deadline per request on the hot path.
             timeout=self.plain_timeout,
             auto_decompress=False,  # bodies are relayed as Gini encoded them
             cookie_jar=aiohttp.DummyCookieJar(),  # one session serves every user: keep no cookies
@@ -83,114 +122,71 @@ class Upstream:
             await self._session.close()
             self._session = None
 
-    def fail(self, upstream: str, exc: BaseException) -> NoReturn:
-        """Translate an aiohttp/asyncio failure into the contract error, count it, raise it.
+    @asynccontextmanager
+    async def call(
+        self,
+        name: str,
+        method: str,
+        url: str | URL,
+        *,
+        headers: Mapping[str, str],
+        data: Any = None,
+        deadline: float | None,
+        read_timeout: aiohttp.ClientTimeout | None = None,
+        skip_auto_headers: Iterable[str] | None = None,
+        call: Call | None = None,
+        retry: bool = False,
+        quiet: bool = False,
+    ) -> AsyncIterator[Call]:
+        """Send one request to the upstream `name` (PAY_API or USER_CENTER) and yield the call
+        once the answer's head is in; the body is read inside the `with` block.
 
-        One log line, no traceback, naming the cause (certificate, hostname, proxy, DNS...).
+        `deadline` bounds the whole block (None: no overall bound, e.g. a streamed upload,
+        which uses `read_timeout` per read instead). A failure, in the request or while the
+        block reads the answer, is counted under its reason and raised as the contract's
+        ProxyError, logged once with its cause unless `quiet`; with `retry`, a failure that is
+        not permanent raises Retry instead, unlogged. See `Call` for what the caller's side
+        can note on `call` to change that answer.
         """
-        error, reason, cause = classify(exc)
-        self.metrics.upstream_error(upstream, reason)
-        log.warning(
-            "upstream call failed: %s",
-            cause,
-            extra={"upstream": upstream, "reason": reason, "error": type(exc).__name__},
-        )
-        raise error from exc
-
-
-def translate(exc: BaseException) -> tuple[ProxyError, str]:
-    """The contract error for a client-side failure, with the metric reason."""
-    error, reason, _ = classify(exc)
-    return error, reason
-
-
-def classify(exc: BaseException) -> tuple[ProxyError, str, str]:  # noqa: PLR0911 - one per kind
-    """The contract error, the bounded metric reason and a log sentence naming the cause.
-
-    Order matters: aiohttp's certificate, DNS and proxy errors are all ClientConnectorErrors.
-    The sentence may quote OpenSSL's reason (fixed texts such as "certificate has expired"),
-    never a URL or header that could hold a credential.
-    """
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        cert_error = exc.certificate_error
-        code = getattr(cert_error, "verify_code", None)
-        detail = getattr(cert_error, "verify_message", None) or type(cert_error).__name__
-        if code in _HOSTNAME_CODES:
-            return _tls_error(), "tls_hostname", f"TLS hostname mismatch: {detail}"
-        return _tls_error(), "tls_certificate", f"TLS certificate not trusted: {detail}"
-    if isinstance(exc, aiohttp.ClientConnectorSSLError):
-        return _tls_error(), "tls_handshake", f"TLS handshake failed: {_ssl_reason(exc)}"
-    if isinstance(exc, aiohttp.ClientHttpProxyError):
-        if exc.status == 407:
-            return (
-                BadGateway("The egress proxy refused this proxy's credentials."),
-                "proxy_auth",
-                "egress proxy refused the proxy credentials (407 Proxy Authentication Required)",
-            )
-        return (
-            BadGateway("The egress proxy refused the connection to Gini."),
-            "proxy_refused",
-            f"egress proxy refused the tunnel to Gini (status {exc.status})",
-        )
-    if isinstance(exc, aiohttp.ClientProxyConnectionError):
-        return UpstreamUnavailable(), "proxy_connect", "egress proxy cannot be reached"
-    if isinstance(exc, aiohttp.ClientConnectorError) and _reset_in_tls_handshake(exc):
-        return (
-            _tls_error(),
-            "tls_handshake",
-            "TLS handshake failed: the server closed the connection during the handshake "
-            "(does it require a client certificate? see upstream.tls.client_cert_file)",
-        )
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return UpstreamUnavailable(), "dns", "DNS lookup of the upstream host failed"
-    if isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError):
-        return UpstreamUnavailable(), "connect", "cannot connect to the upstream"
-    if isinstance(exc, asyncio.TimeoutError):  # includes aiohttp's socket read timeout
-        return UpstreamTimeout(), "timeout", "no answer in time"
-    ssl_error = _ssl_cause(exc)
-    if ssl_error is not None:
-        # TLS 1.3 servers check the client certificate after the handshake: a missing or
-        # refused one shows up as an alert on the first read, not as a connect error.
-        return _tls_error(), "tls_handshake", f"TLS session refused by the server: {ssl_error}"
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
-        return (
-            BadGateway("Gini closed the connection before answering."),
-            "disconnect",
-            "connection closed before the answer",
-        )
-    return BadGateway(), "bad_response", "malformed answer"
-
-
-# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH.
-_HOSTNAME_CODES = frozenset({62, 64})
-
-
-def _tls_error() -> ProxyError:
-    return BadGateway("The TLS connection to Gini could not be verified; see the proxy log.")
-
-
-def _reset_in_tls_handshake(exc: aiohttp.ClientConnectorError) -> bool:
-    """A reset while connecting to an https origin: TCP was up, so the handshake was refused."""
-    key = getattr(exc, "_conn_key", None)
-    return bool(getattr(key, "is_ssl", False)) and isinstance(exc.os_error, ConnectionResetError)
-
-
-def _ssl_reason(exc: BaseException) -> str:
-    cause = _ssl_cause(exc)
-    return cause if cause is not None else type(exc).__name__
-
-
-def _ssl_cause(exc: BaseException) -> str | None:
-    """OpenSSL's reason for an ssl.SSLError anywhere in the exception chain, if there is one."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLError):
-            return str(current.reason or current.strerror or type(current).__name__)
-        for attr in ("os_error", "_os_error"):
-            inner = getattr(current, attr, None)
-            if isinstance(inner, ssl.SSLError):
-                return str(inner.reason or inner.strerror or type(inner).__name__)
-        current = current.__cause__ or current.__context__
-    return None
+        if call is None:
+            call = Call()
+        started = time.perf_counter()
+        try:
+            async with (
+                asyncio.timeout(deadline) as timer,
+                self.session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    timeout=read_timeout or self.plain_timeout,
+                    skip_auto_headers=skip_auto_headers,
+                    ssl=self.tls.get(),
+                    proxy_headers=self.proxy_headers,
+                ) as response,
+            ):
+                call.seconds = time.perf_counter() - started
+                self.metrics.observe_upstream(name, call.seconds)
+                call.response, call.deadline = response, timer
+                yield call
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if call.relaying:
+                gone = isinstance(exc, ConnectionResetError)
+                if not gone:
+                    self.metrics.upstream_error(name, "disconnect")
+                raise AnswerBroken(gone, type(exc).__name__) from exc
+            if call.refusal is not None:
+                raise call.refusal from None
+            error, reason, cause = classify(exc)
+            self.metrics.upstream_error(name, reason)
+            if retry and reason not in PERMANENT_REASONS:
+                raise Retry(reason) from exc
+            if not quiet:
+                log.warning(
+                    "upstream call failed: %s",
+                    cause,
+                    extra={"upstream": name, "reason": reason, "error": type(exc).__name__},
+                )
+            error.detail = cause
+            raise error from exc

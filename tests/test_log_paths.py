@@ -104,9 +104,9 @@ async def test_no_secret_reaches_any_log_line(
     def explode(user_id: str) -> str:
         raise RuntimeError(f"boom for {user_id} with {CLIENT_SECRET} and Bearer {tokens[0]}")
 
-    proxy.services.forwarder.deriver = explode  # type: ignore[assignment]
+    proxy.services.caller.deriver = explode  # type: ignore[assignment]
     assert await call(proxy, "GET", "/documents") == 500
-    proxy.services.forwarder.deriver = original
+    proxy.services.caller.deriver = original
     # The store failing, a caller going away, and shutdown.
     assert proxy.services.store is not None
     await proxy.services.store.close()

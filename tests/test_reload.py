@@ -22,11 +22,11 @@ from hypothesis import strategies as st
 from proxy.config import MIN_INBOUND_KEY_BYTES, build_config
 from proxy.config.reader import ConfigError
 from proxy.config.reload import InvalidSecret
-from proxy.forwarding.handler import basic_auth
 from proxy.identity import derive_identifier
 from proxy.log import Redactor, configure_logging
 from proxy.reloading import inbound_keys
 from proxy.sandbox import GiniSimulator
+from proxy.upstream import basic_auth
 from proxy.vending.gini import PROBE_IDENTIFIER
 
 from .conftest import (

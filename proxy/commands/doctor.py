@@ -16,14 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from proxy.config import Config
 from proxy.errors import ProxyError
-from proxy.forwarding.handler import basic_auth
 from proxy.metrics import Metrics
 from proxy.transport.tls import build_context
-from proxy.upstream import PAY_API, USER_CENTER, Upstream, classify
+from proxy.upstream import PAY_API, USER_CENTER, Upstream, basic_auth
 
 PROBE_IDENTIFIER = "gini-auth-proxy-doctor-probe"
 """The X-User-Identifier of the `/login` probe: fixed, so it maps to one throwaway Gini user."""
@@ -213,21 +210,18 @@ class Doctor:
         upstream = Upstream(config.upstream, Metrics())
         await upstream.start()
         try:
-            async with (
-                asyncio.timeout(config.upstream.timeout_seconds),
-                upstream.session.request(
-                    method,
-                    url,
-                    headers={**headers, **extra},
-                    ssl=upstream.ssl_context(),
-                    proxy_headers=upstream.proxy_headers,
-                    allow_redirects=False,
-                ) as response,
-            ):
-                status, date = response.status, response.headers.get("Date")
-                await response.read()  # the token is read and dropped, never shown
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self.add("client credentials", False, f"{what}: {classify(exc)[2]}")
+            async with upstream.call(
+                upstream_name,
+                method,
+                url,
+                headers={**headers, **extra},
+                deadline=config.upstream.timeout_seconds,
+                quiet=True,
+            ) as call:
+                status, date = call.response.status, call.response.headers.get("Date")
+                await call.response.read()  # the token is read and dropped, never shown
+        except ProxyError as exc:
+            self.add("client credentials", False, f"{what}: {exc.detail}")
             self.add("clock skew", None, "no answer from Gini")
             return
         finally:

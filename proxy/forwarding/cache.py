@@ -10,34 +10,33 @@ rejected rather than unpickled. Every failure of the cache degrades to a pass-th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
-import os
 import sqlite3
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-import redis.asyncio
+import aiohttp
 import redis.exceptions
-from aiohttp_client_cache.backends.base import BaseCache, CacheBackend
+from aiohttp import web
 from aiohttp_client_cache.backends.sqlite import SQLiteBackend
 from aiohttp_client_cache.response import CachedResponse
-from cachetools import TTLCache
 from yarl import URL
 
 from proxy.config import ResponseCacheConfig
+from proxy.forwarding.body import read_bounded
+from proxy.forwarding.cache_backends import CALL_TIMEOUT, MemoryCache, make_backend
+from proxy.forwarding.relay import Hit, Miss
+from proxy.forwarding.rewrite import CREDENTIAL_ANSWER_HEADERS
 from proxy.metrics import Metrics
 from proxy.web.routes import OTHER, RouteTable
 
 log = logging.getLogger("proxy.response_cache")
 
-CALL_TIMEOUT = 0.5  # a cache slower than this is worse than no cache
 OUTAGE_PAUSE = 5.0  # after a failure, skip the cache this long instead of waiting on it again
-MEMORY_MAX_ENTRIES = 10_000
 MAX_PENDING_WRITES = 100
 HOUSEKEEPING_SECONDS = 30.0
 _ENTRY_URL = URL("gini-auth-proxy:cached")  # entries are found by our keys, never by URL
@@ -51,118 +50,7 @@ _OUTAGES = (
     sqlite3.OperationalError,
     sqlite3.DatabaseError,
 )
-
-
-class MemoryCache(BaseCache):
-    """Per-process storage: bounded, expiring, no serialization."""
-
-    def __init__(self, ttl: float, max_entries: int = MEMORY_MAX_ENTRIES):
-        super().__init__()
-        self._items: TTLCache[str, Any] = TTLCache(maxsize=max_entries, ttl=ttl)
-
-    async def contains(self, key: str) -> bool:
-        return key in self._items
-
-    async def clear(self) -> None:
-        self._items.clear()
-
-    async def delete(self, key: str) -> None:
-        self._items.pop(key, None)
-
-    async def bulk_delete(self, keys: set[str]) -> None:
-        for key in keys:
-            self._items.pop(key, None)
-
-    async def keys(self) -> AsyncIterable[str]:
-        for key in list(self._items):
-            yield key
-
-    async def read(self, key: str) -> Any:
-        return self._items.get(key)
-
-    def peek(self, key: str) -> Any:
-        """`read` without the coroutine: the hot path of the memory backend."""
-        return self._items.get(key)
-
-    async def size(self) -> int:
-        self._items.expire()
-        return len(self._items)
-
-    async def values(self) -> AsyncIterable[Any]:
-        for value in list(self._items.values()):
-            yield value
-
-    async def write(self, key: str, item: Any) -> None:
-        self._items[key] = item
-
-
-class RedisCache(BaseCache):
-    """Redis storage with one key per entry and a Redis-side expiry (`SET ... EX`), so expired
-    entries cost nothing and several replicas share them. The library's own Redis backend keeps
-    every entry in one hash that never expires."""
-
-    def __init__(self, url: str, prefix: str, ttl: int, secret_key: bytes):
-        super().__init__(secret_key=secret_key)
-        self.prefix = prefix
-        self.ttl = ttl
-        self.client = redis.asyncio.from_url(
-            url, socket_timeout=CALL_TIMEOUT, socket_connect_timeout=CALL_TIMEOUT
-        )
-
-    async def contains(self, key: str) -> bool:
-        return bool(await self.client.exists(self.prefix + key))
-
-    async def clear(self) -> None:
-        async for key in self.client.scan_iter(match=self.prefix + "*"):
-            await self.client.delete(key)
-
-    async def delete(self, key: str) -> None:
-        await self.client.delete(self.prefix + key)
-
-    async def bulk_delete(self, keys: set[str]) -> None:
-        if keys:
-            await self.client.delete(*(self.prefix + key for key in keys))
-
-    async def keys(self) -> AsyncIterable[str]:
-        async for key in self.client.scan_iter(match=self.prefix + "*"):
-            yield key.decode()[len(self.prefix) :]
-
-    async def read(self, key: str) -> Any:
-        return self.deserialize(await self.client.get(self.prefix + key))
-
-    async def size(self) -> int:
-        return -1  # counting would mean scanning a shared Redis: not reported
-
-    async def values(self) -> AsyncIterable[Any]:
-        async for key in self.keys():
-            yield await self.read(key)
-
-    async def write(self, key: str, item: Any) -> None:
-        value = self.serialize(item)
-        if value is not None:
-            await self.client.set(self.prefix + key, value, ex=self.ttl)
-
-    async def close(self) -> None:
-        await self.client.aclose()
-
-
-def make_backend(config: ResponseCacheConfig, secret_key: bytes) -> CacheBackend:
-    """The storage chosen by `response_cache.backend`."""
-    backend = CacheBackend(expire_after=config.ttl_seconds)
-    if config.backend == "memory":
-        backend.responses = MemoryCache(config.ttl_seconds)
-    elif config.backend.startswith("sqlite:"):
-        path = config.backend[len("sqlite:///") :]
-        with contextlib.suppress(OSError):  # cached answers are user data: owner-only file
-            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        backend = SQLiteBackend(
-            path, expire_after=config.ttl_seconds, secret_key=secret_key, autoclose=False
-        )
-    else:
-        backend.responses = RedisCache(
-            config.backend, "gini-auth-proxy:response:", config.ttl_seconds, secret_key
-        )
-    return backend
+_CREDENTIALS_RAW = frozenset(name.encode("ascii") for name in CREDENTIAL_ANSWER_HEADERS)
 
 
 class ResponseCache:
@@ -216,6 +104,49 @@ class ResponseCache:
                 template, result
             ).inc
         inc()
+
+    async def lookup(
+        self, request: web.Request, identifier: str, upstream_headers: Mapping[str, str]
+    ) -> Hit | Miss | None:
+        """What the cache holds for this request; None when its route is not cached."""
+        template = self.route(request.method, request.path)
+        if template is None:
+            return None
+        if request.body_exists:
+            self.count(template, "bypass")
+            return None
+        key = self.key(
+            template,
+            request.raw_path,
+            identifier,
+            upstream_headers.get("Accept", ""),
+            upstream_headers.get("Accept-Encoding") != "identity",
+        )
+        entry = await self.get(template, key)
+        if entry is None:
+            self.count(template, "miss")
+            return Miss(template, key)
+        self.count(template, "hit")
+        return Hit(entry)
+
+    async def store(self, miss: Miss, answer: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+        """Read a storable answer whole and store it in the background.
+
+        Returns the body read and whether it is all of it (and stored); an answer that cannot
+        be stored comes back with what was read of it so far (maybe nothing).
+        """
+        limit = self.config.max_entry_bytes
+        length = answer.content_length
+        if not self.storable(miss.template, answer.status, answer.headers):
+            return b"", False
+        if length is not None and length > limit:
+            return b"", False
+        body, complete = await read_bounded(answer.content, limit)
+        if complete:
+            raw = _without_credentials(answer.raw_headers)
+            entry = self.entry(answer.status, answer.reason or "", raw, body)
+            self.put(miss.template, miss.key, entry)
+        return body, complete
 
     async def get(self, template: str, key: str) -> CachedResponse | None:
         """A fresh cached answer, or None on a miss or any cache failure.
@@ -325,3 +256,11 @@ class ResponseCache:
 def _utcnow() -> datetime:
     # The library compares naive UTC datetimes.
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _without_credentials(
+    raw: tuple[tuple[bytes, bytes], ...],
+) -> tuple[tuple[bytes, bytes], ...]:
+    """Raw headers minus the credential-shaped ones, so a shared cache never holds them (a
+    hit is filtered again on the way out, like a fresh answer)."""
+    return tuple(pair for pair in raw if pair[0].lower() not in _CREDENTIALS_RAW)

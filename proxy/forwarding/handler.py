@@ -1,8 +1,12 @@
 """Flow 1: relay a caller's request to the Pay API with Gini credentials, and the answer back.
 
+The path of a request: this handler checks the method, the caller (`identity.CallerIdentity`)
+and the target, builds Gini's headers, asks the response cache if there is one, reads or streams
+the body, then makes the call through `Upstream.call` and hands the answer to `relay.Relay`.
+
 Everything that depends only on the config (the Basic header, header drop lists, rewriters,
 the upstream base, timeouts) is computed once in `Forwarder.__init__`; per request the work is
-header filtering, one memoised HMAC and the relay itself (`relay.Relay`).
+header filtering, one memoised HMAC and the relay itself.
 
 Timeouts: `upstream.timeout_seconds` bounds the wait for response headers and for each body
 chunk. A request whose body is in memory runs under one deadline (one timer) that covers the
@@ -13,9 +17,6 @@ sent. The benchmark showed aiohttp's per-read timer costing more than the one de
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
@@ -27,10 +28,10 @@ from yarl import URL
 from proxy.config import Config
 from proxy.errors import BadRequest, MethodNotAllowed, PayloadTooLarge, RequestTimeout
 from proxy.forwarding.body import SMALL_BODY, STREAM_CHUNK, read_bounded, read_paced
-from proxy.forwarding.relay import Relay
-from proxy.forwarding.rewrite import NEVER_FORWARD, UrlRewriter, filter_headers, is_json_type
-from proxy.identity import IdentifierDeriver, user_id_from
-from proxy.upstream import PAY_API, Upstream
+from proxy.forwarding.relay import Miss, Relay
+from proxy.forwarding.rewrite import NEVER_FORWARD, UrlRewriter, drop_headers, is_json_type
+from proxy.identity import CallerIdentity
+from proxy.upstream import PAY_API, AnswerBroken, Call, Upstream, basic_auth
 from proxy.web.context import RequestContext
 
 if TYPE_CHECKING:
@@ -41,11 +42,6 @@ if TYPE_CHECKING:
 REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
 
 
-def basic_auth(client_id: str, secret: str) -> str:
-    """The `Authorization` value for Gini's client credentials."""
-    return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode("ascii")
-
-
 class Forwarder:
     """The flow-1 handler: one instance per app, called for every Pay API request."""
 
@@ -53,13 +49,13 @@ class Forwarder:
         self,
         config: Config,
         upstream: Upstream,
-        deriver: IdentifierDeriver,
+        caller: CallerIdentity,
         cache: ResponseCache | None = None,
         signer: JwtSigner | None = None,
     ):
         self.upstream = upstream
-        self.deriver = deriver
-        self.identity_header = config.identity.header
+        self.caller = caller
+        self.cache = cache
         self.base = config.upstream.pay_api
         base = URL(self.base)
         self._origin = (base.scheme, base.raw_host, base.port)
@@ -67,16 +63,15 @@ class Forwarder:
         # Called when Gini answers 401 to our client credentials (a rotation may be due).
         self.on_client_refused: Callable[[], None] | None = None
         self.signer = signer  # jwt mode: a per-user JWT instead of Basic + X-User-Identifier
-        drop = set(NEVER_FORWARD) | {self.identity_header.lower(), "accept-encoding"}
+        drop = set(NEVER_FORWARD) | {caller.header.lower(), "accept-encoding"}
         if config.inbound_auth is not None:
             drop.add(config.inbound_auth.header.lower())
-        self.drop = frozenset(drop)
+        self.drop = tuple(sorted(drop))
         self.to_upstream = UrlRewriter(config.public_url, self.base)
         self.max_body = config.max_body_bytes
         self.max_rewrite = config.max_rewrite_bytes
         self.timeout = config.upstream.timeout_seconds
         self.body_pause = config.client_timeouts.body_seconds
-        self._plain_timeout = upstream.plain_timeout
         self._upload_timeout = aiohttp.ClientTimeout(
             total=None,
             connect=config.upstream.connect_timeout_seconds,
@@ -102,7 +97,7 @@ class Forwarder:
     def upstream_headers(
         self, request: web.Request, ctx: RequestContext, identifier: str
     ) -> CIMultiDict[str]:
-        headers = CIMultiDict(filter_headers(request.headers.items(), self.drop))
+        headers = drop_headers(request.headers, self.drop)
         # Only encodings this proxy can undo for URL rewriting are offered to Gini, and the
         # choice is always explicit so the client library adds no default of its own.
         accept = request.headers.get("Accept-Encoding", "").lower()
@@ -121,57 +116,50 @@ class Forwarder:
         ctx = RequestContext.of(request)
         if request.method in REFUSED_METHODS:
             raise MethodNotAllowed("This method is never forwarded to Gini.")
-        identifier = self.deriver(user_id_from(request.headers, self.identity_header))
+        identifier = self.caller.identifier(request.headers)
         url = self.upstream_url(request.raw_path)
         headers = self.upstream_headers(request, ctx, identifier)
-        if self.relay.cache is not None:
-            hit = await self.relay.lookup(request, ctx, identifier, headers)
-            if hit is not None:
-                return hit
+        miss: Miss | None = None
+        if self.cache is not None:
+            found = await self.cache.lookup(request, identifier, headers)
+            if found is not None and not isinstance(found, Miss):
+                return await self.relay.cached(ctx, found)
+            miss = found
+        call = Call()
         try:
-            data = await self._request_body(request, ctx, headers)
+            data = await self._request_body(request, headers, call)
         except TimeoutError:
             raise self._body_timeout() from None
-        streamed_upload = data is not None and not isinstance(data, bytes)
+        streamed = data is not None and not isinstance(data, bytes)
         typed = data is None or "Content-Type" in headers
-        started = time.perf_counter()
         try:
-            async with asyncio.timeout(None if streamed_upload else self.timeout) as deadline:
-                async with self.upstream.session.request(
-                    request.method,
-                    url,
-                    headers=headers,
-                    data=data,
-                    allow_redirects=False,
-                    timeout=self._upload_timeout if streamed_upload else self._plain_timeout,
-                    skip_auto_headers=None if typed else _NO_CONTENT_TYPE,
-                    ssl=self.upstream.ssl_context(),
-                    proxy_headers=self.upstream.proxy_headers,
-                ) as answer:
-                    ctx.upstream_seconds = time.perf_counter() - started
-                    self.upstream.metrics.observe_upstream(PAY_API, ctx.upstream_seconds)
-                    ctx.gini_request_id = answer.headers.get("X-Request-Id")
-                    if answer.status >= 500:
-                        self.upstream.metrics.upstream_error(PAY_API, "status_5xx")
-                    elif answer.status == 401:
-                        if self.signer is not None:  # Gini refused our JWT for this user
-                            self.signer.rejected(identifier, headers["X-JWT-Authorization"])
-                        elif self.on_client_refused is not None:  # a rotation may be due
-                            self.on_client_refused()
-                    return await self.relay.answer(request, ctx, answer, deadline)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            if ctx.body_too_large:
-                raise PayloadTooLarge from None
-            if ctx.body_timed_out and not ctx.response_started:
-                raise self._body_timeout() from None
-            if ctx.response_started:
-                # Headers are out: all that is left is to cut the connection.
-                ctx.abort(request, exc, self.upstream.metrics.upstream_error)
-                return ctx.response_started
-            self.upstream.fail(PAY_API, exc)
+            async with self.upstream.call(
+                PAY_API,
+                request.method,
+                url,
+                headers=headers,
+                data=data,
+                deadline=None if streamed else self.timeout,
+                read_timeout=self._upload_timeout if streamed else None,
+                skip_auto_headers=None if typed else _NO_CONTENT_TYPE,
+                call=call,
+            ):
+                ctx.upstream_seconds = call.seconds
+                status = call.response.status
+                ctx.gini_request_id = call.response.headers.get("X-Request-Id")
+                if status >= 500:
+                    self.upstream.metrics.upstream_error(PAY_API, "status_5xx")
+                elif status == 401:
+                    if self.signer is not None:  # Gini refused our JWT for this user
+                        self.signer.rejected(identifier, headers["X-JWT-Authorization"])
+                    elif self.on_client_refused is not None:  # a rotation may be due
+                        self.on_client_refused()
+                return await self.relay.answer(request, ctx, call, miss)
+        except AnswerBroken as broken:
+            return self.relay.abort(request, ctx, broken)
 
     async def _request_body(
-        self, request: web.Request, ctx: RequestContext, headers: CIMultiDict[str]
+        self, request: web.Request, headers: CIMultiDict[str], call: Call
     ) -> bytes | AsyncIterator[bytes] | None:
         length = request.content_length
         if length is not None and length > self.max_body:
@@ -185,16 +173,16 @@ class Forwarder:
             )
             if complete:
                 return self.to_upstream.json(prefix)
-            return self._stream_body(request, prefix, ctx)
+            return self._stream_body(request, prefix, call)
         if length is not None and length <= SMALL_BODY:
             body, _ = await read_bounded(request.content, length, self.body_pause)
             return body
         if length is not None:
             headers["Content-Length"] = str(length)  # keep the caller's framing, no chunking
-        return self._stream_body(request, b"", ctx)
+        return self._stream_body(request, b"", call)
 
     async def _stream_body(
-        self, request: web.Request, prefix: bytes, ctx: RequestContext
+        self, request: web.Request, prefix: bytes, call: Call
     ) -> AsyncIterator[bytes]:
         sent = len(prefix)
         if prefix:
@@ -203,16 +191,16 @@ class Forwarder:
             try:
                 chunk = await read_paced(request.content, STREAM_CHUNK, self.body_pause)
             except TimeoutError:
-                # This runs in aiohttp's upload task: the handler learns of it as a client
-                # error on the upstream request, which is then closed, not pooled.
-                ctx.body_timed_out = True
+                # This runs in aiohttp's upload task: the call fails as a client error, the
+                # upstream connection is closed, not pooled, and the caller gets this instead.
+                call.refusal = self._body_timeout()
                 raise
             if not chunk:
                 return
             sent += len(chunk)
             if sent > self.max_body:
-                ctx.body_too_large = True
-                raise PayloadTooLarge
+                call.refusal = PayloadTooLarge()
+                raise call.refusal
             yield chunk
 
     def _body_timeout(self) -> RequestTimeout:

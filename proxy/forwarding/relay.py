@@ -2,60 +2,75 @@
 
 Headers are filtered and `Location`-rewritten, JSON bodies up to `max_rewrite_bytes` get their
 Gini URLs rewritten to `public_url`, anything else streams through in chunks. Answers of
-allow-listed routes are stored in and served from the response cache, through the same path,
-so a cached answer differs from a fresh one only by `Age` and `X-Cache`.
+allow-listed routes are stored by the response cache on the way, and cached answers go out
+through the same path, so a cached answer differs from a fresh one only by `Age` and `X-Cache`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
-from aiohttp import StreamReader, web
-from multidict import CIMultiDict, CIMultiDictProxy
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
 
 from proxy.forwarding.body import SMALL_BODY, STREAM_CHUNK, read_bounded, recode_json
-from proxy.forwarding.rewrite import (
-    CREDENTIAL_ANSWER_HEADERS,
-    NEVER_RETURN,
-    UrlRewriter,
-    drop_headers,
-    is_json_type,
-)
+from proxy.forwarding.rewrite import NEVER_RETURN, UrlRewriter, drop_headers, is_json_type
+from proxy.upstream import AnswerBroken, Call
 from proxy.web.context import RequestContext
 
-if TYPE_CHECKING:  # the cache and its backends load only when `response_cache` is configured
-    from proxy.forwarding.cache import ResponseCache
+if TYPE_CHECKING:  # the cache library loads only when `response_cache` is configured
+    from aiohttp_client_cache.response import CachedResponse
+
+log = logging.getLogger("proxy.relay")
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 _DROP_RETURN = tuple(sorted(NEVER_RETURN))
-_CREDENTIALS_RAW = frozenset(name.encode("ascii") for name in CREDENTIAL_ANSWER_HEADERS)
 
 
-class Answer(Protocol):
-    """What the relay needs of an upstream answer (aiohttp's ClientResponse has it)."""
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """The response cache holds a fresh answer for this request."""
 
-    @property
-    def status(self) -> int: ...
-    @property
-    def reason(self) -> str | None: ...
-    @property
-    def headers(self) -> CIMultiDictProxy[str]: ...
-    @property
-    def content_length(self) -> int | None: ...
-    @property
-    def content(self) -> StreamReader: ...
-    @property
-    def raw_headers(self) -> tuple[tuple[bytes, bytes], ...]: ...
+    entry: CachedResponse
+
+
+@dataclass(frozen=True, slots=True)
+class Miss:
+    """The response cache holds nothing for this request yet: a storable answer goes under
+    `key`."""
+
+    template: str
+    key: str
+
+
+class AnswerStore(Protocol):
+    """What the relay asks of the response cache (`cache.ResponseCache`)."""
+
+    async def store(self, miss: Miss, answer: aiohttp.ClientResponse) -> tuple[bytes, bool]: ...
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One fresh answer on its way out: the caller's request, Gini's call, the caller's
+    headers."""
+
+    request: web.Request
+    ctx: RequestContext
+    call: Call
+    headers: CIMultiDict[str]
 
 
 class Relay:
     """Builds the caller's response; one instance per Forwarder."""
 
     def __init__(
-        self, to_public: UrlRewriter, max_rewrite: int, cache: ResponseCache | None, timeout: float
+        self, to_public: UrlRewriter, max_rewrite: int, cache: AnswerStore | None, timeout: float
     ):
         self.to_public = to_public
         self.max_rewrite = max_rewrite
@@ -87,13 +102,10 @@ class Relay:
         return web.Response(status=status, reason=reason, headers=headers, body=body)
 
     async def answer(
-        self,
-        request: web.Request,
-        ctx: RequestContext,
-        answer: Answer,
-        deadline: asyncio.Timeout,
+        self, request: web.Request, ctx: RequestContext, call: Call, miss: Miss | None = None
     ) -> web.StreamResponse:
-        """Relay a fresh upstream answer, storing it when its route is cached."""
+        """Relay Gini's answer to `call`, storing it under `miss` when its route is cached."""
+        answer = call.response
         headers = self.headers(answer.headers, ctx)
         length = answer.content_length
         if request.method == "HEAD" or answer.status in _NO_BODY_STATUSES:
@@ -101,52 +113,70 @@ class Relay:
                 headers["Content-Length"] = str(length)
             return web.Response(status=answer.status, reason=answer.reason, headers=headers)
         prefix = b""
-        if ctx.cache_key is not None:
+        if miss is not None and self.cache is not None:
             headers["X-Cache"] = "MISS"
-            stored = await self._store(ctx, answer, headers)
-            if isinstance(stored, web.Response):
-                return stored
-            prefix = stored  # read for the cache, but it could not be stored
-        return await self._body(request, ctx, answer, headers, prefix, deadline)
+            prefix, stored = await self.cache.store(miss, answer)
+            if stored:
+                return self.buffered(answer.status, answer.reason, headers, prefix)
+        return await self._body(Outgoing(request, ctx, call, headers), prefix)
 
-    async def _body(
-        self,
-        request: web.Request,
-        ctx: RequestContext,
-        answer: Answer,
-        headers: CIMultiDict[str],
-        prefix: bytes,
-        deadline: asyncio.Timeout,
+    async def cached(self, ctx: RequestContext, hit: Hit) -> web.Response:
+        """A stored answer, relayed like a fresh one."""
+        entry = hit.entry
+        ctx.gini_request_id = entry.headers.get("X-Request-Id")
+        headers = self.headers(entry.headers, ctx)
+        age = (datetime.now(UTC).replace(tzinfo=None) - entry.created_at).total_seconds()
+        headers["Age"] = str(max(0, int(age)))
+        headers["X-Cache"] = "HIT"
+        return self.buffered(entry.status, entry.reason, headers, await entry.read())
+
+    def abort(
+        self, request: web.Request, ctx: RequestContext, broken: AnswerBroken
     ) -> web.StreamResponse:
+        """Cut the caller's connection after the answer broke off with headers already sent.
+
+        Closing (rather than finishing the body) is what tells the caller the body is short:
+        a clean end of a chunked body would look complete.
+        """
+        log.log(
+            logging.DEBUG if broken.client_gone else logging.WARNING,
+            "caller went away during the answer"
+            if broken.client_gone
+            else "upstream answer broke off",
+            extra={"request_id": ctx.request_id, "route": ctx.route, "error": broken.error},
+        )
+        if request.transport is not None:
+            request.transport.close()
+        assert ctx.response_started is not None  # only a started answer can break off
+        return ctx.response_started
+
+    async def _body(self, out: Outgoing, prefix: bytes) -> web.StreamResponse:
         """The body after `prefix` (already read): rewritten JSON, one small read, or a stream."""
+        answer = out.call.response
         length = answer.content_length
         json_type = is_json_type(answer.headers.get("Content-Type", ""))
         if json_type and (length or 0) <= self.max_rewrite and len(prefix) <= self.max_rewrite:
             rest, complete = await read_bounded(answer.content, self.max_rewrite - len(prefix))
             if complete:
-                return self.buffered(answer.status, answer.reason, headers, prefix + rest)
-            return await self._stream(request, ctx, answer, headers, prefix + rest, deadline)
+                return self.buffered(answer.status, answer.reason, out.headers, prefix + rest)
+            return await self._stream(out, prefix + rest)
         if not prefix and length is not None and length <= SMALL_BODY:
             body = await answer.content.read()
             return web.Response(
-                status=answer.status, reason=answer.reason, headers=headers, body=body
+                status=answer.status, reason=answer.reason, headers=out.headers, body=body
             )
-        return await self._stream(request, ctx, answer, headers, prefix, deadline)
+        return await self._stream(out, prefix)
 
-    async def _stream(
-        self,
-        request: web.Request,
-        ctx: RequestContext,
-        answer: Answer,
-        headers: CIMultiDict[str],
-        prefix: bytes,
-        deadline: asyncio.Timeout,
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
+    async def _stream(self, out: Outgoing, prefix: bytes) -> web.StreamResponse:
+        answer, ctx, deadline = out.call.response, out.ctx, out.call.deadline
+        response = web.StreamResponse(
+            status=answer.status, reason=answer.reason, headers=out.headers
+        )
         if answer.content_length is not None:
             response.content_length = answer.content_length
-        await response.prepare(request)
+        await response.prepare(out.request)
         ctx.response_started = response
+        out.call.relaying = True
         if prefix:
             await response.write(prefix)
             ctx.bytes_out += len(prefix)
@@ -164,78 +194,3 @@ class Relay:
             ctx.bytes_out += len(chunk)
         await response.write_eof()
         return response
-
-    # -- response cache -------------------------------------------------------------------
-
-    async def lookup(
-        self,
-        request: web.Request,
-        ctx: RequestContext,
-        identifier: str,
-        upstream_headers: Mapping[str, str],
-    ) -> web.StreamResponse | None:
-        """Serve an allow-listed GET/HEAD from the cache, or note the key to store under."""
-        cache = self.cache
-        assert cache is not None
-        template = cache.route(request.method, request.path)
-        if template is None:
-            return None
-        if request.body_exists:
-            cache.count(template, "bypass")
-            return None
-        key = cache.key(
-            template,
-            request.raw_path,
-            identifier,
-            upstream_headers.get("Accept", ""),
-            upstream_headers.get("Accept-Encoding") != "identity",
-        )
-        entry = await cache.get(template, key)
-        if entry is None:
-            cache.count(template, "miss")
-            ctx.cache_template, ctx.cache_key = template, key
-            return None
-        cache.count(template, "hit")
-        ctx.gini_request_id = entry.headers.get("X-Request-Id")
-        headers = self.headers(entry.headers, ctx)
-        age = (datetime.now(UTC).replace(tzinfo=None) - entry.created_at).total_seconds()
-        headers["Age"] = str(max(0, int(age)))
-        headers["X-Cache"] = "HIT"
-        return self.buffered(entry.status, entry.reason, headers, await entry.read())
-
-    async def _store(
-        self, ctx: RequestContext, answer: Answer, headers: CIMultiDict[str]
-    ) -> web.Response | bytes:
-        """Read a storable answer whole, store it, and answer from memory.
-
-        Returns the bytes already read (maybe none) when the answer cannot be stored.
-        """
-        cache = self.cache
-        assert cache is not None
-        assert ctx.cache_template is not None
-        assert ctx.cache_key is not None
-        limit = cache.config.max_entry_bytes
-        length = answer.content_length
-        if not cache.storable(ctx.cache_template, answer.status, answer.headers):
-            return b""
-        if length is not None and length > limit:
-            return b""
-        body, complete = await read_bounded(answer.content, limit)
-        if not complete:
-            return body
-        cache.put(
-            ctx.cache_template,
-            ctx.cache_key,
-            cache.entry(
-                answer.status, answer.reason or "", _without_credentials(answer.raw_headers), body
-            ),
-        )
-        return self.buffered(answer.status, answer.reason, headers, body)
-
-
-def _without_credentials(
-    raw: tuple[tuple[bytes, bytes], ...],
-) -> tuple[tuple[bytes, bytes], ...]:
-    """Raw headers minus the credential-shaped ones, so a shared cache never holds them (a
-    hit is filtered again on the way out, like a fresh answer)."""
-    return tuple(pair for pair in raw if pair[0].lower() not in _CREDENTIALS_RAW)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
@@ -62,25 +62,11 @@ NEVER_RETURN = (
 )
 
 
-def filter_headers(items: Iterable[tuple[str, str]], drop: frozenset[str]) -> list[tuple[str, str]]:
-    """Headers without those named in `drop` (lowercase) or listed in a `Connection` header."""
-    kept: list[tuple[str, str]] = []
-    listed: set[str] = set()
-    for name, value in items:
-        lower = name.lower()
-        if lower == "connection":
-            listed.update(token.strip().lower() for token in value.split(","))
-        if lower not in drop:
-            kept.append((name, value))
-    if listed:
-        kept = [(n, v) for n, v in kept if n.lower() not in listed]
-    return kept
-
-
 def drop_headers(headers: Mapping[str, str], drop: tuple[str, ...]) -> CIMultiDict[str]:
     """A mutable copy of `headers` without `drop` (lowercase names) and without any header a
-    `Connection` header lists (RFC 9110 section 7.6.1). Same result as `filter_headers`, by a
-    path measured faster for header sets of typical size: one C-level copy, then removals."""
+    `Connection` header lists (RFC 9110 section 7.6.1); order and repeats are kept. Used in both
+    directions. One C-level copy, then removals: measured faster, for header sets of typical
+    size, than building a filtered list in Python and copying that."""
     copy = CIMultiDict(headers)
     listed = copy.getall("Connection", None)
     for name in drop:

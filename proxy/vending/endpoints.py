@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.errors import NotFound
-from proxy.identity import IdentifierDeriver, user_id_from
+from proxy.errors import MethodNotAllowed, NotFound
+from proxy.identity import CallerIdentity
 from proxy.log import hide
 from proxy.metrics import Metrics
 from proxy.vending.anonymous import AnonymousUsers
@@ -14,6 +14,13 @@ from proxy.vending.tokens import Token, TokenCache
 from proxy.web.expect import ExpectHandler
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+PROXY_ENDPOINTS = {
+    "/_proxy/tokens/derived": "POST",
+    "/_proxy/tokens/anonymous": "POST",
+    "/_proxy/users/anonymous": "DELETE",
+}
+"""The proxy's own endpoints on the proxy listener, path -> method: routed here, named in the
+route table, and answered 405 with `Allow` for any other method."""
 
 
 def token_response(token: Token, now: float) -> web.Response:
@@ -32,24 +39,19 @@ class TokenEndpoints:
 
     def __init__(
         self,
-        identity_header: str,
-        deriver: IdentifierDeriver,
+        caller: CallerIdentity,
         gini: GiniClient,
         derived_tokens: TokenCache,
         anonymous_tokens: TokenCache,
         anonymous: AnonymousUsers | None,
         metrics: Metrics,
     ):
-        self.identity_header = identity_header
-        self.deriver = deriver
+        self.caller = caller
         self.gini = gini
         self.derived_tokens = derived_tokens
         self.anonymous_tokens = anonymous_tokens
         self.anonymous = anonymous
         self.metrics = metrics
-
-    def _key(self, request: web.Request) -> str:
-        return self.deriver(user_id_from(request.headers, self.identity_header))
 
     def _anonymous(self) -> AnonymousUsers:
         if self.anonymous is None:
@@ -58,14 +60,14 @@ class TokenEndpoints:
 
     async def derived(self, request: web.Request) -> web.Response:
         """Flow 2: a Pay API token for the caller's derived user."""
-        key = self._key(request)
+        key = self.caller.identifier(request.headers)
         token, cached = await self.derived_tokens.get(key, lambda: self.gini.derived_login(key))
         self.metrics.token_issued("derived", cached)
         return token_response(token, self.derived_tokens.clock())
 
     async def anonymous_token(self, request: web.Request) -> web.Response:
         """Flow 4: a token for the caller's anonymous user, created on first use."""
-        key = self._key(request)
+        key = self.caller.identifier(request.headers)
         users = self._anonymous()
         token, cached = await self.anonymous_tokens.get(key, lambda: users.login(key))
         self.metrics.token_issued("anonymous", cached)
@@ -73,7 +75,7 @@ class TokenEndpoints:
 
     async def forget_anonymous(self, request: web.Request) -> web.Response:
         """Right to erasure: drop the stored credentials and cached tokens (204, or 404)."""
-        key = self._key(request)
+        key = self.caller.identifier(request.headers)
         users = self._anonymous()
         self.anonymous_tokens.forget(key)
         if not await users.forget(key):
@@ -81,6 +83,20 @@ class TokenEndpoints:
         return web.Response(status=204, headers=NO_STORE)
 
     def add_routes(self, router: web.UrlDispatcher, expect: ExpectHandler) -> None:
-        router.add_post("/_proxy/tokens/derived", self.derived, expect_handler=expect)
-        router.add_post("/_proxy/tokens/anonymous", self.anonymous_token, expect_handler=expect)
-        router.add_delete("/_proxy/users/anonymous", self.forget_anonymous, expect_handler=expect)
+        """The endpoints of PROXY_ENDPOINTS, and a JSON 404/405 for any other /_proxy/ path."""
+        handlers = {
+            "/_proxy/tokens/derived": self.derived,
+            "/_proxy/tokens/anonymous": self.anonymous_token,
+            "/_proxy/users/anonymous": self.forget_anonymous,
+        }
+        for path, method in PROXY_ENDPOINTS.items():
+            router.add_route(method, path, handlers[path], expect_handler=expect)
+        # Everything else under /_proxy/ is ours too, and never forwarded.
+        router.add_route("*", "/_proxy/{tail:.*}", _unknown, expect_handler=expect)
+
+
+async def _unknown(request: web.Request) -> web.StreamResponse:
+    allowed = PROXY_ENDPOINTS.get(request.path)
+    if allowed is not None:
+        raise MethodNotAllowed(headers={"Allow": allowed})
+    raise NotFound("No such endpoint on this proxy; /_proxy/ paths are never forwarded.")

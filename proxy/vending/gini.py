@@ -18,12 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-import aiohttp
-
 from proxy import __version__
 from proxy.errors import BadGateway, ProxyError, UpstreamRejected, UpstreamUnavailable
 from proxy.log import current_request_id, hide
-from proxy.upstream import PAY_API, PERMANENT_REASONS, USER_CENTER, Upstream, translate
+from proxy.upstream import PAY_API, USER_CENTER, Retry, Upstream
 from proxy.vending.tokens import Token, lifetime_from
 
 log = logging.getLogger("proxy.gini")
@@ -53,7 +51,9 @@ class ClientTokenRejected(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Answer:
+class Reply:
+    """Gini's answer to one of the proxy's own calls, read whole."""
+
     status: int
     body: bytes
 
@@ -160,7 +160,7 @@ class GiniClient:
         }
         return (await self._call(PAY_API, "POST", f"{self.pay_api}/login", headers)).status
 
-    def _token(self, answer: Answer) -> Token:
+    def _token(self, answer: Reply) -> Token:
         body = answer.json()
         access = body.get("access_token") if isinstance(body, Mapping) else None
         if not isinstance(access, str) or not access:
@@ -169,7 +169,7 @@ class GiniClient:
         return Token(access, self.clock() + lifetime_from(body.get("expires_in")))
 
     @staticmethod
-    def _refused(answer: Answer, what: str) -> ProxyError:
+    def _refused(answer: Reply, what: str) -> ProxyError:
         if 400 <= answer.status < 500 and answer.status != 429:
             log.error("%s", what, extra={"status": answer.status})
             return UpstreamRejected()
@@ -183,7 +183,7 @@ class GiniClient:
         url: str,
         headers: Mapping[str, str],
         body: Any = None,
-    ) -> Answer:
+    ) -> Reply:
         """One call with retries; returns the final answer or raises the contract error."""
         headers = {**headers, **_COMMON_HEADERS}
         request_id = current_request_id()
@@ -191,27 +191,19 @@ class GiniClient:
             headers["X-Request-Id"] = request_id
         attempt = 0
         while True:
-            started = time.perf_counter()
             try:
-                async with (
-                    asyncio.timeout(self.timeout),
-                    self.upstream.session.request(
-                        method,
-                        url,
-                        headers=headers,
-                        data=body,
-                        allow_redirects=False,
-                        ssl=self.upstream.ssl_context(),
-                        proxy_headers=self.upstream.proxy_headers,
-                    ) as response,
-                ):
-                    self.upstream.metrics.observe_upstream(upstream, time.perf_counter() - started)
-                    answer = Answer(response.status, await response.read())
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                reason = translate(exc)[1]
-                if attempt >= self.max_retries or reason in PERMANENT_REASONS:
-                    self.upstream.fail(upstream, exc)
-                self.upstream.metrics.upstream_error(upstream, reason)
+                async with self.upstream.call(
+                    upstream,
+                    method,
+                    url,
+                    headers=headers,
+                    data=body,
+                    deadline=self.timeout,
+                    retry=attempt < self.max_retries,
+                ) as call:
+                    answer = Reply(call.response.status, await call.response.read())
+            except Retry:
+                pass
             else:
                 if answer.status not in _RETRY_STATUSES:
                     if (

@@ -14,18 +14,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import re
 import time
 
 from aiohttp import web
 
 from proxy.log import REDACTED, access_stream
 from proxy.metrics import METHODS
-from proxy.web.context import RequestContext
+from proxy.web.context import REQUEST_ID, RequestContext
 
 FLUSH_SECONDS = 0.1
 FLUSH_LINES = 256
-_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")  # the caller's request id is held to the same
 
 
 @functools.lru_cache(maxsize=1024)
@@ -52,10 +50,10 @@ class AccessLog:
 
     def write(self, request: web.Request, ctx: RequestContext, status: int, seconds: float) -> None:
         # Formatted by hand: every string here is validated to characters that need no JSON
-        # escaping (request ids and Gini's by _ID, methods from a fixed set, routes from the
+        # escaping (request ids and Gini's by REQUEST_ID, methods from a fixed set, routes from the
         # route table), so json.dumps would only cost time. The test suite parses the lines.
         gini_id = ctx.gini_request_id
-        gini = f'"{gini_id}"' if gini_id is not None and _ID.fullmatch(gini_id) else "null"
+        gini = f'"{gini_id}"' if gini_id is not None and REQUEST_ID.fullmatch(gini_id) else "null"
         upstream = ctx.upstream_seconds
         bytes_in = request.content_length
         line = (

@@ -12,7 +12,6 @@ import itertools
 import logging
 import os
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -21,18 +20,18 @@ from aiohttp.typedefs import Middleware
 
 from proxy.config import Config, InboundAuthConfig
 from proxy.errors import InternalError, MethodNotAllowed, NotFound, ProxyError, Unauthenticated
+from proxy.identity import CallerIdentity, IdentifierDeriver
 from proxy.lifecycle import Lifecycle
 from proxy.log import end_request_scope, request_scope
 from proxy.metrics import Metrics
 from proxy.web.accesslog import AccessLog
-from proxy.web.context import CONTEXT, RequestContext
+from proxy.web.context import CONTEXT, REQUEST_ID, RequestContext
 from proxy.web.routes import RouteTable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 log = logging.getLogger("proxy.errors")
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 CLIENT_CLOSED = 499  # nginx's convention for "the caller went away"; metrics only
 
 
@@ -103,23 +102,27 @@ def observe(
     lifecycle: Lifecycle,
     access: AccessLog,
     inbound_keys: InboundKeys | None = None,
+    caller: CallerIdentity | None = None,
 ) -> Middleware:
     """Build the middleware with every config-dependent choice made here, once."""
+    if caller is None:
+        caller = CallerIdentity(
+            config.identity.header, IdentifierDeriver(config.identity.hmac_key.encode())
+        )
     authenticated = inbound_check(config.inbound_auth, inbound_keys)
     log_every = config.logging.access_log and config.logging.access_log_sample_rate >= 1.0
     sample_rate = config.logging.access_log_sample_rate if config.logging.access_log else 0.0
-    identity_header = config.identity.header
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         request_id = request.headers.get("X-Request-Id")
-        if request_id is None or not _REQUEST_ID.fullmatch(request_id):
+        if request_id is None or not REQUEST_ID.fullmatch(request_id):
             request_id = new_request_id()
         ctx = RequestContext(request_id, routes.match(request.path))
         request[CONTEXT] = ctx
         # Every copy of the identity header is hidden, also when duplicates get the request refused.
-        scope = request_scope(request_id, *request.headers.getall(identity_header, ()))
+        scope = request_scope(request_id, *caller.values(request.headers))
         lifecycle.in_flight += 1
         status = CLIENT_CLOSED
         try:

@@ -25,23 +25,15 @@ from proxy.vending.stores.base import (
 )
 from proxy.vending.stores.cipher import Cipher, WrongKey
 from proxy.vending.stores.keyring import open_sealed
+from proxy.vending.stores.schema import anonymous_users_table, bootstrap
 
 log = logging.getLogger("proxy.store")
 
-SCHEMA_VERSION = 1
 _MIGRATION_LOCK = 0x67696E69_70727879  # "giniprxy": any constant shared by all replicas
-_MIGRATIONS = {
-    1: (
-        """CREATE TABLE anonymous_users (
-               user_key   TEXT PRIMARY KEY,
-               email      TEXT NOT NULL,
-               password   BYTEA NOT NULL,
-               state      TEXT NOT NULL CHECK (state IN ('pending', 'active')),
-               created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-               updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
-           )""",
-    ),
-}
+_MIGRATIONS = {1: (anonymous_users_table("BYTEA", "TIMESTAMPTZ NOT NULL DEFAULT now()"),)}
+_META_TABLE = (
+    "CREATE TABLE IF NOT EXISTS gini_proxy_meta (name TEXT PRIMARY KEY, value BYTEA NOT NULL)"
+)
 MIGRATION_LOCK_TIMEOUT = 10.0  # another replica may hold the lock while it migrates
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
 
@@ -90,7 +82,7 @@ class PostgresStore:
                     _MIGRATION_LOCK,
                     timeout=MIGRATION_LOCK_TIMEOUT,
                 )
-                await self._migrate(conn)
+                await bootstrap(_Session(conn), _META_TABLE, _MIGRATIONS, self.cipher)
         except (*_ERRORS, WrongKey) as exc:
             await self.close()
             raise StoreOpenError(
@@ -102,36 +94,6 @@ class PostgresStore:
 
     def _current_password(self) -> str | None:
         return self.password
-
-    async def _migrate(self, conn: Any) -> None:
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS gini_proxy_meta"
-            " (name TEXT PRIMARY KEY, value BYTEA NOT NULL)"
-        )
-        version = await conn.fetchval(
-            "SELECT value FROM gini_proxy_meta WHERE name = 'schema_version'"
-        )
-        current = int(bytes(version).decode()) if version is not None else 0
-        if current > SCHEMA_VERSION:
-            raise StoreOpenError(
-                f"the store has schema version {current}; this build knows {SCHEMA_VERSION}"
-            )
-        for number in range(current + 1, SCHEMA_VERSION + 1):
-            for statement in _MIGRATIONS[number]:
-                await conn.execute(statement)
-        await conn.execute(
-            "INSERT INTO gini_proxy_meta (name, value) VALUES ('schema_version', $1) "
-            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            str(SCHEMA_VERSION).encode(),
-        )
-        check = await conn.fetchval("SELECT value FROM gini_proxy_meta WHERE name = 'key_check'")
-        if check is None:
-            await conn.execute(
-                "INSERT INTO gini_proxy_meta (name, value) VALUES ('key_check', $1)",
-                self.cipher.check_value(),
-            )
-        else:
-            self.cipher.verify(bytes(check))
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -283,3 +245,25 @@ class PostgresStore:
                 [new for _, new in swaps],
             )
         return {row["user_key"] for row in rows}
+
+
+class _Session:
+    """The opening transaction's connection, as `schema.bootstrap` uses it."""
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+
+    async def run(self, statement: str) -> None:
+        await self.conn.execute(statement)
+
+    async def read_meta(self, name: str) -> bytes | None:
+        value = await self.conn.fetchval("SELECT value FROM gini_proxy_meta WHERE name = $1", name)
+        return bytes(value) if value is not None else None
+
+    async def write_meta(self, name: str, value: bytes) -> None:
+        await self.conn.execute(
+            "INSERT INTO gini_proxy_meta (name, value) VALUES ($1, $2) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            name,
+            value,
+        )

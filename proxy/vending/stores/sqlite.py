@@ -28,22 +28,14 @@ from proxy.vending.stores.base import (
 )
 from proxy.vending.stores.cipher import Cipher, WrongKey
 from proxy.vending.stores.keyring import open_sealed
+from proxy.vending.stores.schema import anonymous_users_table, bootstrap
 
 log = logging.getLogger("proxy.store")
 
-SCHEMA_VERSION = 1
-_MIGRATIONS = {
-    1: (
-        """CREATE TABLE anonymous_users (
-               user_key   TEXT PRIMARY KEY,
-               email      TEXT NOT NULL,
-               password   BLOB NOT NULL,
-               state      TEXT NOT NULL CHECK (state IN ('pending', 'active')),
-               created_at REAL NOT NULL,
-               updated_at REAL NOT NULL
-           )""",
-    ),
-}
+_MIGRATIONS = {1: (anonymous_users_table("BLOB", "REAL NOT NULL"),)}
+_META_TABLE = (
+    "CREATE TABLE IF NOT EXISTS gini_proxy_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)"
+)
 
 
 class SqliteStore:
@@ -106,29 +98,20 @@ class SqliteStore:
         db = self.db
         await db.execute("BEGIN IMMEDIATE")  # one process migrates; others wait (busy_timeout)
         try:
-            await db.execute(
-                "CREATE TABLE IF NOT EXISTS gini_proxy_meta"
-                " (name TEXT PRIMARY KEY, value BLOB NOT NULL)"
-            )
-            version = await self._meta("schema_version")
-            current = int(version) if version is not None else 0
-            if current > SCHEMA_VERSION:
-                raise StoreOpenError(
-                    f"the store has schema version {current}; this build knows {SCHEMA_VERSION}"
-                )
-            for number in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[number]:
-                    await db.execute(statement)
-            await self._set_meta("schema_version", str(SCHEMA_VERSION).encode())
-            check = await self._meta("key_check")
-            if check is None:
-                await self._set_meta("key_check", self.cipher.check_value())
-            else:
-                self.cipher.verify(check)
+            await bootstrap(self, _META_TABLE, _MIGRATIONS, self.cipher)
             await db.execute("COMMIT")
         except BaseException:
             await db.execute("ROLLBACK")
             raise
+
+    async def run(self, statement: str) -> None:
+        await self.db.execute(statement)
+
+    async def read_meta(self, name: str) -> bytes | None:
+        return await self._meta(name)
+
+    async def write_meta(self, name: str, value: bytes) -> None:
+        await self._set_meta(name, value)
 
     async def _meta(self, name: str) -> bytes | None:
         async with self.db.execute(

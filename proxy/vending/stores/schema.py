@@ -1,0 +1,65 @@
+"""Opening a store, the same on every backend: the meta table, the schema migrations in order,
+and the key check that refuses an `encryption_key` the rows were not written with.
+
+Each backend supplies the SQL of its dialect and a `SchemaSession` over one transaction (the
+caller holds its backend's lock, so replicas starting together migrate once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from proxy.vending.stores.base import StoreOpenError
+
+if TYPE_CHECKING:
+    from proxy.vending.stores.cipher import Cipher
+
+SCHEMA_VERSION = 1
+"""The schema this build writes; a store at a later version is refused, not downgraded."""
+
+
+def anonymous_users_table(blob: str, timestamp: str) -> str:
+    """Version 1: one row per anonymous user, in the backend's column types."""
+    return f"""CREATE TABLE anonymous_users (
+               user_key   TEXT PRIMARY KEY,
+               email      TEXT NOT NULL,
+               password   {blob} NOT NULL,
+               state      TEXT NOT NULL CHECK (state IN ('pending', 'active')),
+               created_at {timestamp},
+               updated_at {timestamp}
+           )"""
+
+
+class SchemaSession(Protocol):
+    """One backend connection inside the opening transaction."""
+
+    async def run(self, statement: str) -> None: ...
+    async def read_meta(self, name: str) -> bytes | None: ...
+    async def write_meta(self, name: str, value: bytes) -> None: ...
+
+
+async def bootstrap(
+    session: SchemaSession,
+    meta_table: str,
+    migrations: Mapping[int, Sequence[str]],
+    cipher: Cipher,
+) -> None:
+    """Create the meta table, migrate up to SCHEMA_VERSION, then check (or, on a new store,
+    record) the key check value. Raises StoreOpenError, or WrongKey from the cipher."""
+    await session.run(meta_table)
+    version = await session.read_meta("schema_version")
+    current = int(version) if version is not None else 0
+    if current > SCHEMA_VERSION:
+        raise StoreOpenError(
+            f"the store has schema version {current}; this build knows {SCHEMA_VERSION}"
+        )
+    for number in range(current + 1, SCHEMA_VERSION + 1):
+        for statement in migrations[number]:
+            await session.run(statement)
+    await session.write_meta("schema_version", str(SCHEMA_VERSION).encode())
+    check = await session.read_meta("key_check")
+    if check is None:
+        await session.write_meta("key_check", cipher.check_value())
+    else:
+        cipher.verify(check)

@@ -1,5 +1,5 @@
-"""`scripts/bench`: throughput, latency and memory of the proxy against a bare forwarder,
-token vending from the cache, and the response cache.
+"""`scripts/bench`: throughput, latency and memory of the proxy against two baseline
+forwarders (lean and bare), token vending from the cache, and the response cache.
 
 Sections (`--only`, comma-separated; all by default): flow1 (GET /documents: the proxy against
 the lean and the bare forwarder, alternating; direct; memory), tokens (token vending against
@@ -75,8 +75,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--max-wait",
         type=float,
         default=None,
-        help="seconds to wait for other processes to go quiet before each measurement, which "
-        "is repeated (twice at most) when it was contended all the same (default: 120, "
+        help="seconds to wait for other processes to go quiet before each single measurement, "
+        "which is repeated (twice at most) when it was contended all the same, and before each "
+        "alternating comparison, whose best runs stand in for the quiet ones (default: 120, "
         "0 with --quick)",
     )
     parser.add_argument(
@@ -84,10 +85,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         type=_sections,
         default=None,
         metavar="SECTIONS",
-        help="run only these sections, comma-separated: flow1 (GET /documents: direct, bare, "
-        "proxy; memory), tokens (token vending), cache (response cache), tls (bare and proxy "
-        "to nginx over HTTPS, handshakes per 1,000 requests), jwt (client.auth jwt against "
-        "basic); default: all (with --profile: flow1)",
+        help="run only these sections, comma-separated: flow1 (GET /documents: proxy, lean and "
+        "bare alternating; direct; memory), tokens (token vending against flow 1; upstream "
+        "fetches), cache (response cache), tls (proxy, lean and bare alternating to nginx over "
+        "HTTPS, handshakes per 1,000 requests), jwt (client.auth jwt against basic); default: "
+        "all (with --profile: flow1)",
     )
     parser.add_argument(
         "--rounds",
@@ -114,8 +116,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="instead of measuring, profile the proxy (access log on and off) and the bare "
-        "forwarder under load with py-spy and print the hot functions; with --only tokens or "
+        help="instead of measuring, profile the proxy (access log on and off) and the lean and "
+        "bare forwarders under load with py-spy and print the hot functions; with --only tokens or "
         "cache, the token endpoint or the proxy with a memory response cache",
     )
     return parser.parse_args(argv)

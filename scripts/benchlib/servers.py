@@ -97,11 +97,31 @@ def start_nginx(procs: Processes, nginx: str, tmp: Path, aio: Server) -> Server:
 def start_bare(
     procs: Processes, root: Path, tmp: Path, upstream: str, ca_file: Path | None = None
 ) -> Server:
+    """`bare.py`, the baseline the proxy was first compared with."""
+    return _start_baseline(procs, root, tmp, upstream, ca_file, "bare", "bare forwarder")
+
+
+def start_lean(
+    procs: Processes, root: Path, tmp: Path, upstream: str, ca_file: Path | None = None
+) -> Server:
+    """`lean.py`, the forwarder with every avoidable per-request cost taken out."""
+    return _start_baseline(procs, root, tmp, upstream, ca_file, "lean", "lean forwarder")
+
+
+def _start_baseline(
+    procs: Processes,
+    root: Path,
+    tmp: Path,
+    upstream: str,
+    ca_file: Path | None,
+    module: str,
+    name: str,
+) -> Server:
     port = free_port()
     argv = [
         sys.executable,
         "-m",
-        "benchlib.bare",
+        f"benchlib.{module}",
         "--port",
         str(port),
         "--upstream",
@@ -115,12 +135,11 @@ def start_bare(
     ]
     if ca_file is not None:
         argv += ["--ca-file", str(ca_file)]
-    proc = procs.start(
-        "bare forwarder", argv, env=child_env(root), stderr=(tmp / "bare.stderr").open("wb")
-    )
+    tag = module if ca_file is None else f"{module}-tls"
+    proc = procs.start(name, argv, env=child_env(root), stderr=(tmp / f"{tag}.stderr").open("wb"))
     url = f"http://127.0.0.1:{port}"
-    _wait_for_forwarder(url, proc, "the bare forwarder")
-    return Server("bare forwarder", proc, url)
+    _wait_for_forwarder(url, proc, f"the {name}")
+    return Server(name, proc, url)
 
 
 def proxy_config(

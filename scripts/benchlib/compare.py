@@ -1,0 +1,180 @@
+"""Noise-resistant comparison: short wrk runs of each contender, alternated over several rounds.
+
+On a shared 2-core machine the speed available to the bench drifts by tens of per cent from one
+minute to the next, so two servers measured one after the other for 10 s each can come out
+20 % apart for no reason of their own. Here every contender runs for a few seconds per round,
+the order rotating each round so that none always follows the same neighbour, and each side is
+summarised by the mean of its best `keep` runs (highest req/s; lowest p50 for latency): a burst
+of other load lowers some runs of every side, and the best runs are the ones it spared.
+
+All contenders are started before the first round and stay up (idle when not measured), so
+their connection pools are warm. The server CPU per request (from /proc) is reported per side
+as well: unlike req/s it hardly depends on how much CPU was left to the bench, so it shows a
+slow baseline or a noisy round for what it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from statistics import mean
+
+from .wrk import QUIET, Wrk, WrkResult
+
+
+@dataclass(frozen=True)
+class Contender:
+    key: str  # "proxy", "lean", "bare", ...
+    label: str
+    url: str  # the full URL wrk loads
+    pid: int  # the server process, for its CPU time
+    method: str = "GET"
+
+
+@dataclass
+class Side:
+    key: str
+    label: str
+    keep: int
+    runs: list[WrkResult] = field(default_factory=list)
+    # new upstream connections (TLS handshakes) counted during the measured runs, if counted
+    upstream_connections: int | None = None
+
+    def _fastest(self) -> list[WrkResult]:
+        return sorted(self.runs, key=lambda r: r.rps, reverse=True)[: self.keep]
+
+    @property
+    def rps(self) -> float:
+        """Mean req/s of the best `keep` runs."""
+        best = self._fastest()
+        return mean(r.rps for r in best) if best else 0.0
+
+    @property
+    def p50_ms(self) -> float:
+        """Mean p50 of the `keep` runs with the lowest p50."""
+        best = sorted(r.p50_ms for r in self.runs)[: self.keep]
+        return mean(best) if best else 0.0
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        """Server CPU per request over the best `keep` runs (by req/s)."""
+        best = self._fastest()
+        requests = sum(r.requests for r in best)
+        return sum(r.server_cpu_s for r in best) / requests * 1e6 if requests else 0.0
+
+    @property
+    def requests(self) -> int:
+        return sum(r.requests for r in self.runs)
+
+    @property
+    def errors(self) -> int:
+        return sum(r.errors for r in self.runs)
+
+    @property
+    def rps_range(self) -> tuple[float, float]:
+        rates = [r.rps for r in self.runs] or [0.0]
+        return min(rates), max(rates)
+
+    @property
+    def max_other_cores(self) -> float:
+        return max((r.other_cores for r in self.runs), default=0.0)
+
+    @property
+    def contended_runs(self) -> int:
+        return sum(1 for r in self.runs if r.other_cores > QUIET)
+
+    def summary(self) -> dict[str, object]:
+        low, high = self.rps_range
+        return {
+            "rps_best_mean": self.rps,
+            "p50_ms_best_mean": self.p50_ms,
+            "cpu_us_per_request": self.cpu_us_per_request,
+            "rps_min": low,
+            "rps_max": high,
+            "requests": self.requests,
+            "errors": self.errors,
+            "contended_runs": self.contended_runs,
+            "max_other_cores": self.max_other_cores,
+        }
+
+
+@dataclass
+class Comparison:
+    connections: int
+    rounds: int
+    seconds: int
+    keep: int
+    sides: dict[str, Side] = field(default_factory=dict)
+
+    def rps_ratio(self, key: str, base: str) -> float | None:
+        a, b = self.sides.get(key), self.sides.get(base)
+        if a is None or b is None or not b.rps:
+            return None
+        return a.rps / b.rps
+
+    def p50_diff_ms(self, key: str, base: str) -> float | None:
+        a, b = self.sides.get(key), self.sides.get(base)
+        if a is None or b is None:
+            return None
+        return a.p50_ms - b.p50_ms
+
+    def method(self) -> str:
+        return (
+            f"{self.rounds} rounds x {self.seconds} s per contender, order rotating; "
+            f"mean of each side's best {self.keep}"
+        )
+
+
+def alternate(
+    wrk: Wrk,
+    contenders: list[Contender],
+    connections: int,
+    *,
+    rounds: int,
+    seconds: int,
+    warmup: int,
+    keep: int,
+    connections_counter: Callable[[], int] | None = None,
+) -> Comparison:
+    """Warm each contender up once, then `rounds` rounds of one `seconds` run per contender.
+
+    `connections_counter`, when given, reads a counter of connections the upstream accepted
+    (each read counting itself once); its growth during each measured run is charged to the
+    contender that ran.
+    """
+    comparison = Comparison(connections, rounds, seconds, min(keep, rounds))
+    for c in contenders:
+        side = Side(c.key, c.label, comparison.keep)
+        if connections_counter is not None:
+            side.upstream_connections = 0
+        comparison.sides[c.key] = side
+    names = ", ".join(c.label for c in contenders)
+    print(f"bench: alternating at {connections} conn: {names}", flush=True)
+    wrk.wait_quiet()
+    for c in contenders:
+        wrk.run(c.url, connections, warmup, method=c.method)
+    for round_ in range(rounds):
+        shift = round_ % len(contenders)
+        for c in contenders[shift:] + contenders[:shift]:
+            before = connections_counter() if connections_counter else 0
+            r = wrk.run(c.url, connections, seconds, c.pid, c.method)
+            side = comparison.sides[c.key]
+            side.runs.append(r)
+            if connections_counter is not None and side.upstream_connections is not None:
+                side.upstream_connections += connections_counter() - before - 1
+            flag = "  CONTENDED" if r.other_cores > QUIET else ""
+            print(
+                f"bench:   round {round_ + 1}/{rounds} {c.label:<24} {r.rps:7.0f} req/s  "
+                f"p50 {r.p50_ms:.3f} ms  CPU {r.cpu_us_per_request:4.0f} us/req  "
+                f"errors {r.errors}  other load {r.other_cores:.2f}{flag}",
+                flush=True,
+            )
+    for side in comparison.sides.values():
+        low, high = side.rps_range
+        print(
+            f"bench:   {side.label:<24} best-{comparison.keep} mean {side.rps:7.0f} req/s "
+            f"(runs {low:.0f}-{high:.0f})  p50 {side.p50_ms:.3f} ms  "
+            f"CPU {side.cpu_us_per_request:.0f} us/req",
+            flush=True,
+        )
+    return comparison

@@ -1,0 +1,197 @@
+"""The targets and the verdict of a bench run: one row per target, PASS or FAIL.
+
+Rows whose target starts with two spaces are information and never fail the run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .compare import Comparison
+from .transfer import MIB
+
+if TYPE_CHECKING:
+    from .report import Results
+
+# Flow 1, GET /documents, proxy with every feature on (its default configuration), measured
+# alternately with the baselines in the same minutes (compare.py); plain HTTP and TLS alike.
+TARGET_LEAN_RATIO = 0.85  # proxy req/s >= this x the lean forwarder's, 32 connections
+TARGET_BARE_RATIO = 0.90  # proxy req/s >= this x the bare forwarder's, 32 connections
+TARGET_P50_OVER_BARE_MS = 0.10  # proxy p50 - bare p50 at 1 connection
+TARGET_RSS_MIB = 80.0
+TARGET_RSS_REQUESTS = 100_000
+TARGET_GROWTH_MIB = 20.0
+TARGET_TOKENS_RATIO = 1.5  # token vending from the cache >= this x flow-1 req/s, same proxy
+TARGET_JWT_RATIO = 0.95
+
+Row = tuple[str, str, str]
+VARIANTS = (("plain", ""), ("tls", "TLS: "))
+
+
+def _ok(condition: bool) -> str:
+    return "PASS" if condition else "FAIL"
+
+
+def _errors(comparison: Comparison, *keys: str) -> int:
+    return sum(comparison.sides[k].errors for k in keys if k in comparison.sides)
+
+
+def _ratio_row(c: Comparison, key: str, base: str, target: str, floor: float | None) -> list[Row]:
+    """proxy-vs-baseline req/s; with errors in either side the figure is not a pass."""
+    ratio = c.rps_ratio(key, base)
+    if ratio is None:
+        return []
+    a, b = c.sides[key], c.sides[base]
+    measured = f"{ratio:.2f} x ({a.rps:.0f} / {b.rps:.0f})"
+    errors = _errors(c, key, base)
+    if errors:
+        measured += f", {errors} errors"
+    if floor is None:
+        return [(target, measured, "info")]
+    return [(target, measured, _ok(ratio >= floor and not errors))]
+
+
+def _p50_row(c: Comparison, key: str, base: str, target: str, ceiling: float | None) -> list[Row]:
+    diff = c.p50_diff_ms(key, base)
+    if diff is None:
+        return []
+    a, b = c.sides[key], c.sides[base]
+    measured = f"{diff:+.3f} ms ({a.p50_ms:.3f} - {b.p50_ms:.3f})"
+    errors = _errors(c, key, base)
+    if errors:
+        measured += f", {errors} errors"
+    if ceiling is None:
+        return [(target, measured, "info")]
+    return [(target, measured, _ok(diff <= ceiling and not errors))]
+
+
+def _flow1(results: Results, variant: str, prefix: str) -> list[Row]:
+    rows: list[Row] = []
+    many = results.compare.get(f"{variant}/32")
+    if many is not None:
+        rows += _ratio_row(
+            many,
+            "proxy",
+            "lean",
+            f"{prefix}proxy req/s >= {TARGET_LEAN_RATIO} x lean (32 conns)",
+            TARGET_LEAN_RATIO,
+        )
+        rows += _ratio_row(
+            many,
+            "proxy",
+            "bare",
+            f"{prefix}proxy req/s >= {TARGET_BARE_RATIO} x bare (32 conns)",
+            TARGET_BARE_RATIO,
+        )
+        rows += _ratio_row(
+            many, "lean", "bare", f"  {prefix}lean vs bare req/s (information)", None
+        )
+        rows += _ratio_row(
+            many, "proxy_log_off", "lean", f"  {prefix}proxy, access log off, vs lean (info)", None
+        )
+    one = results.compare.get(f"{variant}/1")
+    if one is not None:
+        rows += _p50_row(
+            one,
+            "proxy",
+            "bare",
+            f"{prefix}proxy p50 - bare p50 <= {TARGET_P50_OVER_BARE_MS:.2f} ms (1 conn)",
+            TARGET_P50_OVER_BARE_MS,
+        )
+        rows += _p50_row(
+            one, "proxy", "lean", f"  {prefix}proxy p50 - lean p50, 1 conn (information)", None
+        )
+        direct = (results.one if variant == "plain" else results.tls_one).get("direct")
+        proxy = one.sides.get("proxy")
+        if direct is not None and proxy is not None:
+            rows.append(
+                (
+                    f"  {prefix}proxy p50 - direct p50, 1 conn (information)",
+                    f"{proxy.p50_ms - direct.p50_ms:+.3f} ms "
+                    f"({proxy.p50_ms:.3f} - {direct.p50_ms:.3f})",
+                    "info",
+                )
+            )
+    return rows
+
+
+def _memory(results: Results) -> list[Row]:
+    rows: list[Row] = []
+    if results.rss_after_kib:
+        mib = results.rss_after_kib / 1024
+        enough = results.proxy_requests >= TARGET_RSS_REQUESTS
+        rows.append(
+            (
+                f"RSS <= {TARGET_RSS_MIB:.0f} MiB after >= 100k requests",
+                f"{mib:.1f} MiB after {results.proxy_requests:,} requests",
+                _ok(mib <= TARGET_RSS_MIB) if enough else "n/a (too few requests)",
+            )
+        )
+    for transfer in results.transfers:
+        rows.append(
+            (
+                f"peak RSS growth < {TARGET_GROWTH_MIB:.0f} MiB, "
+                f"{transfer.size // MIB} MiB {transfer.what}",
+                f"{transfer.growth_mib:.1f} MiB",
+                _ok(transfer.growth_mib < TARGET_GROWTH_MIB),
+            )
+        )
+    return rows
+
+
+def _tokens(results: Results) -> list[Row]:
+    rows: list[Row] = []
+    tokens = results.compare.get("tokens/32")
+    if tokens is not None:
+        rows += _ratio_row(
+            tokens,
+            "tokens",
+            "documents",
+            f"token vending req/s >= {TARGET_TOKENS_RATIO} x flow 1 (same proxy)",
+            TARGET_TOKENS_RATIO,
+        )
+    for run, label in zip(results.vending, ("spread", "burst"), strict=False):
+        clean = run.errors == 0 and run.wrong == 0
+        rows.append(
+            (
+                f"token fetches = {run.users} for {run.requests:,} vending requests ({label})",
+                f"{run.fetches} ({run.errors} errors, {run.wrong} wrong tokens)",
+                _ok(run.fetches == run.users and clean),
+            )
+        )
+    return rows
+
+
+def _cache_and_jwt(results: Results) -> list[Row]:
+    rows: list[Row] = []
+    uncached = results.cache.get("none")
+    for key in ("memory", "redis", "sqlite"):
+        cached = results.cache.get(key)
+        if uncached and cached and uncached.rps:
+            ratio = cached.rps / uncached.rps
+            rows.append(
+                (
+                    f"  cached req/s vs uncached, {key} (information)",
+                    f"{ratio:.2f} x ({cached.rps:.0f} / {uncached.rps:.0f})",
+                    "info",
+                )
+            )
+    basic, signed = results.jwt.get("basic"), results.jwt.get("jwt")
+    if basic and signed and basic.rps:
+        ratio = signed.rps / basic.rps
+        rows.append(
+            (
+                f"jwt mode req/s >= {TARGET_JWT_RATIO} x basic mode (32 conns)",
+                f"{ratio:.2f} x ({signed.rps:.0f} / {basic.rps:.0f})",
+                _ok(ratio >= TARGET_JWT_RATIO),
+            )
+        )
+    return rows
+
+
+def verdict_rows(results: Results) -> list[Row]:
+    """(target, measured, PASS|FAIL|info|n/a) for each target, in a fixed order."""
+    rows: list[Row] = []
+    for variant, prefix in VARIANTS:
+        rows += _flow1(results, variant, prefix)
+    return rows + _memory(results) + _tokens(results) + _cache_and_jwt(results)

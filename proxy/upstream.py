@@ -11,8 +11,8 @@ import base64
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Mapping
+from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -21,6 +21,7 @@ from yarl import URL
 from proxy.config import UpstreamConfig
 from proxy.errors import ProxyError
 from proxy.metrics import Metrics
+from proxy.transport.deadlines import Deadline, Deadlines
 from proxy.transport.failures import PERMANENT_REASONS, classify
 from proxy.transport.interim import GuardedConnector
 from proxy.transport.tls import TlsContext
@@ -58,7 +59,7 @@ class Call:
 
     def __init__(self) -> None:
         self.response: aiohttp.ClientResponse  # Gini's answer, once its head arrived
-        self.deadline: asyncio.Timeout  # covers the answer's head, and its body unless moved
+        self.deadline: Deadline  # covers the answer's head, and its body unless moved
         self.seconds = 0.0  # until the answer's head
         self.refusal: ProxyError | None = None
         """Set by whoever feeds a streamed request body: the caller's own fault (too large, too
@@ -77,6 +78,7 @@ class Upstream:
             total=None, connect=config.connect_timeout_seconds
         )
         self._session: aiohttp.ClientSession | None = None
+        self.deadlines = Deadlines()
         self.tls = TlsContext(config.tls)
         egress = config.egress_proxy
         self.proxy = egress.url if egress is not None else None
@@ -122,8 +124,7 @@ class Upstream:
             await self._session.close()
             self._session = None
 
-    @asynccontextmanager
-    async def call(
+    def call(
         self,
         name: str,
         method: str,
@@ -137,56 +138,115 @@ class Upstream:
         call: Call | None = None,
         retry: bool = False,
         quiet: bool = False,
-    ) -> AsyncIterator[Call]:
-        """Send one request to the upstream `name` (PAY_API or USER_CENTER) and yield the call
-        once the answer's head is in; the body is read inside the `with` block.
+    ) -> Exchange:
+        """`async with upstream.call(...) as call`: send one request to the upstream `name`
+        (PAY_API or USER_CENTER); the block runs once the answer's head is in and reads the
+        body from `call.response`.
 
-        `deadline` bounds the whole block (None: no overall bound, e.g. a streamed upload,
-        which uses `read_timeout` per read instead). A failure, in the request or while the
-        block reads the answer, is counted under its reason and raised as the contract's
+        `deadline` bounds the whole block, in seconds (None: no overall bound, e.g. a streamed
+        upload, which uses `read_timeout` per read instead). A failure, in the request or while
+        the block reads the answer, is counted under its reason and raised as the contract's
         ProxyError, logged once with its cause unless `quiet`; with `retry`, a failure that is
         not permanent raises Retry instead, unlogged. See `Call` for what the caller's side
         can note on `call` to change that answer.
         """
-        if call is None:
-            call = Call()
+        request = self.session.request(
+            method,
+            url,
+            headers=headers,
+            data=data,
+            allow_redirects=False,
+            timeout=read_timeout or self.plain_timeout,
+            skip_auto_headers=skip_auto_headers,
+            ssl=self.tls.get(),
+            proxy_headers=self.proxy_headers,
+        )
+        return Exchange(self, name, request, deadline, call or Call(), retry, quiet)
+
+    def _failed(
+        self, name: str, call: Call, exc: BaseException, retry: bool, quiet: bool
+    ) -> BaseException:
+        """What to raise for a failed call: the contract error, Retry, AnswerBroken, or the
+        caller's own refusal. Counts and logs as it decides."""
+        if call.relaying:
+            gone = isinstance(exc, ConnectionResetError)
+            if not gone:
+                self.metrics.upstream_error(name, "disconnect")
+            return AnswerBroken(gone, type(exc).__name__)
+        if call.refusal is not None:
+            return call.refusal
+        error, reason, cause = classify(exc)
+        self.metrics.upstream_error(name, reason)
+        if retry and reason not in PERMANENT_REASONS:
+            return Retry(reason)
+        if not quiet:
+            log.warning(
+                "upstream call failed: %s",
+                cause,
+                extra={"upstream": name, "reason": reason, "error": type(exc).__name__},
+            )
+        error.detail = cause
+        return error
+
+
+class Exchange:
+    """The context manager `Upstream.call` returns. A class rather than a generator-based
+    context manager: that one cost about 1.6 µs more per call (uvloop, this machine), almost
+    1 % of a flow-1 request."""
+
+    __slots__ = ("_call", "_deadline", "_name", "_quiet", "_request", "_retry", "_timer", "_up")
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        name: str,
+        request: Any,  # aiohttp's request context manager, not yet entered
+        deadline: float | None,
+        call: Call,
+        retry: bool,
+        quiet: bool,
+    ):
+        self._up, self._name, self._request = upstream, name, request
+        self._deadline, self._call, self._retry, self._quiet = deadline, call, retry, quiet
+        self._timer: Deadline | None = None
+
+    async def __aenter__(self) -> Call:
+        timer = self._timer = self._up.deadlines.start(self._deadline)
         started = time.perf_counter()
         try:
-            async with (
-                asyncio.timeout(deadline) as timer,
-                self.session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    data=data,
-                    allow_redirects=False,
-                    timeout=read_timeout or self.plain_timeout,
-                    skip_auto_headers=skip_auto_headers,
-                    ssl=self.tls.get(),
-                    proxy_headers=self.proxy_headers,
-                ) as response,
-            ):
-                call.seconds = time.perf_counter() - started
-                self.metrics.observe_upstream(name, call.seconds)
-                call.response, call.deadline = response, timer
-                yield call
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            if call.relaying:
-                gone = isinstance(exc, ConnectionResetError)
-                if not gone:
-                    self.metrics.upstream_error(name, "disconnect")
-                raise AnswerBroken(gone, type(exc).__name__) from exc
-            if call.refusal is not None:
-                raise call.refusal from None
-            error, reason, cause = classify(exc)
-            self.metrics.upstream_error(name, reason)
-            if retry and reason not in PERMANENT_REASONS:
-                raise Retry(reason) from exc
-            if not quiet:
-                log.warning(
-                    "upstream call failed: %s",
-                    cause,
-                    extra={"upstream": name, "reason": reason, "error": type(exc).__name__},
-                )
-            error.detail = cause
-            raise error from exc
+            response = await self._request.__aenter__()
+        except BaseException as exc:
+            self._raise_translated(exc)
+            raise
+        call = self._call
+        call.seconds = time.perf_counter() - started
+        self._up.metrics.observe_upstream(self._name, call.seconds)
+        call.response, call.deadline = response, timer
+        return call
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            await self._request.__aexit__(kind, exc, tb)  # releases or closes the connection
+        except BaseException as late:
+            self._raise_translated(late)
+            raise
+        if exc is not None:
+            self._raise_translated(exc)
+        assert self._timer is not None
+        self._up.deadlines.stop(self._timer)
+
+    def _raise_translated(self, exc: BaseException) -> None:
+        """Stop the deadline; raise what `exc` means for the caller, or return to let it pass
+        (an error of the block's own, or a cancellation that is not the deadline's)."""
+        timer = self._timer
+        assert timer is not None
+        self._up.deadlines.stop(timer)
+        if isinstance(exc, asyncio.CancelledError):
+            if not timer.ours():
+                return  # the caller went away, or shutdown
+            exc = TimeoutError()
+        elif not isinstance(exc, aiohttp.ClientError | TimeoutError):
+            return
+        raise self._up._failed(self._name, self._call, exc, self._retry, self._quiet) from exc

@@ -66,7 +66,7 @@ class Forwarder:
         drop = set(NEVER_FORWARD) | {caller.header.lower(), "accept-encoding"}
         if config.inbound_auth is not None:
             drop.add(config.inbound_auth.header.lower())
-        self.drop = tuple(sorted(drop))
+        self.drop = frozenset(drop)
         self.to_upstream = UrlRewriter(config.public_url, self.base)
         self.max_body = config.max_body_bytes
         self.max_rewrite = config.max_rewrite_bytes

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # the cache library loads only when `response_cache` is confi
 log = logging.getLogger("proxy.relay")
 
 _NO_BODY_STATUSES = frozenset({204, 304})
-_DROP_RETURN = tuple(sorted(NEVER_RETURN))
+_DROP_RETURN = frozenset(NEVER_RETURN)
 
 
 @dataclass(frozen=True, slots=True)

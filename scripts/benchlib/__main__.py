@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from types import FrameType
 
+from . import instructions
 from .procs import Processes
 from .report import SECTIONS, Results, machine_info
 from .sections import ROOT, Bench, Timing
@@ -120,6 +121,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "bare forwarders under load with py-spy and print the hot functions; with --only tokens or "
         "cache, the token endpoint or the proxy with a memory response cache",
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instead of measuring time, count CPU instructions per flow-1 request of the proxy "
+        "and the bare and lean forwarders under callgrind (repeatable to about 1 %%; a few "
+        "minutes); for A/B-testing the hot path",
+    )
     return parser.parse_args(argv)
 
 
@@ -165,6 +173,13 @@ def run(args: argparse.Namespace, procs: Processes, tmp: Path) -> Results:
 
     aio = start_aiohttp_upstream(procs, ROOT, tmp)
     upstream = start_nginx(procs, nginx_path, tmp, aio) if nginx_path else aio
+    if args.instructions:
+        if not instructions.available():
+            raise RuntimeError("--instructions needs valgrind: apt-get install -y valgrind")
+        n1, n2 = (100, 300) if args.quick else (200, 1000)
+        counts = instructions.count(ROOT, tmp, upstream.url, procs, n1, n2)
+        print("\n" + instructions.table(counts))
+        raise SystemExit(0)
     upstream_version = (
         f"{version_of([nginx_path, '-v']).removeprefix('nginx version: ')} for /documents, "
         "aiohttp app for /upload, /download and /login"

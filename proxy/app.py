@@ -26,7 +26,7 @@ from proxy.vending.stores.health import GuardedStore, StoreHealth
 from proxy.vending.tokens import TokenCache
 from proxy.web.accesslog import AccessLog
 from proxy.web.expect import expect_handler
-from proxy.web.middleware import InboundKeys, observe
+from proxy.web.middleware import InboundKeys, observer
 from proxy.web.routes import GINI_TEMPLATES, RouteTable
 
 if TYPE_CHECKING:
@@ -159,20 +159,16 @@ SERVICES = web.AppKey("gini_proxy_services", Services)
 
 def build_proxy_app(services: Services) -> web.Application:
     """The app behind `listen`: flow-1 forwarding, token vending, the /_proxy/ endpoints."""
-    app = web.Application(
-        middlewares=[
-            observe(
-                services.config,
-                services.metrics,
-                services.routes,
-                services.lifecycle,
-                services.access_log,
-                services.inbound_keys,
-                services.caller,
-            )
-        ],
-        client_max_size=services.config.max_body_bytes,
+    observed = observer(
+        services.config,
+        services.metrics,
+        services.routes,
+        services.lifecycle,
+        services.access_log,
+        services.inbound_keys,
+        services.caller,
     )
+    app = web.Application(client_max_size=services.config.max_body_bytes)
     app[SERVICES] = services
 
     async def resources(_: web.Application) -> AsyncIterator[None]:
@@ -217,6 +213,10 @@ def build_proxy_app(services: Services) -> web.Application:
     app.cleanup_ctx.append(resources)
     app.cleanup_ctx.append(store_checks)
     expect = expect_handler(services.config.max_body_bytes)
-    services.endpoints.add_routes(app.router, expect)
-    app.router.add_route("*", "/{tail:.*}", services.forwarder.handle, expect_handler=expect)
+    # Every route is observed, so every answer is: the catch-alls leave no path to the router's
+    # own 404/405.
+    services.endpoints.add_routes(app.router, expect, observed)
+    app.router.add_route(
+        "*", "/{tail:.*}", observed(services.forwarder.handle), expect_handler=expect
+    )
     return app

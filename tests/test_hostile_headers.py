@@ -37,7 +37,7 @@ from proxy.metrics import Metrics
 from proxy.sandbox import GiniSimulator
 from proxy.web.accesslog import AccessLog
 from proxy.web.context import RequestContext
-from proxy.web.middleware import observe
+from proxy.web.middleware import observer
 from proxy.web.routes import RouteTable
 from proxy.web.server_header import SERVER
 
@@ -352,12 +352,9 @@ async def test_every_copy_of_the_identity_header_is_hidden_from_the_logs(
         chatty.warning("ids: %s", " ".join(request.headers.getall("X-User-Id")))
         return web.Response(text="ok")
 
-    app = web.Application(
-        middlewares=[
-            observe(config, Metrics(), RouteTable([]), Lifecycle(), AccessLog(("unused",)))
-        ]
-    )
-    app.router.add_get("/", handler)
+    observed = observer(config, Metrics(), RouteTable([]), Lifecycle(), AccessLog(("unused",)))
+    app = web.Application()
+    app.router.add_get("/", observed(handler))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

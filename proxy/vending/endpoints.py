@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
 from proxy.errors import MethodNotAllowed, NotFound
@@ -12,6 +14,7 @@ from proxy.vending.anonymous import AnonymousUsers
 from proxy.vending.gini import GiniClient
 from proxy.vending.tokens import Token, TokenCache
 from proxy.web.expect import ExpectHandler
+from proxy.web.middleware import Handler
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 PROXY_ENDPOINTS = {
@@ -82,17 +85,23 @@ class TokenEndpoints:
             raise NotFound("No anonymous user is stored for this user id.")
         return web.Response(status=204, headers=NO_STORE)
 
-    def add_routes(self, router: web.UrlDispatcher, expect: ExpectHandler) -> None:
-        """The endpoints of PROXY_ENDPOINTS, and a JSON 404/405 for any other /_proxy/ path."""
+    def add_routes(
+        self,
+        router: web.UrlDispatcher,
+        expect: ExpectHandler,
+        wrap: Callable[[Handler], Handler],
+    ) -> None:
+        """The endpoints of PROXY_ENDPOINTS, and a JSON 404/405 for any other /_proxy/ path,
+        each handler wrapped by `wrap` (the listener's `observer`)."""
         handlers = {
             "/_proxy/tokens/derived": self.derived,
             "/_proxy/tokens/anonymous": self.anonymous_token,
             "/_proxy/users/anonymous": self.forget_anonymous,
         }
         for path, method in PROXY_ENDPOINTS.items():
-            router.add_route(method, path, handlers[path], expect_handler=expect)
+            router.add_route(method, path, wrap(handlers[path]), expect_handler=expect)
         # Everything else under /_proxy/ is ours too, and never forwarded.
-        router.add_route("*", "/_proxy/{tail:.*}", _unknown, expect_handler=expect)
+        router.add_route("*", "/_proxy/{tail:.*}", wrap(_unknown), expect_handler=expect)
 
 
 async def _unknown(request: web.Request) -> web.StreamResponse:

@@ -1,4 +1,5 @@
-"""The proxy listener's single middleware: request id, inbound auth, errors, metrics, access log.
+"""What wraps every handler of the proxy listener: request id, inbound auth, errors, metrics,
+access log.
 
 One layer instead of four: each aiohttp middleware costs a measurable share of the hot path,
 and these concerns all wrap the same span of the request anyway.
@@ -16,7 +17,6 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from proxy.config import Config, InboundAuthConfig
 from proxy.errors import InternalError, MethodNotAllowed, NotFound, ProxyError, Unauthenticated
@@ -95,7 +95,7 @@ def inbound_check(
     return authenticated
 
 
-def observe(
+def observer(
     config: Config,
     metrics: Metrics,
     routes: RouteTable,
@@ -103,8 +103,15 @@ def observe(
     access: AccessLog,
     inbound_keys: InboundKeys | None = None,
     caller: CallerIdentity | None = None,
-) -> Middleware:
-    """Build the middleware with every config-dependent choice made here, once."""
+) -> Callable[[Handler], Handler]:
+    """`wrap(handler)`: the handler inside the request id, inbound auth, draining, the error
+    answer, metrics, the access log and the log scope. Every config-dependent choice is made
+    here, once.
+
+    The proxy listener wraps each route's handler with it instead of installing an aiohttp
+    middleware: aiohttp runs any middleware through two more layers per request (a partial
+    and its current-app fixer), 1.7 % of a flow-1 request's instructions (callgrind).
+    """
     if caller is None:
         caller = CallerIdentity(
             config.identity.header, IdentifierDeriver(config.identity.hmac_key.encode())
@@ -113,48 +120,51 @@ def observe(
     log_every = config.logging.access_log and config.logging.access_log_sample_rate >= 1.0
     sample_rate = config.logging.access_log_sample_rate if config.logging.access_log else 0.0
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = time.perf_counter()
-        request_id = request.headers.get("X-Request-Id")
-        if request_id is None or not REQUEST_ID.fullmatch(request_id):
-            request_id = new_request_id()
-        ctx = RequestContext(request_id, routes.match(request.path))
-        request[CONTEXT] = ctx
-        # Every copy of the identity header is hidden, also when duplicates get the request refused.
-        scope = request_scope(request_id, *caller.values(request.headers))
-        lifecycle.in_flight += 1
-        status = CLIENT_CLOSED
-        try:
+    def wrap(handler: Handler) -> Handler:
+        async def observed(request: web.Request) -> web.StreamResponse:
+            started = time.perf_counter()
+            request_id = request.headers.get("X-Request-Id")
+            if request_id is None or not REQUEST_ID.fullmatch(request_id):
+                request_id = new_request_id()
+            ctx = RequestContext(request_id, routes.match(request.path))
+            request[CONTEXT] = ctx
+            # Every copy of the identity header is hidden, also when duplicates get the request
+            # refused.
+            scope = request_scope(request_id, *caller.values(request.headers))
+            lifecycle.in_flight += 1
+            status = CLIENT_CLOSED
             try:
-                if authenticated is not None and not authenticated(request):
-                    raise Unauthenticated
-                if lifecycle.refusing:
-                    raise lifecycle.draining_error()
-                response = await handler(request)
-            except ProxyError as exc:
-                response = error_response(exc, request_id)
-            except web.HTTPException as exc:  # the router's 404/405 for /_proxy/ paths
-                response = error_response(_as_proxy_error(exc), request_id)
-            except (asyncio.CancelledError, ConnectionResetError):
-                raise  # the caller went away; nothing to answer
-            except Exception:
-                log.exception(
-                    "unhandled error", extra={"request_id": request_id, "route": ctx.route}
-                )
-                response = error_response(InternalError(), request_id)
-            status = response.status
-            if not ctx.bytes_out and response.content_length:
-                ctx.bytes_out = response.content_length
-            if not response.prepared:
-                response.headers["X-Request-Id"] = request_id
-            return response
-        finally:
-            lifecycle.request_done()
-            seconds = time.perf_counter() - started
-            metrics.observe_request(request.method, ctx.route, status, seconds)
-            if log_every or (sample_rate and random.random() < sample_rate):  # noqa: S311
-                access.write(request, ctx, status, seconds)
-            end_request_scope(scope)
+                try:
+                    if authenticated is not None and not authenticated(request):
+                        raise Unauthenticated
+                    if lifecycle.refusing:
+                        raise lifecycle.draining_error()
+                    response = await handler(request)
+                except ProxyError as exc:
+                    response = error_response(exc, request_id)
+                except web.HTTPException as exc:  # the router's 404/405 for /_proxy/ paths
+                    response = error_response(_as_proxy_error(exc), request_id)
+                except (asyncio.CancelledError, ConnectionResetError):
+                    raise  # the caller went away; nothing to answer
+                except Exception:
+                    log.exception(
+                        "unhandled error", extra={"request_id": request_id, "route": ctx.route}
+                    )
+                    response = error_response(InternalError(), request_id)
+                status = response.status
+                if not ctx.bytes_out and response.content_length:
+                    ctx.bytes_out = response.content_length
+                if not response.prepared:
+                    response.headers["X-Request-Id"] = request_id
+                return response
+            finally:
+                lifecycle.request_done()
+                seconds = time.perf_counter() - started
+                metrics.observe_request(request.method, ctx.route, status, seconds)
+                if log_every or (sample_rate and random.random() < sample_rate):  # noqa: S311
+                    access.write(request, ctx, status, seconds)
+                end_request_scope(scope)
 
-    return middleware
+        return observed
+
+    return wrap

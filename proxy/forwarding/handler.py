@@ -126,10 +126,12 @@ class Forwarder:
                 return await self.relay.cached(ctx, found)
             miss = found
         call = Call()
-        try:
-            data = await self._request_body(request, headers, call)
-        except TimeoutError:
-            raise self._body_timeout() from None
+        data = None
+        if request.body_exists or request.content_length:  # GETs skip a coroutine
+            try:
+                data = await self._request_body(request, headers, call)
+            except TimeoutError:
+                raise self._body_timeout() from None
         streamed = data is not None and not isinstance(data, bytes)
         typed = data is None or "Content-Type" in headers
         try:

@@ -197,7 +197,6 @@ class Metrics:
             registry=self.registry,
         )
 
-
     def token_issued(self, flow: str, cached: bool) -> None:
         """Count one token handed out (label children bound once)."""
         inc = self._token_children.get((flow, cached))

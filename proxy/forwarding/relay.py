@@ -112,6 +112,16 @@ class Relay:
             if length is not None and request.method == "HEAD":
                 headers["Content-Length"] = str(length)
             return web.Response(status=answer.status, reason=answer.reason, headers=headers)
+        content = answer.content
+        if miss is None and length is not None and content.is_eof():
+            # A sized answer already buffered whole (small answers arrive with their head):
+            # answered from memory, as `_body` would, without its reads (about 2 % per request, callgrind).
+            body = content.read_nowait()
+            if len(body) <= self.max_rewrite:
+                return self.buffered(answer.status, answer.reason, headers, body)
+            return web.Response(
+                status=answer.status, reason=answer.reason, headers=headers, body=body
+            )
         prefix = b""
         if miss is not None and self.cache is not None:
             headers["X-Cache"] = "MISS"

@@ -115,7 +115,7 @@ class Relay:
         content = answer.content
         if miss is None and length is not None and content.is_eof():
             # A sized answer already buffered whole (small answers arrive with their head):
-            # answered from memory, as `_body` would, without its reads (about 2 % per request, callgrind).
+            # answered from memory, as `_body` would, without its reads (2 % of a request).
             body = content.read_nowait()
             if len(body) <= self.max_rewrite:
                 return self.buffered(answer.status, answer.reason, headers, body)

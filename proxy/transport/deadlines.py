@@ -24,7 +24,7 @@ class Deadline:
     def __init__(self, task: asyncio.Task[object], at: float | None):
         self.task = task
         self.at = at
-        self.cancelling = task.cancelling()
+        self.cancelling = 0  # the task's cancel requests before this deadline's own
         self.expired = False
 
     def when(self) -> float | None:
@@ -65,5 +65,6 @@ class Deadlines:
         for deadline in [d for d in self._pending if d.at is not None and d.at <= now]:
             self._pending.discard(deadline)
             deadline.expired = True
+            deadline.cancelling = deadline.task.cancelling()
             deadline.task.cancel()
         self._sweep = loop.call_later(RESOLUTION, self._expire, loop) if self._pending else None

@@ -152,8 +152,8 @@ def observer(
                     )
                     response = error_response(InternalError(), request_id)
                 status = response.status
-                if not ctx.bytes_out and response.content_length:
-                    ctx.bytes_out = response.content_length
+                if not ctx.bytes_out:
+                    ctx.bytes_out = response.content_length or 0
                 if not response.prepared:
                     response.headers["X-Request-Id"] = request_id
                 return response

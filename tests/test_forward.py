@@ -492,6 +492,7 @@ async def test_a_stalled_download_is_cut_not_completed(start_proxy: StartProxy) 
             await response.read()
 
 
+@pytest.mark.slow
 async def test_slow_transfers_within_the_per_chunk_limit_complete(start_proxy: StartProxy) -> None:
     proxy = await start_proxy(upstream={"timeout_seconds": 0.5})
     # Download: 16 blocks, 0.1 s apart: 1.6 s in all, but never 0.5 s without data.

@@ -41,7 +41,7 @@ from proxy.web.middleware import observe
 from proxy.web.routes import RouteTable
 from proxy.web.server_header import SERVER
 
-from .conftest import HMAC_KEY, USER, RunningProxy, StartProxy, config_data
+from .conftest import HMAC_KEY, USER, RunningProxy, StartProxy, config_data, examples
 
 FORBIDDEN = (
     "authorization",
@@ -437,7 +437,7 @@ def test_property_relay_headers_drop_forbidden_names_whatever_the_case() -> None
     relay = Relay(UrlRewriter("https://pay-api.gini.net", "http://proxy.test"), 1 << 20, None, 5)
 
     @given(st.lists(st.tuples(_FORBIDDEN_OR_BENIGN, st.integers(0, 1 << 20), _VALUE)))
-    @settings(max_examples=300)
+    @settings(max_examples=examples(300))
     def check(headers: list[tuple[str, int, str]]) -> None:
         upstream = CIMultiDict((swapcase_some(n, p), v) for n, p, v in headers)
         kept = relay.headers(upstream, RequestContext("rid", "other"))

@@ -7,6 +7,7 @@ import base64
 import io
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,37 @@ from proxy.server import make_runners
 # deadline turns it into a flaky failure that a fresh clone could hit.
 settings.register_profile("gini-auth-proxy", deadline=None, print_blob=True)
 settings.load_profile("gini-auth-proxy")
+
+FAST = os.environ.get("GINI_PROXY_TEST_FAST") == "1"
+"""Set by `scripts/test --fast`: the inner loop, where the heaviest property tests run fewer
+examples. The full run (CI) always runs the counts written in the tests."""
+
+
+def examples(n: int) -> int:
+    """`max_examples` for a property test that costs seconds at its full count."""
+    return max(20, n // 10) if FAST else n
+
+
+def _lazy_system_roots() -> None:
+    """Read the system CA roots from their hashed directory, on demand, not from the bundle.
+
+    Every started proxy builds its upstream SSL context (`transport.tls.build_context`), and
+    parsing the bundle file costs ~20 ms each time; hundreds of proxies start in a run. The
+    hashed directory holds the same roots, so what is trusted does not change. Left alone
+    where there is no such directory, or where SSL_CERT_FILE names a bundle of one's own.
+    """
+    paths = ssl.get_default_verify_paths()
+    bundle = os.environ.get("SSL_CERT_FILE", paths.openssl_cafile)
+    if os.path.realpath(bundle) != os.path.realpath(paths.openssl_cafile):
+        return
+    if not paths.capath or not os.path.isdir(paths.capath):
+        return
+    if not any(name.endswith(".0") for name in os.listdir(paths.capath)):  # not hashed
+        return
+    os.environ["SSL_CERT_FILE"] = os.devnull  # no bundle: the directory alone is used
+
+
+_lazy_system_roots()
 
 CLIENT_ID = "test-client"
 CLIENT_SECRET = "test-client-secret-7f3a9c"

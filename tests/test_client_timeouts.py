@@ -154,6 +154,7 @@ async def flood() -> AsyncIterator[RawUpstream]:
 # --- header_seconds and idle_seconds ---------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_idle_and_slowloris_connections_are_cut_while_a_caller_is_served(
     start_proxy: StartProxy,
 ) -> None:
@@ -204,6 +205,7 @@ async def test_idle_and_slowloris_connections_are_cut_while_a_caller_is_served(
     print(f"\n250 idle/slowloris connections closed after {all_closed:.2f} s")
 
 
+@pytest.mark.slow
 async def test_a_head_is_timed_from_its_first_byte_on_a_kept_alive_connection(
     start_proxy: StartProxy,
 ) -> None:
@@ -223,6 +225,7 @@ async def test_a_head_is_timed_from_its_first_byte_on_a_kept_alive_connection(
     writer.close()
 
 
+@pytest.mark.slow
 async def test_a_prompt_caller_is_not_cut_by_the_head_timer(start_proxy: StartProxy) -> None:
     # Guards the lazy head timer: an old arming must not fire on a later, complete head.
     proxy = await start_proxy(client_timeouts={"header_seconds": 0.5, "idle_seconds": 30})
@@ -253,6 +256,7 @@ async def stalled_upload(url: str, length: int, sent: int, content_type: str) ->
         writer.close()
 
 
+@pytest.mark.slow
 async def test_a_stalled_streamed_upload_is_cut_and_gini_released(
     start_proxy: StartProxy, sink: RawUpstream
 ) -> None:
@@ -268,6 +272,7 @@ async def test_a_stalled_streamed_upload_is_cut_and_gini_released(
     assert timeouts_counted(proxy, "body") == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content_type", ["application/json", "application/octet-stream"])
 async def test_a_stalled_small_body_is_cut_before_gini_is_called(
     start_proxy: StartProxy, sink: RawUpstream, content_type: str
@@ -279,6 +284,7 @@ async def test_a_stalled_small_body_is_cut_before_gini_is_called(
     assert timeouts_counted(proxy, "body") == 1
 
 
+@pytest.mark.slow
 async def test_a_slow_but_steady_upload_is_not_cut(start_proxy: StartProxy) -> None:
     proxy = await start_proxy(client_timeouts=FAST)
 

@@ -32,6 +32,8 @@ from proxy.config import (
 from proxy.config.reader import ConfigError
 from proxy.config.secret import Secret, resolve_secret
 
+from .conftest import examples
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.yaml"
 NETWORK_EXAMPLE = ROOT / "config.network.example.yaml"
@@ -863,7 +865,7 @@ _KEY_PATHS = [
 ]
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(_KEY_PATHS), _yaml_values), max_size=6))
 def test_property_any_value_anywhere_is_a_config_or_a_config_error(
     changes: list[tuple[tuple[str, ...], object]],

@@ -41,7 +41,7 @@ from proxy.web.middleware import observer
 from proxy.web.routes import RouteTable
 from proxy.web.server_header import SERVER
 
-from .conftest import HMAC_KEY, USER, RunningProxy, StartProxy, config_data
+from .conftest import HMAC_KEY, USER, RunningProxy, StartProxy, config_data, examples
 
 FORBIDDEN = (
     "authorization",
@@ -434,7 +434,7 @@ def test_property_relay_headers_drop_forbidden_names_whatever_the_case() -> None
     relay = Relay(UrlRewriter("https://pay-api.gini.net", "http://proxy.test"), 1 << 20, None, 5)
 
     @given(st.lists(st.tuples(_FORBIDDEN_OR_BENIGN, st.integers(0, 1 << 20), _VALUE)))
-    @settings(max_examples=300)
+    @settings(max_examples=examples(300))
     def check(headers: list[tuple[str, int, str]]) -> None:
         upstream = CIMultiDict((swapcase_some(n, p), v) for n, p, v in headers)
         kept = relay.headers(upstream, RequestContext("rid", "other"))
@@ -449,6 +449,8 @@ async def test_the_response_cache_neither_stores_nor_replays_credential_headers(
     proxy = await start_proxy(
         response_cache={"routes": ["/_sandbox/echo"], "ttl_seconds": 60, "backend": "memory"}
     )
+    cache = proxy.services.response_cache
+    assert cache is not None
     hostile = [(n, v) for n, v in HOSTILE if n.lower() != "set-cookie"]  # would not be stored
     path = echo_path(hostile)
     for expected in ("MISS", "HIT"):
@@ -456,9 +458,7 @@ async def test_the_response_cache_neither_stores_nor_replays_credential_headers(
             assert response.headers["X-Cache"] == expected
             assert_clean(response)
             assert response.headers["X-Kept"] == "yes"
-        await asyncio.sleep(0.05)  # entries are written in the background
-    cache = proxy.services.response_cache
-    assert cache is not None
+        await cache.drain()  # entries are written in the background
     entries = [entry async for entry in cache.backend.responses.values()]
     assert len(entries) == 1
     assert isinstance(entries[0], CachedResponse)

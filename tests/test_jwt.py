@@ -376,6 +376,7 @@ async def test_bad_replacement_keys_change_nothing_and_metrics_follow_the_signer
 # --- rotation under load ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_key_rotation_under_load_loses_no_request(
     start_proxy: StartProxy, sim: GiniSimulator, tmp_path: Path
 ) -> None:

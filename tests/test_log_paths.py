@@ -61,7 +61,11 @@ async def test_access_log_can_be_switched_off_or_sampled(
     sampled = await start_proxy(logging={"access_log_sample_rate": 0.25})
     for _ in range(400):
         await call(sampled, "GET", "/_sandbox/echo")
-    await asyncio.sleep(0.2)  # the flush timer writes the buffer out on its own
+    # The flush timer writes the buffer out on its own: wait (bounded) until it has.
+    for _ in range(200):
+        if not sampled.services.access_log._lines:
+            break
+        await asyncio.sleep(0.01)
     count = len([e for e in lines(log_stream) if e["logger"] == "proxy.access"])
     assert 50 < count < 150
 
@@ -113,7 +117,8 @@ async def test_no_secret_reaches_any_log_line(
     await vend("/_proxy/tokens/anonymous", user="carol.third-person")
     with pytest.raises(asyncio.TimeoutError):
         await call(proxy, "GET", "/_sandbox/echo?delay=5", timeout=0.2)
-    await asyncio.sleep(0.1)
+    # The cut request is logged when its handler ends, just after the client gave up.
+    await proxy.services.lifecycle.wait_idle(5.0)
     proxy.services.access_log.flush()
 
     text = log_stream.getvalue()

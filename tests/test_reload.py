@@ -362,6 +362,7 @@ async def test_store_password_applies_to_new_connections(
 # --- rotation under load -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_three_rotations_under_load_fail_no_request(
     start_proxy: StartProxy, sim: GiniSimulator, volume: SecretVolume
 ) -> None:

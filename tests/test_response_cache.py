@@ -10,12 +10,14 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio
 
+from proxy.forwarding.cache import SystemClock
 from proxy.sandbox import GiniSimulator
 
 from .conftest import USER, RunningProxy, StartProxy
@@ -67,8 +69,24 @@ async def get(
     async with proxy.client.get(proxy.url + path, headers=headers or USER) as response:
         assert response.status == 200, await response.text()
         body = await response.read()
-        await asyncio.sleep(0.05)  # entries are written in the background
-        return response.headers, body
+    # Entries are written in the background: wait for that write, not for a guessed time.
+    cache = proxy.services.response_cache
+    if cache is not None:
+        await cache.drain()
+    return response.headers, body
+
+
+class ShiftedClock(SystemClock):
+    """Real time plus a shift the test moves forward, for both of the cache's clocks."""
+
+    def __init__(self) -> None:
+        self.shift = 0.0
+
+    def utcnow(self) -> datetime:
+        return super().utcnow() + timedelta(seconds=self.shift)
+
+    def monotonic(self) -> float:
+        return super().monotonic() + self.shift
 
 
 def results(proxy: RunningProxy, route: str) -> dict[str, float]:
@@ -138,8 +156,14 @@ async def test_shared_routes_serve_every_user(
 
 async def test_entries_expire(start_proxy: StartProxy, sim: GiniSimulator, backend: str) -> None:
     proxy = await start_proxy(**cache_config(backend, ["/paymentProviders"], ttl=1))
+    assert proxy.services.response_cache is not None
+    clock = proxy.services.response_cache.clock = ShiftedClock()
     await get(proxy, "/paymentProviders")
-    await asyncio.sleep(1.2)
+    # Time moves on the cache's clock instead of the wall. Memory and SQLite expire by that
+    # clock alone; Redis would also drop the key itself (SET EX), but a hit is only served
+    # while the entry's own `expires` is ahead of the clock, so a stale key still in Redis
+    # is a miss all the same. That Redis is asked to expire the key is checked below.
+    clock.shift = 1.2
     headers, _ = await get(proxy, "/paymentProviders")
     assert headers["X-Cache"] == "MISS"
     assert sim.state.payment_provider_calls == 2
@@ -259,6 +283,22 @@ async def test_redis_outage_degrades_to_pass_through(
     assert results(proxy, "/paymentProviders")["error"] >= 5
     warnings = [r for r in caplog.records if r.name == "proxy.response_cache"]
     assert len(warnings) == 1  # one line per outage, not one per request
+
+
+@pytest.mark.redis
+async def test_redis_entries_expire_in_redis_too(
+    start_proxy: StartProxy, private_redis: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    # Stale keys must not pile up in a shared Redis: each is written with the TTL as expiry.
+    url, _ = private_redis
+    proxy = await start_proxy(**cache_config(url, ["/paymentProviders"], ttl=7))
+    await get(proxy, "/paymentProviders")
+    client = redis.asyncio.from_url(url)
+    keys = [key async for key in client.scan_iter(match="gini-auth-proxy:response:*")]
+    ttls = [await client.ttl(key) for key in keys]
+    await client.aclose()
+    assert len(ttls) == 1
+    assert 0 < ttls[0] <= 7
 
 
 @pytest.mark.redis

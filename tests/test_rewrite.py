@@ -25,6 +25,8 @@ from proxy.forwarding.rewrite import (
     is_json_type,
 )
 
+from .conftest import examples
+
 PAY_API = "https://pay-api.gini.net"
 PUBLIC = "http://127.0.0.1:8080"
 TO_PUBLIC = UrlRewriter(PAY_API, PUBLIC)
@@ -122,6 +124,7 @@ _header_value = st.one_of(
 )
 
 
+@settings(max_examples=examples(100))
 @given(st.lists(st.tuples(_header_name, _header_value), max_size=20))
 def test_property_filter_headers(items: list[tuple[str, str]]) -> None:
     out = filter_headers(items, NEVER_FORWARD)
@@ -366,7 +369,7 @@ def _dump(doc: JSON, ensure_ascii: bool, escape_slashes: bool, compact: bool) ->
     return text.encode()
 
 
-@settings(max_examples=400)
+@settings(max_examples=examples(400))
 @given(documents, st.booleans(), st.booleans(), st.booleans())
 def test_property_json_rewrites_exactly_the_url_strings(
     doc: JSON, ensure_ascii: bool, escape_slashes: bool, compact: bool
@@ -379,6 +382,7 @@ def test_property_json_rewrites_exactly_the_url_strings(
         assert out == body  # nothing to rewrite: every byte as it was
 
 
+@settings(max_examples=examples(100))
 @given(documents, st.booleans())
 def test_property_json_keeps_every_other_byte(doc: JSON, ensure_ascii: bool) -> None:
     # Rewriting a document equals rewriting each of its string tokens on its own.

@@ -185,12 +185,15 @@ async def test_basic_without_identifier_is_400(
     assert status == 400
 
 
-async def test_token_expires_in_real_time(http: aiohttp.ClientSession) -> None:
+async def test_token_expires_as_its_clock_moves(http: aiohttp.ClientSession) -> None:
+    # The state's own clock moves (not advance_time): expiry is read from it on every call.
+    shift = 0.0
     async with GiniSimulator(token_lifetime=1) as sim:
+        sim.state.clock = lambda: time.monotonic() + shift
         token = await login(http, sim, "u")
         url = f"{sim.pay_api_url}/documents"
         assert (await call(http, "GET", url, headers=bearer(token)))[0] == 200
-        await asyncio.sleep(1.05)
+        shift = 1.05
         assert (await call(http, "GET", url, headers=bearer(token)))[0] == 401
 
 

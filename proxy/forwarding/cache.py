@@ -17,7 +17,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import redis.exceptions
@@ -53,24 +53,56 @@ _OUTAGES = (
 _CREDENTIALS_RAW = frozenset(name.encode("ascii") for name in CREDENTIAL_ANSWER_HEADERS)
 
 
+class Clock(Protocol):
+    """The time the cache runs on: wall-clock UTC for an entry's `expires` (stored, so it must
+    mean the same after a restart), monotonic for the memory backend's own expiry."""
+
+    def utcnow(self) -> datetime: ...
+
+    def monotonic(self) -> float: ...
+
+
+class SystemClock:
+    """Real time, the default."""
+
+    def utcnow(self) -> datetime:
+        # The library compares naive UTC datetimes.
+        return datetime.now(UTC).replace(tzinfo=None)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
 class ResponseCache:
     """The proxy's view of the cache: which routes, which keys, and failure handling."""
 
-    def __init__(self, config: ResponseCacheConfig, hmac_key: bytes, metrics: Metrics):
+    def __init__(
+        self,
+        config: ResponseCacheConfig,
+        hmac_key: bytes,
+        metrics: Metrics,
+        clock: Clock | None = None,
+    ):
         self.config = config
+        self.clock: Clock = clock if clock is not None else SystemClock()
         self.metrics = metrics
         self._entries_gauge = metrics.response_cache_entries()
         self.table = RouteTable([route.template for route in config.routes])
         self.shared = {route.template: route.shared for route in config.routes}
         # A key of its own: signing entries must not reuse the identifier key directly.
         self.secret = hmac.new(hmac_key, b"gini-auth-proxy response cache", hashlib.sha256).digest()
-        self.backend = make_backend(config, self.secret)
+        # Read through `self.clock` on each call, so a clock set after construction (tests
+        # reach the cache only once Services built it) also moves the memory backend.
+        self.backend = make_backend(config, self.secret, self._monotonic)
         self._paused_until = 0.0
         self._last_entry_warning = -OUTAGE_PAUSE
         self._counters: dict[tuple[str, str], Callable[[], None]] = {}
         self._pending: set[asyncio.Task[None]] = set()
         self._housekeeping: asyncio.Future[None] | None = None
         self.entries: int | None = None  # last count, where the backend can tell
+
+    def _monotonic(self) -> float:
+        return self.clock.monotonic()
 
     def route(self, method: str, path: str) -> str | None:
         """The allow-listed template this request falls under, or None."""
@@ -162,7 +194,7 @@ class ResponseCache:
         if (
             isinstance(found, CachedResponse)
             and found.expires is not None
-            and found.expires > _utcnow()
+            and found.expires > self.clock.utcnow()
         ):
             return found
         return None
@@ -177,6 +209,11 @@ class ResponseCache:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    async def drain(self) -> None:
+        """Wait until every background write started so far has finished."""
+        while self._pending:
+            await asyncio.wait(set(self._pending))
+
     def entry(self, status: int, reason: str, raw_headers: Any, body: bytes) -> CachedResponse:
         """A storable entry expiring after the configured TTL."""
         return CachedResponse(
@@ -187,7 +224,7 @@ class ResponseCache:
             version="1.1",
             body=body,
             raw_headers=tuple(raw_headers),
-            expires=_utcnow() + timedelta(seconds=self.config.ttl_seconds),
+            expires=self.clock.utcnow() + timedelta(seconds=self.config.ttl_seconds),
         )
 
     async def _guarded(
@@ -251,11 +288,6 @@ class ResponseCache:
             task.cancel()
         await asyncio.gather(*self._pending, return_exceptions=True)
         await self.backend.close()  # type: ignore[no-untyped-call]
-
-
-def _utcnow() -> datetime:
-    # The library compares naive UTC datetimes.
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _without_credentials(

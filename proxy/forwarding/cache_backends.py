@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterable
+import time
+from collections.abc import AsyncIterable, Callable
 from typing import Any
 
 import redis.asyncio
@@ -23,9 +24,14 @@ MEMORY_MAX_ENTRIES = 10_000
 class MemoryCache(BaseCache):
     """Per-process storage: bounded, expiring, no serialization."""
 
-    def __init__(self, ttl: float, max_entries: int = MEMORY_MAX_ENTRIES):
+    def __init__(
+        self,
+        ttl: float,
+        max_entries: int = MEMORY_MAX_ENTRIES,
+        timer: Callable[[], float] = time.monotonic,
+    ):
         super().__init__()
-        self._items: TTLCache[str, Any] = TTLCache(maxsize=max_entries, ttl=ttl)
+        self._items: TTLCache[str, Any] = TTLCache(maxsize=max_entries, ttl=ttl, timer=timer)
 
     async def contains(self, key: str) -> bool:
         return key in self._items
@@ -113,11 +119,16 @@ class RedisCache(BaseCache):
         await self.client.aclose()
 
 
-def make_backend(config: ResponseCacheConfig, secret_key: bytes) -> CacheBackend:
-    """The storage chosen by `response_cache.backend`."""
+def make_backend(
+    config: ResponseCacheConfig,
+    secret_key: bytes,
+    timer: Callable[[], float] = time.monotonic,
+) -> CacheBackend:
+    """The storage chosen by `response_cache.backend`; `timer` is the memory backend's clock
+    (Redis expires entries itself, SQLite by the `expires` each entry carries)."""
     backend = CacheBackend(expire_after=config.ttl_seconds)
     if config.backend == "memory":
-        backend.responses = MemoryCache(config.ttl_seconds)
+        backend.responses = MemoryCache(config.ttl_seconds, timer=timer)
     elif config.backend.startswith("sqlite:"):
         path = config.backend[len("sqlite:///") :]
         with contextlib.suppress(OSError):  # cached answers are user data: owner-only file

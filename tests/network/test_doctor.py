@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from proxy.commands.doctor import PROBE_IDENTIFIER, Doctor
@@ -141,6 +142,7 @@ async def test_an_unreachable_store_fails_the_store_step(
     assert steps["client credentials"].startswith("[ ok ]")
 
 
+@pytest.mark.slow  # three interpreter starts
 async def test_the_command_exits_0_when_healthy_and_1_when_not(
     sim: GiniSimulator, pki: Pki, tmp_path: Path
 ) -> None:

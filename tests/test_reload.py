@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -527,9 +528,14 @@ def test_a_reloaded_key_file_reads_as_it_does_at_startup(lines: list[str], newli
         return
     reloaded = inbound_keys((text.encode(),))
     assert reloaded == tuple(key.encode() for key in expected)
-    data = {"inbound_auth": {"keys": text}, "client": {"id": "c", "secret": "s"}}
-    data["identity"] = {"hmac_key": HMAC_KEY}
-    at_startup = build_config(data, {}, Path("/"))
+    # The same file at startup: an inline value would go through `${VAR}`/`$$` expansion,
+    # which a key file never does (a key may well contain `$$`).
+    with tempfile.TemporaryDirectory() as folder:
+        key_file = Path(folder) / "keys"
+        key_file.write_bytes(text.encode())
+        data: dict[str, Any] = {"inbound_auth": {"keys": {"file": str(key_file)}}}
+        data |= {"client": {"id": "c", "secret": "s"}, "identity": {"hmac_key": HMAC_KEY}}
+        at_startup = build_config(data, {}, Path("/"))
     assert reloaded == tuple(key.encode() for key in (at_startup.inbound_auth or _never()).keys)
 
 

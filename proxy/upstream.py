@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import ssl
 import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -89,10 +88,6 @@ class Upstream:
             password = egress.password.value if egress.password is not None else ""
             credentials = aiohttp.encode_basic_auth(egress.username, password)
             self.proxy_headers = {"Proxy-Authorization": credentials}
-
-    def ssl_context(self) -> ssl.SSLContext:
-        """The SSL context for the next request (rebuilt when the TLS files changed)."""
-        return self.tls.get()
 
     async def start(self) -> None:
         connector = GuardedConnector(

@@ -6,7 +6,7 @@ speaks another protocol while the proxy goes on parsing HTTP on it; other 1xx co
 nobody defined) are not something the Pay API or the User Center send. So only `100 Continue`
 and `103 Early Hints` are let through (and skipped, never relayed: the proxy does not forward
 interim answers); any other 1xx closes the connection and fails the call, which
-`upstream.translate` maps to 502 `bad_gateway`.
+`transport.failures.classify` maps to 502 `bad_gateway`.
 
 The check sits in the client's protocol, where each parsed answer head passes once: aiohttp has
 no public hook that sees the 1xx answers it skips.

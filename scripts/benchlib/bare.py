@@ -9,7 +9,6 @@ the same event loop as the proxy (uvloop when installed).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -20,7 +19,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .loop import run_on_fast_loop
+from .loop import baseline_arguments, run_on_fast_loop, serve_app
 
 HOP_BY_HOP = frozenset(
     {
@@ -86,26 +85,11 @@ async def serve(args: argparse.Namespace) -> int:
     app = build_app(
         args.upstream, args.client_id, args.client_secret, args.hmac_key.encode(), args.ca_file
     )
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port, backlog=1024, reuse_address=True)
-    await site.start()
-    try:
-        await asyncio.Event().wait()  # until SIGTERM ends the process
-    finally:
-        await runner.cleanup()
-    return 0
+    return await serve_app(app, args.host, args.port)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="bare aiohttp forwarder (bench baseline)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream", required=True)
-    parser.add_argument("--client-id", required=True)
-    parser.add_argument("--client-secret", required=True)
-    parser.add_argument("--hmac-key", required=True)
-    parser.add_argument("--ca-file", help="extra trusted CA for an https upstream")
+    parser = baseline_arguments("bare aiohttp forwarder (bench baseline)")
     return run_on_fast_loop(serve(parser.parse_args()))
 
 

@@ -21,7 +21,6 @@ sent), and keeps the answer's Content-Encoding (the body is relayed undecoded).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -34,7 +33,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .bare import HOP_BY_HOP
-from .loop import run_on_fast_loop
+from .loop import baseline_arguments, run_on_fast_loop, serve_app
 
 BODY_LIMIT = 1 << 20  # bytes: answers (and request bodies) up to this size are read whole
 CHUNK = 64 * 1024
@@ -154,26 +153,11 @@ async def serve(args: argparse.Namespace) -> int:
         args.ca_file,
         args.body_limit,
     )
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port, backlog=1024, reuse_address=True)
-    await site.start()
-    try:
-        await asyncio.Event().wait()  # until SIGTERM ends the process
-    finally:
-        await runner.cleanup()
-    return 0
+    return await serve_app(app, args.host, args.port)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="lean aiohttp forwarder (bench baseline)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream", required=True)
-    parser.add_argument("--client-id", required=True)
-    parser.add_argument("--client-secret", required=True)
-    parser.add_argument("--hmac-key", required=True)
-    parser.add_argument("--ca-file", help="extra trusted CA for an https upstream")
+    parser = baseline_arguments("lean aiohttp forwarder (bench baseline)")
     parser.add_argument(
         "--body-limit",
         type=int,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+from aiohttp import web
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -38,3 +41,29 @@ def run_on_fast_loop(main: Coroutine[Any, Any, int]) -> int:
 
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(guarded())
+
+
+def baseline_arguments(description: str) -> argparse.ArgumentParser:
+    """The command line both bench forwarders take (`servers._start_baseline` passes it)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--client-id", required=True)
+    parser.add_argument("--client-secret", required=True)
+    parser.add_argument("--hmac-key", required=True)
+    parser.add_argument("--ca-file", help="extra trusted CA for an https upstream")
+    return parser
+
+
+async def serve_app(app: web.Application, host: str, port: int) -> int:
+    """Serve `app` until the process is told to stop (see `run_on_fast_loop`)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+    await site.start()
+    try:
+        await asyncio.Event().wait()  # until SIGTERM ends the process
+    finally:
+        await runner.cleanup()
+    return 0

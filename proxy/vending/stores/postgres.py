@@ -25,15 +25,13 @@ from proxy.vending.stores.base import (
 )
 from proxy.vending.stores.cipher import Cipher, WrongKey
 from proxy.vending.stores.keyring import open_sealed
-from proxy.vending.stores.schema import anonymous_users_table, bootstrap
+from proxy.vending.stores.schema import anonymous_users_table, bootstrap, meta_table
 
 log = logging.getLogger("proxy.store")
 
 _MIGRATION_LOCK = 0x67696E69_70727879  # "giniprxy": any constant shared by all replicas
 _MIGRATIONS = {1: (anonymous_users_table("BYTEA", "TIMESTAMPTZ NOT NULL DEFAULT now()"),)}
-_META_TABLE = (
-    "CREATE TABLE IF NOT EXISTS gini_proxy_meta (name TEXT PRIMARY KEY, value BYTEA NOT NULL)"
-)
+_META_TABLE = meta_table("BYTEA")
 MIGRATION_LOCK_TIMEOUT = 10.0  # another replica may hold the lock while it migrates
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
 

@@ -19,6 +19,13 @@ SCHEMA_VERSION = 1
 """The schema this build writes; a store at a later version is refused, not downgraded."""
 
 
+def meta_table(blob: str) -> str:
+    """Name -> value pairs of the store itself (schema version, key check, identity key id)."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS gini_proxy_meta (name TEXT PRIMARY KEY, value {blob} NOT NULL)"
+    )
+
+
 def anonymous_users_table(blob: str, timestamp: str) -> str:
     """Version 1: one row per anonymous user, in the backend's column types."""
     return f"""CREATE TABLE anonymous_users (

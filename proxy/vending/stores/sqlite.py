@@ -28,14 +28,12 @@ from proxy.vending.stores.base import (
 )
 from proxy.vending.stores.cipher import Cipher, WrongKey
 from proxy.vending.stores.keyring import open_sealed
-from proxy.vending.stores.schema import anonymous_users_table, bootstrap
+from proxy.vending.stores.schema import anonymous_users_table, bootstrap, meta_table
 
 log = logging.getLogger("proxy.store")
 
 _MIGRATIONS = {1: (anonymous_users_table("BLOB", "REAL NOT NULL"),)}
-_META_TABLE = (
-    "CREATE TABLE IF NOT EXISTS gini_proxy_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)"
-)
+_META_TABLE = meta_table("BLOB")
 
 
 class SqliteStore:
@@ -108,12 +106,6 @@ class SqliteStore:
         await self.db.execute(statement)
 
     async def read_meta(self, name: str) -> bytes | None:
-        return await self._meta(name)
-
-    async def write_meta(self, name: str, value: bytes) -> None:
-        await self._set_meta(name, value)
-
-    async def _meta(self, name: str) -> bytes | None:
         async with self.db.execute(
             "SELECT value FROM gini_proxy_meta WHERE name = ?", (name,)
         ) as cur:
@@ -123,7 +115,7 @@ class SqliteStore:
         value = row[0]
         return value if isinstance(value, bytes) else str(value).encode()
 
-    async def _set_meta(self, name: str, value: bytes) -> None:
+    async def write_meta(self, name: str, value: bytes) -> None:
         await self.db.execute(
             "INSERT INTO gini_proxy_meta (name, value) VALUES (?, ?) "
             "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -215,7 +207,7 @@ class SqliteStore:
 
     async def get_meta(self, name: str) -> bytes | None:
         async with self._errors():
-            return await self._meta(name)
+            return await self.read_meta(name)
 
     async def setdefault_meta(self, name: str, value: bytes) -> bytes:
         async with self._errors() as db:
@@ -224,7 +216,7 @@ class SqliteStore:
                 " ON CONFLICT (name) DO NOTHING",
                 (name, value),
             )
-            stored = await self._meta(name)
+            stored = await self.read_meta(name)
         if stored is None:  # only a concurrent DELETE, which nothing here issues
             raise StoreUnavailable
         return stored

@@ -1,4 +1,5 @@
-"""`scripts/bench --profile`: where the proxy spends its CPU under load, by function (py-spy).
+"""`scripts/bench --profile`: where the proxy spends its CPU under load, by stage and by
+function (py-spy).
 
 py-spy samples the proxy process's Python stacks while wrk drives it at 32 connections. It is
 installed with pip into a folder under /tmp (never into the project's venv) when missing.
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from .procs import Processes
 from .servers import Server
+from .stages import stage_table
 from .wrk import Wrk
 
 _ROOT = Path(__file__).resolve().parents[2]
@@ -47,20 +49,26 @@ def _frame(text: str) -> str:
     return f"{match['func']} ({path})"
 
 
-def summarize(raw: Path, top: int = 25) -> str:
-    """Self and inclusive shares by function from py-spy's collapsed-stack output."""
+def samples(raw: Path) -> list[tuple[list[str], int]]:
+    """py-spy's collapsed stacks: (frames outermost first, sample count)."""
+    out = []
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            out.append(([_frame(f) for f in stack.split(";")], int(count)))
+    return out
+
+
+def summarize(stacks: list[tuple[list[str], int]], top: int = 25) -> str:
+    """Self and inclusive shares by function."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        frames = [_frame(f) for f in stack.split(";")]
-        total += int(count)
-        own[frames[-1]] += int(count)
+    for frames, count in stacks:
+        total += count
+        own[frames[-1]] += count
         for name in set(frames):
-            inclusive[name] += int(count)
+            inclusive[name] += count
     if not total:
         return "no samples"
     out = [f"{total} samples of the server's busy time", "", "| self % | function (self time) |"]
@@ -100,4 +108,6 @@ def profile(
         f"## {server.name}: py-spy profile of {method} {path} at 32 connections "
         f"({result.rps:.0f} req/s while sampled, {result.cpu_us_per_request:.0f} us CPU/request)"
     )
-    return head + "\n\n" + summarize(raw)
+    stacks = samples(raw)
+    by_stage = stage_table(stacks, result.cpu_us_per_request)
+    return f"{head}\n\n{by_stage}\n\n{summarize(stacks)}"

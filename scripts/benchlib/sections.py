@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import footprint
 from .compare import Comparison, Contender, alternate
 from .cpu import find_process
 from .jwt_mode import sign_cost_us, write_key
@@ -155,7 +156,8 @@ class Bench:
 
     def flow1(self) -> None:
         """GET /documents: direct (information), then the proxy (access log on and off) and the
-        lean and bare forwarders alternating at 32 and at 1 connection; the proxy's memory."""
+        lean and bare forwarders alternating at 32 and at 1 connection; the proxy's memory, and
+        what 10k cached tokens and 10k identities take."""
         results, procs, tmp, wrk = self.results, self.procs, self.tmp, self.wrk
         print(f"bench: {self.upstream.name}, direct", flush=True)
         results.many["direct"] = self._single(self.upstream, 32)
@@ -190,6 +192,7 @@ class Bench:
             flush=True,
         )
         results.transfers = measure_transfers(proxy.url, proxy.pid, 30 * MIB, 40 * MIB)
+        results.footprint = footprint.measure()
         stop(procs, proxy)
         lines = _log_lines(tmp / "proxy-log-on.stdout")
         print(f"bench:   access log: {lines:,} lines written", flush=True)

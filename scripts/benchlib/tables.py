@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .compare import Comparison
+from .footprint import ENTRIES
 from .transfer import MIB
 from .upstream import DOCUMENTS
 from .wrk import WrkResult
@@ -98,6 +99,9 @@ def _flow1(results: Results) -> list[str]:
             f"({t.growth_mib:+.1f}) at {t.mib_per_s:.0f} MiB/s"
         )
         lines.append(f"| {label:<29} | {figures:<36} |")
+    for what, mib in results.footprint.items():
+        label = f"per {ENTRIES:,} cached {what}"
+        lines.append(f"| {label:<29} | {f'{mib:.1f} MiB (tracemalloc)':<36} |")
     return lines
 
 

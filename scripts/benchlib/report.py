@@ -63,7 +63,8 @@ class Results:
     rss_idle_kib: int = 0
     rss_after_kib: int = 0
     transfers: list[TransferResult] = field(default_factory=list)
-    footprint: dict[str, float] = field(default_factory=dict)  # MiB per 10k tokens/identities
+    # per 10k cached tokens / remembered identities: (MiB traced, MiB of RSS growth)
+    footprint: dict[str, tuple[float, float]] = field(default_factory=dict)
     profiles: list[str] = field(default_factory=list)
     # token vending: /login calls during the wrk load on one user's token, and the client runs
     tokens_wrk_logins: int = 0

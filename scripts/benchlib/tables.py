@@ -99,9 +99,9 @@ def _flow1(results: Results) -> list[str]:
             f"({t.growth_mib:+.1f}) at {t.mib_per_s:.0f} MiB/s"
         )
         lines.append(f"| {label:<29} | {figures:<36} |")
-    for what, mib in results.footprint.items():
+    for what, (traced, rss) in results.footprint.items():
         label = f"per {ENTRIES:,} cached {what}"
-        lines.append(f"| {label:<29} | {f'{mib:.1f} MiB (tracemalloc)':<36} |")
+        lines.append(f"| {label:<29} | {f'{traced:.1f} traced, {rss:.1f} of RSS':<36} |")
     return lines
 
 

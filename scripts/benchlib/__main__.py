@@ -59,6 +59,7 @@ def _timing(args: argparse.Namespace) -> Timing:
         rounds=rounds,
         round_seconds=args.round_seconds or (1 if quick else 2),
         keep=min(args.best or (2 if quick else 3), rounds),
+        processes=min(args.processes or (1 if quick else 4), rounds),
     )
 
 
@@ -110,7 +111,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         type=_positive,
         default=None,
         help="alternating comparisons: each side's figure is the mean of its best this many "
-        "runs (default: 3, 2 with --quick)",
+        "runs, split among its processes, at least one each (default: 3, 2 with --quick)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=_positive,
+        default=None,
+        help="alternating comparisons between servers: processes per side, taking turns from "
+        "round to round, each contributing its best runs (default: 4, 1 with --quick)",
     )
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")

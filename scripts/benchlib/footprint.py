@@ -1,11 +1,12 @@
-"""Memory per 10,000 cached tokens and per 10,000 remembered identities (tracemalloc).
+"""Memory per 10,000 cached tokens, remembered identities and signed JWTs (tracemalloc).
 
 The proxy's own structures, filled as a busy proxy fills them: a token cache keyed by derived
-identifiers (64 hex characters) holding 36-character tokens, and the identifier memo holding
-36-character user ids. Only what the structure keeps alive is counted, so the figure scales
-linearly to `tokens.max_cached` and to the memo's 65,536 entries. Beside it, the growth of the
-process's RSS while the same structures are built (without tracemalloc) at ten times the size:
-what the allocator really takes from the system, slack included.
+identifiers (64 hex characters) holding 36-character tokens, the identifier memo holding
+36-character user ids, and jwt mode's cache of signed ES256 JWTs. Only what the structure keeps
+alive is counted, so the figure scales linearly to `tokens.max_cached`, to the memo's 65,536
+entries and to the signer's cache size. Beside it, the growth of the process's RSS while the
+same structure is built again without tracemalloc (tokens and identities at ten times the
+size): what the allocator really takes from the system, slack included.
 """
 
 from __future__ import annotations
@@ -15,22 +16,25 @@ import gc
 import tracemalloc
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from proxy.identity import IdentifierDeriver
 from proxy.vending.tokens import Token, TokenCache
 
+from .jwt_mode import bench_signer
+
 ENTRIES = 10_000
 _KEY = b"bench-hmac-key-0123456789abcdef0123456789"
 
 
-def _traced(build: Callable[[], object]) -> float:
+def _traced(build: Callable[[int], object]) -> float:
     """MiB that `build`'s result keeps alive."""
     gc.collect()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        kept = build()
+        kept = build(ENTRIES)
         gc.collect()
         after = tracemalloc.get_traced_memory()[0]
     finally:
@@ -82,14 +86,29 @@ def _identities(entries: int = ENTRIES) -> object:
     return derive
 
 
-def measure() -> dict[str, tuple[float, float]]:
-    """Per 10,000 entries, (MiB traced, MiB of RSS growth): {"tokens": ..., "identities": ...}."""
+def _jwts(key: Path, entries: int) -> object:
+    signer = bench_signer(key, entries)
+    for n in range(entries):
+        signer.header_for(f"{n:064x}")
+    return signer
+
+
+def measure(jwt_key: Path) -> dict[str, tuple[float, float]]:
+    """Per 10,000 entries, (MiB traced, MiB of RSS growth), by structure."""
+    jwts = partial(_jwts, jwt_key)
     return {
-        what: (_traced(build), _rss(build, 10 * ENTRIES))
-        for what, build in (("tokens", _tokens), ("identities", _identities))
+        "tokens": (_traced(_tokens), _rss(_tokens, 10 * ENTRIES)),
+        "identities": (_traced(_identities), _rss(_identities, 10 * ENTRIES)),
+        "JWTs": (_traced(jwts), _rss(jwts, ENTRIES)),  # 10,000 signatures take about a second
     }
 
 
 if __name__ == "__main__":
-    for what, (traced, rss) in measure().items():
+    import tempfile
+
+    from .jwt_mode import write_key
+
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = measure(write_key(Path(tmp)))
+    for what, (traced, rss) in figures.items():
         print(f"{what}: {traced:.2f} MiB traced, {rss:.2f} MiB of RSS per {ENTRIES:,}")

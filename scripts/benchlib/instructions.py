@@ -22,6 +22,7 @@ from pathlib import Path
 
 import aiohttp
 
+from .jwt_mode import write_key
 from .procs import Processes, free_port
 from .servers import CLIENT_ID, CLIENT_SECRET, HMAC_KEY, proxy_config
 
@@ -85,18 +86,22 @@ def _instructions(
 
 
 def count(root: Path, tmp: Path, upstream: str, procs: Processes, n1: int, n2: int) -> list[Count]:
-    """Instructions per request of the proxy (access log on), the bare and the lean forwarder."""
+    """Instructions per request of the proxy (access log on; in basic and in jwt mode), the
+    bare and the lean forwarder."""
     python = str(root / ".venv" / "bin" / "python")
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(root / "scripts"))
     counts = []
-    for name in ("proxy", "bare", "lean"):
+    for name in ("proxy", "proxy-jwt", "bare", "lean"):
         port = free_port()
         url = f"http://127.0.0.1:{port}/documents"
-        if name == "proxy":
+        if name.startswith("proxy"):
             admin = free_port()
-            config = tmp / "instructions-proxy.yaml"
+            config = tmp / f"instructions-{name}.yaml"
+            jwt_key = write_key(tmp) if name == "proxy-jwt" else None
             config.write_text(
-                proxy_config(port, admin, upstream, access_log=True, cache_backend=None)
+                proxy_config(
+                    port, admin, upstream, access_log=True, cache_backend=None, jwt_key=jwt_key
+                )
             )
             argv = [python, "-m", "proxy", "serve", "--config", str(config)]
             ready = f"http://127.0.0.1:{admin}/healthz"

@@ -31,8 +31,8 @@ def write_key(tmp: Path) -> Path:
     return path
 
 
-def sign_cost_us(key: Path) -> float:
-    """Microseconds per fresh JWT (cache misses only: every identifier is new)."""
+def bench_signer(key: Path, max_cached: int) -> JwtSigner:
+    """The proxy's own signer, configured as the bench's jwt-mode proxy is."""
     config = build_config(
         {
             "client": {"id": CLIENT_ID, "secret": CLIENT_SECRET, "auth": "jwt"},
@@ -43,7 +43,12 @@ def sign_cost_us(key: Path) -> float:
         key.parent,
     )
     assert config.jwt is not None
-    signer = JwtSigner(config.jwt, config.client, max_cached=SIGNATURES)
+    return JwtSigner(config.jwt, config.client, max_cached=max_cached)
+
+
+def sign_cost_us(key: Path) -> float:
+    """Microseconds per fresh JWT (cache misses only: every identifier is new)."""
+    signer = bench_signer(key, SIGNATURES)
     started = time.perf_counter()
     for n in range(SIGNATURES):
         signer.header_for(f"{n:064x}")

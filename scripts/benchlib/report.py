@@ -63,7 +63,7 @@ class Results:
     rss_idle_kib: int = 0
     rss_after_kib: int = 0
     transfers: list[TransferResult] = field(default_factory=list)
-    # per 10k cached tokens / remembered identities: (MiB traced, MiB of RSS growth)
+    # per 10k cached tokens, remembered identities, signed JWTs: (MiB traced, MiB RSS growth)
     footprint: dict[str, tuple[float, float]] = field(default_factory=dict)
     profiles: list[str] = field(default_factory=list)
     # token vending: /login calls during the wrk load on one user's token, and the client runs
@@ -78,15 +78,14 @@ class Results:
     tls_many: dict[str, WrkResult] = field(default_factory=dict)
     tls_one: dict[str, WrkResult] = field(default_factory=dict)
     tls_handshakes: dict[str, tuple[int, int]] = field(default_factory=dict)
-    # jwt mode: the proxy with client.auth basic and jwt (best of two runs each), and what one
-    # signature costs when a user's JWT is not cached
-    jwt: dict[str, WrkResult] = field(default_factory=dict)
+    # jwt mode (its comparison is compare["jwt/32"]): what one signature costs when a user's
+    # JWT is not cached
     jwt_sign_us: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
         data = asdict(self)
-        for group in ("many", "one", "cache", "tls_many", "tls_one", "jwt"):
+        for group in ("many", "one", "cache", "tls_many", "tls_one"):
             for key, result in getattr(self, group).items():
                 data[group][key]["rps"] = result.rps
         for key, comparison in self.compare.items():

@@ -43,6 +43,7 @@ class Timing:
     rounds: int  # alternating comparisons: rounds, seconds per run, best runs kept
     round_seconds: int
     keep: int
+    processes: int  # alternating comparisons between servers: processes per side
 
 
 def stop(procs: Processes, server: Server) -> None:
@@ -57,8 +58,9 @@ def _log_lines(path: Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
-def _documents(key: str, label: str, server: Server) -> Contender:
-    return Contender(key, label, server.url + "/documents", server.pid)
+def _documents(key: str, label: str, servers: list[Server]) -> list[Contender]:
+    """GET /documents contenders of one side: one per process."""
+    return [Contender(key, label, server.url + "/documents", server.pid) for server in servers]
 
 
 class Bench:
@@ -103,6 +105,10 @@ class Bench:
             tag=tag,
             ca_file=ca_file,
         )
+
+    def _several(self, start: Callable[[], Server]) -> list[Server]:
+        """`timing.processes` processes of one server, for an alternating comparison."""
+        return [start() for _ in range(self.timing.processes)]
 
     def _alternate(
         self,
@@ -157,27 +163,28 @@ class Bench:
     def flow1(self) -> None:
         """GET /documents: direct (information), then the proxy (access log on and off) and the
         lean and bare forwarders alternating at 32 and at 1 connection; the proxy's memory, and
-        what 10k cached tokens and 10k identities take."""
+        what 10k cached tokens, identities and signed JWTs take."""
         results, procs, tmp, wrk = self.results, self.procs, self.tmp, self.wrk
         print(f"bench: {self.upstream.name}, direct", flush=True)
         results.many["direct"] = self._single(self.upstream, 32)
         results.one["direct"] = self._single(self.upstream, 1)
 
-        proxy = self._proxy()
+        proxies = self._several(self._proxy)
+        proxy = proxies[0]  # the one whose memory is measured afterwards
         time.sleep(0.5)
         results.rss_idle_kib = vm_rss_kib(proxy.pid)
-        lean = start_lean(procs, ROOT, tmp, self.upstream.url)
-        bare = start_bare(procs, ROOT, tmp, self.upstream.url)
-        proxy_off = self._proxy(access_log=False)
+        leans = self._several(lambda: start_lean(procs, ROOT, tmp, self.upstream.url))
+        bares = self._several(lambda: start_bare(procs, ROOT, tmp, self.upstream.url))
+        proxies_off = self._several(lambda: self._proxy(access_log=False))
         main = [
-            _documents("proxy", "proxy (every feature on)", proxy),
-            _documents("lean", "lean forwarder", lean),
-            _documents("bare", "bare forwarder", bare),
+            *_documents("proxy", "proxy (every feature on)", proxies),
+            *_documents("lean", "lean forwarder", leans),
+            *_documents("bare", "bare forwarder", bares),
         ]
-        off = _documents("proxy_log_off", "proxy, access log off", proxy_off)
-        results.compare["plain/32"] = self._alternate([*main, off], 32)
+        off = _documents("proxy_log_off", "proxy, access log off", proxies_off)
+        results.compare["plain/32"] = self._alternate([*main, *off], 32)
         results.compare["plain/1"] = self._alternate(main, 1)
-        for server in (proxy_off, bare, lean):
+        for server in [*proxies_off, *bares, *leans, *proxies[1:]]:
             stop(procs, server)
 
         url = proxy.url + "/documents"
@@ -192,7 +199,7 @@ class Bench:
             flush=True,
         )
         results.transfers = measure_transfers(proxy.url, proxy.pid, 30 * MIB, 40 * MIB)
-        results.footprint = footprint.measure()
+        results.footprint = footprint.measure(write_key(tmp))
         stop(procs, proxy)
         lines = _log_lines(tmp / "proxy-log-on.stdout")
         print(f"bench:   access log: {lines:,} lines written", flush=True)
@@ -207,7 +214,7 @@ class Bench:
         proxy = self._proxy(tag="tokens")
         before = self._logins()
         contenders = [
-            _documents("documents", "flow 1, GET /documents", proxy),
+            *_documents("documents", "flow 1, GET /documents", [proxy]),
             Contender(
                 "tokens", "token vending, one user", proxy.url + TOKENS_PATH, proxy.pid, "POST"
             ),
@@ -274,44 +281,48 @@ class Bench:
             group["direct"] = self._single(direct, conns)
             accepted = upstream.accepted_between(before, upstream.accepted())
             results.tls_handshakes[f"direct/{conns}"] = (accepted, wrk.sent[url] - sent)
-        proxy = self._proxy(tag="tls", upstream=base, ca_file=ca_file)
-        lean = start_lean(procs, ROOT, self.tmp, base, ca_file)
-        bare = start_bare(procs, ROOT, self.tmp, base, ca_file)
+        proxies = self._several(lambda: self._proxy(tag="tls", upstream=base, ca_file=ca_file))
+        leans = self._several(lambda: start_lean(procs, ROOT, self.tmp, base, ca_file))
+        bares = self._several(lambda: start_bare(procs, ROOT, self.tmp, base, ca_file))
         contenders = [
-            _documents("proxy", "proxy (every feature on)", proxy),
-            _documents("lean", "lean forwarder", lean),
-            _documents("bare", "bare forwarder", bare),
+            *_documents("proxy", "proxy (every feature on)", proxies),
+            *_documents("lean", "lean forwarder", leans),
+            *_documents("bare", "bare forwarder", bares),
         ]
         for conns in (32, 1):
             results.compare[f"tls/{conns}"] = self._alternate(
                 contenders, conns, connections_counter=upstream.accepted
             )
-        for server in (bare, lean, proxy, direct):
+        for server in [*bares, *leans, *proxies, direct]:
             stop(procs, server)
 
     def jwt(self) -> None:
-        """GET /documents through the proxy in basic mode, then in jwt mode, twice each
-        (alternating, so a burst of other load does not land on one mode only)."""
-        results, t = self.results, self.timing
+        """GET /documents through the proxy in basic mode and in jwt mode, alternating like
+        the other ratio targets; then what one signature costs when a user's JWT is not
+        cached."""
+        results = self.results
         key = write_key(self.tmp)
-        for round_ in range(2):
-            for mode in ("basic", "jwt"):
-                proxy = start_proxy(
-                    self.procs,
-                    ROOT,
-                    self.tmp,
-                    self.upstream.url,
-                    access_log=True,
-                    tag=f"{mode}-{round_}",
-                    jwt_key=key if mode == "jwt" else None,
-                )
-                print(f"bench: {proxy.name}, round {round_ + 1}", flush=True)
-                url = proxy.url + "/documents"
-                run = self.wrk.measure(url, 32, t.warmup, t.seconds, proxy.pid)
-                best = results.jwt.get(mode)
-                if best is None or run.rps > best.rps:
-                    results.jwt[mode] = run  # the better of two: the less disturbed run
-                stop(self.procs, proxy)
+
+        def start(mode: str) -> Server:
+            return start_proxy(
+                self.procs,
+                ROOT,
+                self.tmp,
+                self.upstream.url,
+                access_log=True,
+                tag=mode,
+                jwt_key=key if mode == "jwt" else None,
+            )
+
+        basic = self._several(lambda: start("basic"))
+        signing = self._several(lambda: start("jwt"))
+        contenders = [
+            *_documents("basic", "client.auth basic", basic),
+            *_documents("jwt", "client.auth jwt", signing),
+        ]
+        results.compare["jwt/32"] = self._alternate(contenders, 32)
+        for proxy in [*basic, *signing]:
+            stop(self.procs, proxy)
         results.jwt_sign_us = sign_cost_us(key)
         print(
             f"bench:   one ES256 signature (cache miss): {results.jwt_sign_us:.0f} us", flush=True

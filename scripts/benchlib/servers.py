@@ -204,6 +204,8 @@ def start_proxy(
     """
     port, admin_port = free_port(), free_port()
     tag = tag or ("log-on" if access_log else "log-off")
+    if (tmp / f"proxy-{tag}.yaml").exists():  # another process of the same side
+        tag += f"-{sum(1 for _ in tmp.glob(f'proxy-{tag}*.yaml')) + 1}"
     config = tmp / f"proxy-{tag}.yaml"
     config.write_text(
         proxy_config(

@@ -5,7 +5,8 @@ identifiers (64 hex characters) holding 36-character tokens, the identifier memo
 36-character user ids, and jwt mode's cache of signed ES256 JWTs. Only what the structure keeps
 alive is counted, so the figure scales linearly to `tokens.max_cached`, to the memo's 65,536
 entries and to the signer's cache size. Beside it, the growth of the process's RSS while the
-same structure is built again without tracemalloc (tokens and identities at ten times the
+same structure is built again without tracemalloc, in a fresh process (memory freed earlier in
+the same process would be reused without growing it; tokens and identities at ten times the
 size): what the allocator really takes from the system, slack included.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 import tracemalloc
 import uuid
 from collections.abc import Callable
@@ -25,6 +28,7 @@ from proxy.vending.tokens import Token, TokenCache
 from .jwt_mode import bench_signer
 
 ENTRIES = 10_000
+_SCRIPTS = Path(__file__).resolve().parents[1]  # where `python -m benchlib...` runs
 _KEY = b"bench-hmac-key-0123456789abcdef0123456789"
 
 
@@ -51,7 +55,8 @@ def _rss_kib() -> int:
 
 
 def _rss(build: Callable[[int], object], entries: int) -> float:
-    """MiB of RSS growth per ENTRIES while `build(entries)` is alive."""
+    """MiB of RSS growth per ENTRIES while `build(entries)` is alive (run in a fresh process)."""
+    build(16)  # imports, the event loop, the signing key: whatever one entry needs once
     gc.collect()
     before = _rss_kib()
     kept = build(entries)
@@ -93,22 +98,31 @@ def _jwts(key: Path, entries: int) -> object:
     return signer
 
 
-def measure(jwt_key: Path) -> dict[str, tuple[float, float]]:
-    """Per 10,000 entries, (MiB traced, MiB of RSS growth), by structure."""
-    jwts = partial(_jwts, jwt_key)
+def _builders(jwt_key: Path) -> dict[str, tuple[Callable[[int], object], int]]:
+    """Each structure's builder and the size its RSS is measured at."""
     return {
-        "tokens": (_traced(_tokens), _rss(_tokens, 10 * ENTRIES)),
-        "identities": (_traced(_identities), _rss(_identities, 10 * ENTRIES)),
-        "JWTs": (_traced(jwts), _rss(jwts, ENTRIES)),  # 10,000 signatures take about a second
+        "tokens": (_tokens, 10 * ENTRIES),
+        "identities": (_identities, 10 * ENTRIES),
+        "JWTs": (partial(_jwts, jwt_key), ENTRIES),  # 10,000 signatures take about a second
     }
 
 
-if __name__ == "__main__":
-    import tempfile
+def _rss_in_fresh_process(what: str, jwt_key: Path) -> float:
+    argv = [sys.executable, "-m", "benchlib.footprint", what, str(jwt_key)]
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+        argv, capture_output=True, text=True, check=True, cwd=_SCRIPTS, timeout=300
+    )
+    return float(done.stdout)
 
-    from .jwt_mode import write_key
 
-    with tempfile.TemporaryDirectory() as tmp:
-        figures = measure(write_key(Path(tmp)))
-    for what, (traced, rss) in figures.items():
-        print(f"{what}: {traced:.2f} MiB traced, {rss:.2f} MiB of RSS per {ENTRIES:,}")
+def measure(jwt_key: Path) -> dict[str, tuple[float, float]]:
+    """Per 10,000 entries, (MiB traced, MiB of RSS growth), by structure."""
+    return {
+        what: (_traced(build), _rss_in_fresh_process(what, jwt_key))
+        for what, (build, _) in _builders(jwt_key).items()
+    }
+
+
+if __name__ == "__main__":  # one RSS measurement: `python -m benchlib.footprint WHAT KEY`
+    build, entries = _builders(Path(sys.argv[2]))[sys.argv[1]]
+    print(_rss(build, entries))

@@ -52,7 +52,7 @@ def _positive(text: str) -> int:
 
 def _timing(args: argparse.Namespace) -> Timing:
     quick = bool(args.quick)
-    rounds = args.rounds or (3 if quick else 8)
+    rounds = args.rounds or (3 if quick else 12)
     return Timing(
         warmup=1 if quick else 2,
         seconds=3 if quick else 10,
@@ -97,7 +97,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--rounds",
         type=_positive,
         default=None,
-        help="alternating comparisons: rounds of one run per contender (default: 8, 3 with "
+        help="alternating comparisons: rounds of one run per contender (default: 12, 3 with "
         "--quick)",
     )
     parser.add_argument(

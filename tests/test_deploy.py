@@ -352,6 +352,40 @@ def test_autoscaling_component_validates(with_autoscaling: Path) -> None:
     assert "limits" in proxy_container(deployment)["resources"]
 
 
+def _sizing_table() -> dict[str, list[str]]:
+    """The sizing guide's table of what `deploy/` ships: row label -> the `code` of each cell."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    start = text.index("| shipped in `deploy/` |")
+    rows: dict[str, list[str]] = {}
+    for line in text[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        label, *cells = (cell.strip() for cell in line.strip("|").split("|"))
+        rows[label] = ["".join(re.findall(r"`([^`]*)`", cell)) for cell in cells]
+    return rows
+
+
+def test_resources_and_hpa_match_the_sizing_guide(with_autoscaling: Path) -> None:
+    """docs/deploy.md derives requests, limits and the HPA target from measured figures; the
+    manifests must ship exactly what it says."""
+    table = _sizing_table()
+    for column, overlay in enumerate(OVERLAYS):
+        resources = proxy_container(proxy_deployment(render_overlay(overlay)))["resources"]
+        shipped = {
+            "CPU request": resources["requests"]["cpu"],
+            "CPU limit": resources["limits"]["cpu"],
+            "memory request": resources["requests"]["memory"],
+            "memory limit": resources["limits"]["memory"],
+        }
+        for label, value in shipped.items():
+            assert table[label][column] == str(value), f"{overlay}: {label}"
+    hpa = one(render(with_autoscaling), "HorizontalPodAutoscaler")["spec"]
+    target = hpa["metrics"][0]["resource"]["target"]
+    assert table["HPA target"][1] == str(target["averageUtilization"])
+    assert table["HPA replicas"][1] == f"{hpa['minReplicas']}-{hpa['maxReplicas']}"
+    assert table["HPA target"][0] == table["HPA replicas"][0] == "", "sidecars scale with the app"
+
+
 def test_jwks_ingress_exposes_only_the_jwks_path(with_jwks_ingress: Path) -> None:
     """Gini reaches GET /.well-known/jwks.json on the admin port, and nothing else of it."""
     objects = render(with_jwks_ingress)

@@ -3,9 +3,9 @@
 A sample's stage is its innermost frame in the proxy's own code (`proxy/...`), mapped by the
 rules below; aiohttp work that the proxy called (building the client request, writing the
 answer) so counts for the proxy stage that asked for it. Samples with no proxy frame are
-aiohttp or the event loop working on their own, charged by their innermost aiohttp frame:
-the server reading and parsing a request, the client reading an answer, the server loop
-finishing a response.
+aiohttp or the event loop working on their own, charged in passes over the whole stack: the
+aiohttp client anywhere in it, else the answer's write, else anything of aiohttp (server loop,
+router), else the event loop. The process's entry frames (main, serve) are no stage.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from proxy.app import Services
 from proxy.config import build_config
 from proxy.errors import BadRequest
-from proxy.forwarding.handler import Forwarder
+from proxy.forwarding.handler import _URL_MEMO, Forwarder
 from proxy.sandbox import GiniSimulator
 
 from .conftest import (
@@ -470,10 +470,24 @@ def test_upstream_url_keeps_the_configured_origin(target: str) -> None:
         assert url.raw_path == target.partition("?")[0].partition("#")[0]
 
 
+def test_upstream_url_memo_is_bounded_and_answers_like_a_fresh_parse() -> None:
+    forwarder = _forwarder()
+    targets = [f"/documents/{n}?page={n % 7}" for n in range(3 * _URL_MEMO)]
+    for target in targets:
+        assert forwarder.upstream_url(target) == forwarder.upstream_url(target)
+        assert str(forwarder.upstream_url(target)) == "https://pay-api.gini.net" + target
+    assert len(forwarder._urls) == _URL_MEMO
+    assert targets[-1] in forwarder._urls
+    assert targets[0] not in forwarder._urls
+    with pytest.raises(BadRequest):  # refused targets are never remembered
+        forwarder.upstream_url("http://evil.example/")
+    assert "http://evil.example/" not in forwarder._urls
+
+
 @functools.cache
 def _forwarder() -> Forwarder:
     # Built once: Services builds the upstream TLS context, which loads the system CA bundle
-    # (~20 ms a time), and upstream_url reads only configuration.
+    # (~20 ms a time), and upstream_url reads only configuration (and its own memo).
     config = build_config(
         {"client": {"id": CLIENT_ID, "secret": CLIENT_SECRET}, "identity": {"hmac_key": HMAC_KEY}},
         {},

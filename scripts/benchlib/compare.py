@@ -67,10 +67,6 @@ class Side:
         return self._best(lambda r: -r.rps)
 
     @property
-    def processes(self) -> int:
-        return len(set(self.process_of_run))
-
-    @property
     def rps(self) -> float:
         """Mean req/s of the best runs."""
         best = self._fastest()
@@ -147,14 +143,11 @@ class Comparison:
         return a.p50_ms - b.p50_ms
 
     def method(self) -> str:
+        rounds = f"{self.rounds} rounds x {self.seconds} s per contender, order rotating; "
         if self.processes == 1:
-            return (
-                f"{self.rounds} rounds x {self.seconds} s per contender, order rotating; "
-                f"mean of each side's best {self.keep}"
-            )
+            return rounds + f"mean of each side's best {self.keep}"
         each = max(1, self.keep // self.processes)
-        return (
-            f"{self.rounds} rounds x {self.seconds} s per contender, order rotating; "
+        return rounds + (
             f"{self.processes} processes per contender taking turns; mean of the best "
             f"{each} run{'s' if each > 1 else ''} of each process"
         )

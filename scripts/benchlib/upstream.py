@@ -21,7 +21,7 @@ from collections import Counter
 
 from aiohttp import web
 
-from .loop import run_on_fast_loop
+from .loop import run_on_fast_loop, serve_app
 
 DOCUMENTS = json.dumps(
     {
@@ -122,18 +122,6 @@ def build_app(login_delay: float = LOGIN_DELAY) -> web.Application:
     return app
 
 
-async def serve(host: str, port: int, login_delay: float) -> int:
-    runner = web.AppRunner(build_app(login_delay), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
-    await site.start()
-    try:
-        await asyncio.Event().wait()  # until SIGTERM ends the process
-    finally:
-        await runner.cleanup()
-    return 0
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description="bench upstream (Pay API stand-in)")
     parser.add_argument("--host", default="127.0.0.1")
@@ -142,7 +130,7 @@ def main() -> int:
         "--login-delay", type=float, default=LOGIN_DELAY, help="seconds before /login answers"
     )
     args = parser.parse_args()
-    return run_on_fast_loop(serve(args.host, args.port, args.login_delay))
+    return run_on_fast_loop(serve_app(build_app(args.login_delay), args.host, args.port))
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ closes, new requests on kept-alive connections get 503 `draining`, in-flight one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -36,6 +37,30 @@ from proxy.web.routes import OTHER
 log = logging.getLogger("proxy.server")
 
 CANCEL_AFTER = 0.5
+
+YOUNG_COLLECTION_THRESHOLD = 10_000
+"""Net allocations between two collections of the youngest generation (CPython's default: 700).
+
+A flow-1 request leaves no cyclic garbage behind, yet at the default the collector ran about
+once per 30 requests at 32 connections, walking the objects of every request in flight each
+time: 3.4 % of the proxy's CPU (callbacks on `gc.callbacks`, 10 s of wrk). At 10,000 it ran 13
+times in 26,000 requests. Garbage cycles from error paths wait a little longer to be freed."""
+
+
+@contextlib.contextmanager
+def tuned_collector() -> Iterator[None]:
+    """While serving: the startup heap frozen out of collections, fewer young collections;
+    the previous thresholds come back afterwards (tests run the proxy in their process)."""
+    # Everything allocated so far lives as long as the process: keep the collector from
+    # walking it again on every generation-2 pass.
+    gc.freeze()
+    previous = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *previous[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+        gc.unfreeze()
 
 
 async def _start_site(runner: web.AppRunner, address: Address, what: str) -> None:
@@ -157,13 +182,11 @@ async def run(services: Services, on_ready: Callable[[], None] | None = None) ->
             "gini-auth-proxy ready",
             extra={"listen": str(config.listen), "admin_listen": str(config.admin_listen)},
         )
-        # Everything allocated so far lives as long as the process: keep the collector from
-        # walking it again on every generation-2 pass.
-        gc.freeze()
-        if on_ready is not None:
-            on_ready()
-        await stop.wait()
-        code = await _drain(services, proxy_runner, force)
+        with tuned_collector():
+            if on_ready is not None:
+                on_ready()
+            await stop.wait()
+            code = await _drain(services, proxy_runner, force)
         graceful = code == exitcodes.OK
         return code
     finally:

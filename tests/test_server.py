@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import re
 import signal
@@ -16,7 +17,10 @@ import aiohttp
 import pytest
 import yaml
 
+from proxy.app import Services
+from proxy.config import build_config
 from proxy.sandbox import GiniSimulator
+from proxy.server import YOUNG_COLLECTION_THRESHOLD, run
 
 from .conftest import USER, config_data, merge
 
@@ -206,3 +210,24 @@ async def test_two_processes_sharing_postgres_create_one_gini_user(
     assert sim.state.users_created == 1
     assert len(sim.state.user_emails()) == 1
     assert len(set(tokens)) <= 2  # one login per process at most
+
+
+async def test_serving_tunes_the_collector_and_restores_it(
+    sim: GiniSimulator, tmp_path: Path
+) -> None:
+    """While `run` serves, the startup heap is frozen and young collections are rarer; the
+    interpreter's own settings come back when it returns (here, in the test's process)."""
+    data = merge(config_data(sim, tmp_path), {"admin_listen": f"127.0.0.1:{free_port()}"})
+    config = build_config(data, os.environ, tmp_path)
+    before = gc.get_threshold()
+    seen: list[tuple[int, int]] = []
+
+    def ready() -> None:
+        seen.append((gc.get_threshold()[0], gc.get_freeze_count()))
+        os.kill(os.getpid(), signal.SIGTERM)  # run() handles it: drain, then return 0
+
+    assert await run(Services(config), on_ready=ready) == 0
+    assert seen[0][0] == YOUNG_COLLECTION_THRESHOLD != before[0]
+    assert seen[0][1] > 0
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0

@@ -29,7 +29,7 @@ from proxy.config import Config
 from proxy.errors import BadRequest, MethodNotAllowed, PayloadTooLarge, RequestTimeout
 from proxy.forwarding.body import SMALL_BODY, STREAM_CHUNK, read_bounded, read_paced
 from proxy.forwarding.relay import Miss, Relay
-from proxy.forwarding.rewrite import NEVER_FORWARD, UrlRewriter, drop_headers, is_json_type
+from proxy.forwarding.rewrite import NEVER_FORWARD, HeaderFilter, UrlRewriter, is_json_type
 from proxy.identity import CallerIdentity
 from proxy.upstream import PAY_API, AnswerBroken, Call, Upstream, basic_auth
 from proxy.web.context import RequestContext
@@ -70,7 +70,7 @@ class Forwarder:
         drop = set(NEVER_FORWARD) | {caller.header.lower(), "accept-encoding"}
         if config.inbound_auth is not None:
             drop.add(config.inbound_auth.header.lower())
-        self.drop = frozenset(drop)
+        self.drop = HeaderFilter(frozenset(drop))
         self.to_upstream = UrlRewriter(config.public_url, self.base)
         self.max_body = config.max_body_bytes
         self.max_rewrite = config.max_rewrite_bytes
@@ -109,7 +109,7 @@ class Forwarder:
     def upstream_headers(
         self, request: web.Request, ctx: RequestContext, identifier: str
     ) -> CIMultiDict[str]:
-        headers = drop_headers(request.headers, self.drop)
+        headers = self.drop(request.headers)
         # Only encodings this proxy can undo for URL rewriting are offered to Gini, and the
         # choice is always explicit so the client library adds no default of its own.
         accept = request.headers.get("Accept-Encoding", "").lower()

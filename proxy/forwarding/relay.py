@@ -20,7 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.forwarding.body import SMALL_BODY, STREAM_CHUNK, read_bounded, recode_json
-from proxy.forwarding.rewrite import NEVER_RETURN, UrlRewriter, drop_headers, is_json_type
+from proxy.forwarding.rewrite import NEVER_RETURN, HeaderFilter, UrlRewriter, is_json_type
 from proxy.upstream import AnswerBroken, Call
 from proxy.web.context import RequestContext
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # the cache library loads only when `response_cache` is confi
 log = logging.getLogger("proxy.relay")
 
 _NO_BODY_STATUSES = frozenset({204, 304})
-_DROP_RETURN = frozenset(NEVER_RETURN)
+_DROP_RETURN = HeaderFilter(frozenset(NEVER_RETURN))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +79,7 @@ class Relay:
 
     def headers(self, upstream: Mapping[str, str], ctx: RequestContext) -> CIMultiDict[str]:
         """Gini's headers minus hop-by-hop and recomputed ones, with URLs rewritten."""
-        headers = drop_headers(upstream, _DROP_RETURN)
+        headers = _DROP_RETURN(upstream)
         for name in ("Location", "Content-Location"):
             value = headers.get(name)
             if value is not None:

@@ -22,7 +22,7 @@ _OWN: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("access log", "proxy/web/accesslog.py", ()),
     ("metrics", "proxy/metrics.py", ()),
     ("identity", "proxy/identity.py", ()),
-    ("header filter", "proxy/forwarding/rewrite.py", ("drop_headers",)),
+    ("header filter", "proxy/forwarding/rewrite.py", ("__call__", "_verdict")),
     ("header filter", "proxy/forwarding/handler.py", ("Forwarder.upstream_headers",)),
     ("URL rewriting", "proxy/forwarding/rewrite.py", ()),
     ("URL rewriting", "proxy/forwarding/handler.py", ("Forwarder.upstream_url",)),

@@ -46,9 +46,11 @@ _STRUCTURED = frozenset(
 )
 
 
-def request_scope(request_id: str, *values: str) -> Token[tuple[str | None, tuple[str, ...]]]:
-    """Open a request's log scope; pass the result to `end_request_scope`."""
-    return _scope.set((request_id, tuple(v for v in values if v)))
+def request_scope(
+    request_id: str, values: tuple[str, ...] = ()
+) -> Token[tuple[str | None, tuple[str, ...]]]:
+    """Open a request's log scope hiding `values`; pass the result to `end_request_scope`."""
+    return _scope.set((request_id, values if all(values) else tuple(v for v in values if v)))
 
 
 def end_request_scope(token: Token[tuple[str | None, tuple[str, ...]]]) -> None:

@@ -172,6 +172,18 @@ def test_deriver_returns_the_derived_identifier_and_remembers_it() -> None:
     assert len(deriver) == 1
 
 
+@pytest.mark.parametrize("bad", ["", " alice", "alice\n", "a\x00b", "a" * 257, "\udcff"])
+def test_deriver_validates_what_it_has_not_seen_and_never_remembers_it(bad: str) -> None:
+    """The memo is what lets a known id skip validation: an invalid id is refused on every
+    call, however many valid ones came first, and is never stored."""
+    deriver = IdentifierDeriver(KEY, max_entries=10)
+    deriver("alice")
+    for _ in range(2):
+        with pytest.raises(InvalidUser):
+            deriver(bad)
+    assert len(deriver) == 1
+
+
 def test_deriver_memo_is_bounded() -> None:
     deriver = IdentifierDeriver(KEY, max_entries=5)
     for n in range(100):

@@ -13,7 +13,15 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from proxy.log import REDACTED, WITHHELD, JsonFormatter, Redactor, configure_logging
+from proxy.log import (
+    REDACTED,
+    WITHHELD,
+    JsonFormatter,
+    Redactor,
+    configure_logging,
+    end_request_scope,
+    request_scope,
+)
 
 SECRET = "s3cr3t-Client-Value-9f8e7d"
 HMAC_KEY = "0123456789abcdef0123456789abcdef-hmac"
@@ -70,6 +78,23 @@ def test_one_json_object_per_line_with_the_standard_fields(capture: Capture) -> 
     assert second["message"] == "second\nline"
     assert second["level"] == "warning"
     assert capture.text.count("\n") == 2
+
+
+@pytest.mark.parametrize("values", [("alice@example.org",), ("", "alice@example.org", "")])
+def test_a_request_scope_hides_its_values_and_skips_empty_ones(
+    capture: Capture, values: tuple[str, ...]
+) -> None:
+    """An empty identity header hides nothing (hiding "" would garble every line)."""
+    token = request_scope("req-7", values)
+    try:
+        capture.logger.warning("lookup for alice@example.org failed")
+    finally:
+        end_request_scope(token)
+    capture.logger.warning("after alice@example.org")
+    inside, after = capture.entries()
+    assert inside["message"] == f"lookup for {REDACTED} failed"
+    assert inside["request_id"] == "req-7"
+    assert after["message"] == "after alice@example.org"
 
 
 def test_timestamp_is_utc(capture: Capture) -> None:

@@ -130,7 +130,7 @@ def observer(
             request[CONTEXT] = ctx
             # Every copy of the identity header is hidden, also when duplicates get the request
             # refused.
-            scope = request_scope(request_id, *caller.values(request.headers))
+            scope = request_scope(request_id, caller.values(request.headers))
             lifecycle.in_flight += 1
             status = CLIENT_CLOSED
             try:

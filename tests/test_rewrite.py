@@ -20,8 +20,8 @@ from proxy.forwarding.rewrite import (
     HOP_BY_HOP,
     NEVER_FORWARD,
     NEVER_RETURN,
-    UrlRewriter,
     HeaderFilter,
+    UrlRewriter,
     is_json_type,
 )
 

@@ -409,6 +409,20 @@ def test_json_handles_escaped_slashes() -> None:
     assert json.loads(out) == {"href": PUBLIC + "/documents/1"}
 
 
+@pytest.mark.parametrize("slashes", [b"//", b"\\/\\/", b"/\\/", b"\\//"])
+def test_json_rewrites_every_spelling_of_the_scheme_slashes(slashes: bytes) -> None:
+    """Whichever of the two slashes after the scheme is escaped, the URL is found (the quick
+    check for bodies without URLs must not skip any of them)."""
+    body = b'{"a": 1, "href": "https:' + slashes + b'pay-api.gini.net/documents/1"}'
+    out = TO_PUBLIC.json(body)
+    assert json.loads(out) == {"a": 1, "href": PUBLIC + "/documents/1"}
+
+
+def test_json_without_urls_is_returned_as_is() -> None:
+    body = b'{"totalCount": 2, "name": "a/b", "time": "12:30", "path": "x:y//z"}'
+    assert TO_PUBLIC.json(body) is body
+
+
 def test_json_leaves_urls_inside_longer_strings_alone() -> None:
     body = json.dumps({"message": 'see "https://pay-api.gini.net/documents/1" for details'})
     assert TO_PUBLIC.json(body.encode()) == body.encode()

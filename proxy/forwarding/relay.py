@@ -86,8 +86,7 @@ class Relay:
                 headers[name] = self.to_public.url(value)
         if ctx.gini_request_id is not None:
             headers["X-Gini-Request-Id"] = ctx.gini_request_id
-        headers["X-Request-Id"] = ctx.request_id
-        return headers
+        return headers  # X-Request-Id: set by the wrapper, or by `_stream` before it starts
 
     def buffered(
         self, status: int, reason: str | None, headers: CIMultiDict[str], body: bytes
@@ -179,6 +178,7 @@ class Relay:
 
     async def _stream(self, out: Outgoing, prefix: bytes) -> web.StreamResponse:
         answer, ctx, deadline = out.call.response, out.ctx, out.call.deadline
+        out.headers["X-Request-Id"] = ctx.request_id  # the wrapper only sees it started
         response = web.StreamResponse(
             status=answer.status, reason=answer.reason, headers=out.headers
         )

@@ -8,10 +8,13 @@ import json
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
 
 from proxy.config import Config
 from proxy.log import Redactor, configure_logging
 from proxy.sandbox import GiniSimulator
+from proxy.web.accesslog import AccessLog
+from proxy.web.context import RequestContext
 
 from .conftest import CLIENT_SECRET, HMAC_KEY, INBOUND_KEY, STORE_KEY, RunningProxy, StartProxy
 
@@ -147,6 +150,42 @@ async def test_access_lines_never_echo_a_secret_sent_as_request_id(
     proxy.services.access_log.flush()
     (entry,) = [e for e in lines(log_stream) if e["logger"] == "proxy.access"]
     assert entry["request_id"] == "[REDACTED]"
+
+
+async def test_access_lines_hide_secrets_in_every_field_others_choose(
+    log_stream: io.StringIO,
+) -> None:
+    """The request id (the caller's), Gini's request id and the route template (config) are
+    where a secret could get in; so is a secret a reload adds later."""
+    configure_logging("info", Redactor([]), log_stream)
+    access = AccessLog((CLIENT_SECRET,))
+    request = make_mocked_request("GET", "/documents")
+    rotated = "rotated-" + HMAC_KEY
+    for request_id, gini_id, route in [
+        (CLIENT_SECRET, None, "/documents"),
+        ("req-1", CLIENT_SECRET, "/documents"),
+        ("req-2", "gini-2", f"/x/{CLIENT_SECRET}/y"),
+        ("req-3", None, f"/x/{CLIENT_SECRET}/y"),  # the route, remembered, still hidden
+    ]:
+        ctx = RequestContext(request_id, route)
+        ctx.gini_request_id = gini_id
+        access.write(request, ctx, 200, 0.001)
+    access.secrets = (*access.secrets, rotated)
+    for request_id, route in [(rotated, "/documents"), ("req-5", f"/{rotated}")]:
+        access.write(request, RequestContext(request_id, route), 200, 0.001)
+    access.flush()
+    text = log_stream.getvalue()
+    entries = lines(log_stream)
+    assert len(entries) == 6
+    assert CLIENT_SECRET not in text
+    assert rotated not in text
+    assert [e["request_id"] for e in entries] == [
+        "[REDACTED]", "req-1", "req-2", "req-3", "[REDACTED]", "req-5",
+    ]  # fmt: skip
+    assert entries[1]["gini_request_id"] == "[REDACTED]"
+    assert entries[2]["gini_request_id"] == "gini-2"
+    assert entries[3]["route"] == "/x/[REDACTED]/y"
+    assert entries[5]["route"] == "/[REDACTED]"
 
 
 async def test_no_access_lines_above_info(proxy: RunningProxy, log_stream: io.StringIO) -> None:

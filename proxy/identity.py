@@ -39,8 +39,9 @@ def validate_user_id(raw: str | None) -> str:
 AMBIGUOUS = "The request carries more than one user id header; the identity is ambiguous."
 
 
-def _one_value(headers: MultiMapping[str], name: str) -> str:
-    """The one header `name` (matched case-insensitively), not yet validated.
+def user_id_from(headers: MultiMapping[str], name: str) -> str:
+    """The one user id in `headers` under `name` (matched case-insensitively), as sent:
+    `IdentifierDeriver` validates it the first time it sees it.
 
     Two or more such headers, even with equal values, are refused: something in front of the
     caller may append an authenticated id instead of replacing it, and then neither copy can
@@ -52,11 +53,6 @@ def _one_value(headers: MultiMapping[str], name: str) -> str:
     if len(values) > 1:
         raise InvalidUser(AMBIGUOUS)
     return values[0]
-
-
-def user_id_from(headers: MultiMapping[str], name: str) -> str:
-    """The one validated user id in `headers` under `name` (see `_one_value`)."""
-    return validate_user_id(_one_value(headers, name))
 
 
 class IdentifierDeriver:
@@ -92,7 +88,7 @@ class IdentifierDeriver:
 
 class CallerIdentity:
     """Who a request acts for, read the same way by every endpoint: the configured identity
-    header, validated (`user_id_from`), mapped to Gini's identifier by `deriver`."""
+    header (`user_id_from`), validated and mapped to Gini's identifier by `deriver`."""
 
     __slots__ = ("deriver", "header")
 
@@ -103,7 +99,7 @@ class CallerIdentity:
     def identifier(self, headers: MultiMapping[str]) -> str:
         """The `X-User-Identifier` for the one valid user id in `headers`, else MissingUser or
         InvalidUser."""
-        return self.deriver(_one_value(headers, self.header))
+        return self.deriver(user_id_from(headers, self.header))
 
     def values(self, headers: MultiMapping[str]) -> tuple[str, ...]:
         """Every copy of the identity header as sent, valid or not: what the log scope hides."""

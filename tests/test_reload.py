@@ -25,10 +25,9 @@ from proxy.config.reader import ConfigError
 from proxy.config.reload import InvalidSecret
 from proxy.identity import derive_identifier
 from proxy.log import Redactor, configure_logging
-from proxy.reloading import inbound_keys
+from proxy.app import Services
+from proxy.credentials import PROBE_IDENTIFIER, basic_auth
 from proxy.sandbox import GiniSimulator
-from proxy.upstream import basic_auth
-from proxy.vending.gini import PROBE_IDENTIFIER
 
 from .conftest import (
     CLIENT_ID,
@@ -522,19 +521,22 @@ _LINE = st.one_of(_KEY_TEXT, st.just(""), st.just("   "), st.just("# a comment")
 def test_a_reloaded_key_file_reads_as_it_does_at_startup(lines: list[str], newline: str) -> None:
     text = newline.join(lines) + newline
     expected = [line for line in lines if line.strip() and not line.startswith("#")]
-    if not expected:
-        with pytest.raises(InvalidSecret):
-            inbound_keys((text.encode(),))
-        return
-    reloaded = inbound_keys((text.encode(),))
-    assert reloaded == tuple(key.encode() for key in expected)
-    # The same file at startup: an inline value would go through `${VAR}`/`$$` expansion,
-    # which a key file never does (a key may well contain `$$`).
     with tempfile.TemporaryDirectory() as folder:
+        # The reloader's own source, registered for a proxy that started with a valid file.
         key_file = Path(folder) / "keys"
-        key_file.write_bytes(text.encode())
+        key_file.write_text(OTHER_KEY)
         data: dict[str, Any] = {"inbound_auth": {"keys": {"file": str(key_file)}}}
         data |= {"client": {"id": "c", "secret": "s"}, "identity": {"hmac_key": HMAC_KEY}}
+        load = Services(build_config(data, {}, Path("/"))).reloader.sources["inbound_auth.keys"]
+        if not expected:
+            with pytest.raises(InvalidSecret):
+                load.load((text.encode(),))
+            return
+        reloaded = load.load((text.encode(),))
+        assert reloaded == tuple(key.encode() for key in expected)
+        # The same file at startup: an inline value would go through `${VAR}`/`$$` expansion,
+        # which a key file never does (a key may well contain `$$`).
+        key_file.write_bytes(text.encode())
         at_startup = build_config(data, {}, Path("/"))
     assert reloaded == tuple(key.encode() for key in (at_startup.inbound_auth or _never()).keys)
 

@@ -20,13 +20,13 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxy.app import Services
 from proxy.config import MIN_INBOUND_KEY_BYTES, build_config
 from proxy.config.reader import ConfigError
 from proxy.config.reload import InvalidSecret
+from proxy.credentials import PROBE_IDENTIFIER, basic_auth
 from proxy.identity import derive_identifier
 from proxy.log import Redactor, configure_logging
-from proxy.app import Services
-from proxy.credentials import PROBE_IDENTIFIER, basic_auth
 from proxy.sandbox import GiniSimulator
 
 from .conftest import (

@@ -220,6 +220,13 @@ class Exchange:
         except BaseException as exc:
             self._raise_translated(exc)
             raise
+        if response.status == 407 and self._name in self._up._plain_proxied:
+            # Gini never asks for proxy credentials: the egress proxy refused them, which a
+            # CONNECT reports as this error (a plain-HTTP request gets it as an answer).
+            response.close()
+            self._raise_translated(
+                aiohttp.ClientHttpProxyError(response.request_info, (), status=407)
+            )
         call = self._call
         call.seconds = time.perf_counter() - started
         self._up.metrics.observe_upstream(self._name, call.seconds)

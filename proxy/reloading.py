@@ -32,7 +32,6 @@ from proxy.config.reload import (
     text_value,
 )
 from proxy.config.secret import Secret
-from proxy.config.signing_keys import SigningKeyError
 from proxy.credentials import Credentials, Probe
 from proxy.transport.tls import build_context
 
@@ -49,7 +48,7 @@ class KeyHolder(Protocol):
 
 
 class SigningKeys(Protocol):
-    """`signing.signer.JwtSigner`'s key list."""
+    """`signing.signer.JwtSigner`'s key list (`check_keys` raises a ValueError for a bad one)."""
 
     def check_keys(self, pems: Sequence[str]) -> None: ...
 
@@ -183,7 +182,7 @@ def _jwt_keys(reloader: Reloader, config: Config, signer: SigningKeys | None) ->
         pems = tuple(pem for text in texts for pem in pem_blocks(text))
         try:
             signer.check_keys(pems)  # a bad list is never applied
-        except SigningKeyError as exc:
+        except ValueError as exc:  # SigningKeyError: imported here, it would load cryptography
             raise InvalidSecret(str(exc)) from None
         return pems
 

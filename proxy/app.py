@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -10,13 +10,15 @@ from aiohttp import web
 
 from proxy.config import Config
 from proxy.config.reload import Reloader
+from proxy.credentials import Credentials
 from proxy.errors import ProxyError
 from proxy.forwarding.handler import Forwarder
 from proxy.identity import CallerIdentity, IdentifierDeriver, identity_key_id
 from proxy.lifecycle import Lifecycle
+from proxy.log import register_secrets
 from proxy.metrics import TOKEN_FLOWS, Metrics, store_up_gauge
-from proxy.reloading import register_sources, remember_secrets
-from proxy.upstream import Upstream, basic_auth
+from proxy.reloading import Owners, register_sources
+from proxy.upstream import Upstream
 from proxy.vending.anonymous import AnonymousUsers
 from proxy.vending.endpoints import PROXY_ENDPOINTS, TokenEndpoints
 from proxy.vending.gini import GiniClient
@@ -44,6 +46,7 @@ class Services:
     config: Config
     metrics: Metrics = field(default_factory=Metrics)
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    credentials: Credentials = field(init=False)
     upstream: Upstream = field(init=False)
     deriver: IdentifierDeriver = field(init=False)
     caller: CallerIdentity = field(init=False)
@@ -66,7 +69,6 @@ class Services:
         config = self.config
         lifecycle = self.lifecycle
         self.metrics.in_flight.set_function(lambda: lifecycle.in_flight)
-        self.upstream = Upstream(config.upstream, self.metrics)
         self.deriver = IdentifierDeriver(config.identity.hmac_key.encode())
         self.caller = CallerIdentity(config.identity.header, self.deriver)
         self.identity_key_id = identity_key_id(config.identity.hmac_key.encode())
@@ -90,15 +92,18 @@ class Services:
                 JwtMetrics(self.metrics.registry),
                 max_cached=config.tokens.max_cached,
             )
-        signer = self.jwt_signer if config.client.auth == "jwt" else None
+        self.credentials = Credentials(config, self.jwt_signer)
+        self.upstream = Upstream(config.upstream, self.metrics, self.credentials)
         self.forwarder = Forwarder(
-            config, self.upstream, self.caller, self.response_cache, signer=signer
+            config,
+            self.upstream,
+            self.caller,
+            self.response_cache,
+            authorizer=self.credentials.flow1,
         )
         self.access_log = AccessLog(tuple(config.secrets()))
         self.routes = RouteTable(GINI_TEMPLATES + tuple(PROXY_ENDPOINTS))
-        self.gini = GiniClient(
-            self.upstream, basic_auth(config.client.id, config.client.secret.value)
-        )
+        self.gini = GiniClient(self.upstream, self.credentials)
         self.token_caches = {flow: self._token_cache(flow) for flow in TOKEN_FLOWS}
         self.store, self.store_health = self._store()
         self.anonymous = None
@@ -124,9 +129,24 @@ class Services:
         """The holders a reload swaps values in, and the registry of `{file:}` secrets."""
         auth = self.config.inbound_auth
         self.inbound_keys = InboundKeys(auth) if auth is not None else None
-        self.reloader = Reloader(self.metrics, self.config.reload_interval_seconds)
-        self.reloader.on_secrets = remember_secrets(self)
-        register_sources(self.reloader, self)
+        self.reloader = Reloader(
+            self.metrics, self.config.reload_interval_seconds, self._remember_secrets
+        )
+        owners = Owners(
+            self.credentials,
+            self.gini.send_probe,
+            self.inbound_keys,
+            self.store.use_password if self.store is not None else None,
+            self.upstream.tls.refresh,
+            self.jwt_signer,
+        )
+        register_sources(self.reloader, self.config, owners)
+
+    def _remember_secrets(self, values: Iterable[str]) -> None:
+        """Values read on reload join the log redactor and the access log's list."""
+        fresh = [value for value in values if len(value) >= 4]
+        register_secrets(fresh)
+        self.access_log.secrets = tuple(dict.fromkeys((*self.access_log.secrets, *fresh)))
 
     def _store(self) -> tuple[CredentialStore | None, StoreHealth | None]:
         """The store as requests use it (deadlines, fail-fast) and its background check."""

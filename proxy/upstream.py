@@ -7,7 +7,6 @@ httpcore). Nothing above this module sees an aiohttp exception.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -15,9 +14,12 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
+from proxy import __version__
 from proxy.config import UpstreamConfig
+from proxy.credentials import Credentials
 from proxy.errors import ProxyError
 from proxy.metrics import Metrics
 from proxy.transport.deadlines import Deadline, Deadlines
@@ -29,11 +31,8 @@ log = logging.getLogger("proxy.upstream")
 
 PAY_API = "pay_api"
 USER_CENTER = "user_center"
-
-
-def basic_auth(client_id: str, secret: str) -> str:
-    """The `Authorization` value for Gini's client credentials."""
-    return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode("ascii")
+USER_AGENT = f"gini-auth-proxy/{__version__}"
+"""Sent to Gini when the caller sent no User-Agent of its own (never aiohttp's default)."""
 
 
 class Retry(Exception):
@@ -70,8 +69,9 @@ class Call:
 class Upstream:
     """Owns the shared ClientSession (created inside the running loop by `start`)."""
 
-    def __init__(self, config: UpstreamConfig, metrics: Metrics):
+    def __init__(self, config: UpstreamConfig, metrics: Metrics, credentials: Credentials):
         self.config = config
+        self.credentials = credentials
         self.metrics = metrics
         self.plain_timeout = aiohttp.ClientTimeout(
             total=None, connect=config.connect_timeout_seconds
@@ -81,13 +81,13 @@ class Upstream:
         self.tls = TlsContext(config.tls)
         egress = config.egress_proxy
         self.proxy = egress.url if egress is not None else None
-        # Sent on the CONNECT (or to the proxy for http upstreams), never to Gini. aiohttp takes
-        # them per request only, so `call` passes them every time.
-        self.proxy_headers: dict[str, str] | None = None
-        if egress is not None and egress.username is not None:
-            password = egress.password.value if egress.password is not None else ""
-            credentials = aiohttp.encode_basic_auth(egress.username, password)
-            self.proxy_headers = {"Proxy-Authorization": credentials}
+        # Plain-HTTP upstreams behind the egress proxy: no CONNECT carries the proxy's
+        # credentials, so each request does (aiohttp sends `proxy_headers` on a CONNECT only).
+        self._plain_proxied = frozenset(
+            name
+            for name, base in ((PAY_API, config.pay_api), (USER_CENTER, config.user_center))
+            if egress is not None and base.startswith("http://")
+        )
 
     async def start(self) -> None:
         connector = GuardedConnector(
@@ -102,6 +102,7 @@ class Upstream:
             timeout=self.plain_timeout,
             auto_decompress=False,  # bodies are relayed as Gini encoded them
             cookie_jar=aiohttp.DummyCookieJar(),  # one session serves every user: keep no cookies
+            headers={"User-Agent": USER_AGENT},  # a caller's own User-Agent replaces it
             raise_for_status=False,
             # Every Gini call goes through the egress proxy when one is configured (CONNECT
             # for https); the environment's *_PROXY variables are not read implicitly.
@@ -145,6 +146,12 @@ class Upstream:
         not permanent raises Retry instead, unlogged. See `Call` for what the caller's side
         can note on `call` to change that answer.
         """
+        proxy_headers = self.credentials.proxy_headers
+        if proxy_headers is not None:
+            proxy_headers = dict(proxy_headers)  # aiohttp adds Host to it: keep ours as it is
+            if name in self._plain_proxied:
+                headers = CIMultiDict(headers)
+                headers.update(proxy_headers)
         request = self.session.request(
             method,
             url,
@@ -154,7 +161,7 @@ class Upstream:
             timeout=read_timeout or self.plain_timeout,
             skip_auto_headers=skip_auto_headers,
             ssl=self.tls.get(),
-            proxy_headers=self.proxy_headers,
+            proxy_headers=proxy_headers,
         )
         return Exchange(self, name, request, deadline, call or Call(), retry, quiet)
 
@@ -213,6 +220,13 @@ class Exchange:
         except BaseException as exc:
             self._raise_translated(exc)
             raise
+        if response.status == 407 and self._name in self._up._plain_proxied:
+            # Gini never asks for proxy credentials: the egress proxy refused them, which a
+            # CONNECT reports as this error (a plain-HTTP request gets it as an answer).
+            response.close()
+            self._raise_translated(
+                aiohttp.ClientHttpProxyError(response.request_info, (), status=407)
+            )
         call = self._call
         call.seconds = time.perf_counter() - started
         self._up.metrics.observe_upstream(self._name, call.seconds)

@@ -23,6 +23,8 @@ from proxy.sandbox.jwt_auth import JwtSettings
 
 from .conftest import CLIENT_ID, CLIENT_SECRET, HMAC_KEY, USER, RunningProxy, StartProxy, paced_load
 from .jwt_support import ISSUER, JWKS_PATH, PRIVATE_JWK_MEMBERS, ec_pem, jwt_overrides, rsa_pem
+from .secret_volume import SecretVolume
+from .test_reload import eventually
 
 
 def identifier(user_id: str) -> str:
@@ -448,8 +450,6 @@ async def test_key_rotation_under_load_loses_no_request(
 async def test_a_broken_key_file_is_never_applied_on_reload(
     start_proxy: StartProxy, sim: GiniSimulator, tmp_path: Path
 ) -> None:
-    from .secret_volume import SecretVolume
-
     key = ec_pem()
     volume = SecretVolume(tmp_path / "jwt-secret")
     volume.write(keys=key)
@@ -469,3 +469,76 @@ async def test_a_broken_key_file_is_never_applied_on_reload(
         assert [k["kid"] for k in jwks["keys"]] == [kid]
         async with proxy.client.get(proxy.url + "/documents", headers=USER) as answer:
             assert answer.status == 200
+
+
+# --- a rotated client secret (issue 20, item 1) ----------------------------------------------
+
+NEW_SECRET = "rotated-client-secret-jwt-7f31"
+
+
+async def secret_claim_proxy(
+    start_proxy: StartProxy, sim: GiniSimulator, tmp_path: Path
+) -> tuple[RunningProxy, SecretVolume]:
+    """jwt mode with a client-secret claim, `client.secret` read from a Secret volume."""
+    volume = SecretVolume(tmp_path / "client-secret")
+    volume.write(client_secret=CLIENT_SECRET)
+    proxy = await jwt_proxy(
+        start_proxy,
+        sim,
+        tmp_path,
+        ec_pem(),
+        jwt={"claims": {"client_secret": "x-client-secret"}},
+        settings={"client_secret_claim": "x-client-secret"},
+        client={"auth": "jwt", "secret": {"file": str(volume.path("client_secret"))}},
+        reload_interval_seconds=0,
+    )
+    return proxy, volume
+
+
+async def secret_in_jwt(proxy: RunningProxy, sim: GiniSimulator, user: str) -> str | None:
+    """Flow 1 for `user`: the client-secret claim of the JWT Gini got, or None when refused."""
+    async with proxy.client.get(proxy.url + "/documents", headers={"X-User-Id": user}) as answer:
+        await answer.read()
+        if answer.status != 200:
+            return None
+    claims = jwt.decode(sent_jwt(sim), options={"verify_signature": False})
+    secret = claims["x-client-secret"]
+    assert isinstance(secret, str)
+    return secret
+
+
+async def test_a_verified_client_secret_swap_reaches_every_jwt(
+    start_proxy: StartProxy, sim: GiniSimulator, tmp_path: Path
+) -> None:
+    proxy, volume = await secret_claim_proxy(start_proxy, sim, tmp_path)
+    assert await secret_in_jwt(proxy, sim, "cached@example.com") == CLIENT_SECRET
+    sim.accept_client_secrets(CLIENT_SECRET, NEW_SECRET)  # 1. at Gini: both
+    volume.write(client_secret=NEW_SECRET)  # 2. in the Secret
+    assert (await proxy.services.reloader.reload())["client.secret"] == "applied"
+    # A user whose JWT was cached before the swap, and one seen for the first time.
+    assert await secret_in_jwt(proxy, sim, "cached@example.com") == NEW_SECRET
+    assert await secret_in_jwt(proxy, sim, "new@example.com") == NEW_SECRET
+    sim.accept_client_secrets(NEW_SECRET)  # 3. at Gini: the old one revoked
+    for user in ("cached@example.com", "new@example.com", "later@example.com"):
+        assert await secret_in_jwt(proxy, sim, user) == NEW_SECRET
+    assert sample(proxy, "gini_proxy_jwt_rejected_total") == 0
+
+
+async def test_gini_refusing_the_old_secret_in_a_jwt_applies_the_waiting_one(
+    start_proxy: StartProxy, sim: GiniSimulator, tmp_path: Path
+) -> None:
+    # SIGHUP only: nothing but Gini's 401 to a JWT can make the proxy look at the file again.
+    proxy, volume = await secret_claim_proxy(start_proxy, sim, tmp_path)
+    assert await secret_in_jwt(proxy, sim, "alice@example.com") == CLIENT_SECRET
+    volume.write(client_secret=NEW_SECRET)
+    assert (await proxy.services.reloader.reload())["client.secret"] == "rejected"  # too early
+    sim.accept_client_secrets(NEW_SECRET)  # Gini switched and revoked the old secret
+    assert await secret_in_jwt(proxy, sim, "alice@example.com") is None  # a 401
+
+    async def recovered() -> bool:
+        return await secret_in_jwt(proxy, sim, "alice@example.com") == NEW_SECRET
+
+    await eventually(recovered)
+    assert await secret_in_jwt(proxy, sim, "bob@example.com") == NEW_SECRET
+    applied = {"secret": "client.secret", "result": "applied"}
+    assert sample(proxy, "gini_proxy_secret_reloads_total", **applied) == 1

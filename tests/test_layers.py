@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "proxy"
 # Lowest first. A module may import from its own layer or any layer below, never above.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("proxy", "proxy.errors", "proxy.exitcodes", "proxy.log", "proxy.lifecycle"),
-    ("proxy.metrics", "proxy.identity", "proxy.config"),
+    ("proxy.metrics", "proxy.identity", "proxy.config", "proxy.credentials"),
     ("proxy.transport",),
     ("proxy.upstream",),
     ("proxy.web",),
@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("proxy.commands", "proxy.sandbox"),
     ("proxy.cli", "proxy.__main__"),
 )
-MAX_ROOT_MODULES = 12
+MAX_ROOT_MODULES = 13
 MAX_LINES = 350
 
 
@@ -124,7 +124,7 @@ def test_there_is_no_import_cycle() -> None:
     assert cycles == [], cycles
 
 
-def test_the_root_holds_at_most_twelve_modules() -> None:
+def test_the_root_holds_at_most_thirteen_modules() -> None:
     root = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__"))
     assert len(root) <= MAX_ROOT_MODULES, root
 

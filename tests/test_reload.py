@@ -3,6 +3,7 @@ secrets change (old, both, new), a real proxy in front of it, and one real proce
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import io
 import logging
@@ -20,15 +21,14 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxy.app import Services
 from proxy.config import MIN_INBOUND_KEY_BYTES, build_config
 from proxy.config.reader import ConfigError
 from proxy.config.reload import InvalidSecret
+from proxy.credentials import PROBE_IDENTIFIER, basic_auth
 from proxy.identity import derive_identifier
 from proxy.log import Redactor, configure_logging
-from proxy.reloading import inbound_keys
 from proxy.sandbox import GiniSimulator
-from proxy.upstream import basic_auth
-from proxy.vending.gini import PROBE_IDENTIFIER
 
 from .conftest import (
     CLIENT_ID,
@@ -522,22 +522,47 @@ _LINE = st.one_of(_KEY_TEXT, st.just(""), st.just("   "), st.just("# a comment")
 def test_a_reloaded_key_file_reads_as_it_does_at_startup(lines: list[str], newline: str) -> None:
     text = newline.join(lines) + newline
     expected = [line for line in lines if line.strip() and not line.startswith("#")]
-    if not expected:
-        with pytest.raises(InvalidSecret):
-            inbound_keys((text.encode(),))
-        return
-    reloaded = inbound_keys((text.encode(),))
-    assert reloaded == tuple(key.encode() for key in expected)
-    # The same file at startup: an inline value would go through `${VAR}`/`$$` expansion,
-    # which a key file never does (a key may well contain `$$`).
     with tempfile.TemporaryDirectory() as folder:
+        # The reloader's own source, registered for a proxy that started with a valid file.
         key_file = Path(folder) / "keys"
-        key_file.write_bytes(text.encode())
+        key_file.write_text(OTHER_KEY)
         data: dict[str, Any] = {"inbound_auth": {"keys": {"file": str(key_file)}}}
         data |= {"client": {"id": "c", "secret": "s"}, "identity": {"hmac_key": HMAC_KEY}}
+        load = Services(build_config(data, {}, Path("/"))).reloader.sources["inbound_auth.keys"]
+        if not expected:
+            with pytest.raises(InvalidSecret):
+                load.load((text.encode(),))
+            return
+        reloaded = load.load((text.encode(),))
+        assert reloaded == tuple(key.encode() for key in expected)
+        # The same file at startup: an inline value would go through `${VAR}`/`$$` expansion,
+        # which a key file never does (a key may well contain `$$`).
+        key_file.write_bytes(text.encode())
         at_startup = build_config(data, {}, Path("/"))
     assert reloaded == tuple(key.encode() for key in (at_startup.inbound_auth or _never()).keys)
 
 
 def _never() -> Any:
     raise AssertionError("inbound_auth missing")
+
+
+# --- the shape of the reload wiring --------------------------------------------------------
+
+
+def test_reloading_is_small_and_hands_values_to_few_owners() -> None:
+    """Issue 21: the wiring stays readable. At most 200 lines and 4 `proxy` dependencies
+    (`proxy.config` counts once, each other package or root module once), so a new secret is a
+    new owner method, not another subsystem reached into."""
+    path = Path(__file__).resolve().parents[1] / "proxy" / "reloading.py"
+    text = path.read_text(encoding="utf-8")
+    assert text.count("\n") <= 200
+    imported = set()
+    for node in ast.walk(ast.parse(text)):
+        names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        imported |= {".".join(name.split(".")[:2]) for name in names if name.startswith("proxy.")}
+    assert len(imported) <= 4, sorted(imported)
+    for reached_into in ("GuardedStore", ".inner", "PostgresStore", '"file:', ".basic =",
+                         "proxy_headers ="):  # fmt: skip
+        assert reached_into not in text

@@ -1,14 +1,14 @@
 """`gini-auth-proxy doctor`: can this pod reach Gini the way the config says? Step by step.
 
 Each step says what it checked and, when it fails, what to change. Nothing about any user is
-sent: the credential check is a client-credentials grant at the User Center (when flow 4 is
-configured) or a `/login` for the fixed identifier `PROBE_IDENTIFIER`.
+sent: the credential check is the probe a reloaded client secret is verified with
+(`Credentials.probe`): a client-credentials grant at the User Center when flow 4 is configured,
+else a `/login` for the fixed identifier `PROBE_IDENTIFIER`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime
 import email.utils
 import ssl
@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from proxy.config import Config
+from proxy.credentials import PROBE_IDENTIFIER, Credentials
 from proxy.errors import ProxyError
 from proxy.metrics import Metrics
 from proxy.transport.tls import build_context
-from proxy.upstream import PAY_API, USER_CENTER, Upstream, basic_auth
+from proxy.upstream import PAY_API, USER_CENTER, Upstream
 
-PROBE_IDENTIFIER = "gini-auth-proxy-doctor-probe"
-"""The X-User-Identifier of the `/login` probe: fixed, so it maps to one throwaway Gini user."""
+__all__ = ["PROBE_IDENTIFIER", "Doctor", "doctor"]
 MAX_CLOCK_SKEW_SECONDS = 30
 CERT_WARN_DAYS = 14
 
@@ -48,6 +48,7 @@ class Doctor:
         self.steps: list[Step] = []
         self.timeout = config.upstream.connect_timeout_seconds
         self.egress = config.upstream.egress_proxy
+        self.held = Credentials(config)  # what the proxy would present
         self.context = build_context(config.upstream.tls)
         self.reachable: dict[str, bool] = {}
 
@@ -143,10 +144,8 @@ class Doctor:
         """Send CONNECT with the configured credentials; the proxy's status code."""
         assert self.egress is not None
         head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
-        if self.egress.username is not None:
-            password = self.egress.password.value if self.egress.password is not None else ""
-            raw = f"{self.egress.username}:{password}".encode()
-            head += f"Proxy-Authorization: Basic {base64.b64encode(raw).decode()}\r\n"
+        for name, value in (self.held.proxy_headers or {}).items():
+            head += f"{name}: {value}\r\n"
         writer.write((head + "\r\n").encode("latin-1"))
         await writer.drain()
         answer = await reader.readuntil(b"\r\n\r\n")
@@ -191,30 +190,20 @@ class Doctor:
     async def credentials(self) -> None:
         """Client credentials accepted, and Gini's clock against ours (from its Date header)."""
         config = self.config
-        if config.anonymous is not None:
-            upstream_name = USER_CENTER
-            url = f"{config.upstream.user_center}/oauth/token?grant_type=client_credentials"
-            method, extra = "GET", {"Accept": "application/json"}
-            what = "client-credentials grant at the User Center"
-        else:
-            upstream_name = PAY_API
-            url = f"{config.upstream.pay_api}/login"
-            method = "POST"
-            extra = {"X-User-Identifier": PROBE_IDENTIFIER, "Accept": "application/json"}
-            what = f"/login for the probe identifier {PROBE_IDENTIFIER}"
+        probe = self.held.probe()
+        upstream_name, what = (USER_CENTER if probe.user_center else PAY_API), probe.what
         if not self.reachable.get(upstream_name):
             self.add("client credentials", None, f"needs a working connection to {upstream_name}")
             self.add("clock skew", None, f"needs a working connection to {upstream_name}")
             return
-        headers = {"Authorization": basic_auth(config.client.id, config.client.secret.value)}
-        upstream = Upstream(config.upstream, Metrics())
+        upstream = Upstream(config.upstream, Metrics(), self.held)
         await upstream.start()
         try:
             async with upstream.call(
                 upstream_name,
-                method,
-                url,
-                headers={**headers, **extra},
+                probe.method,
+                probe.url,
+                headers=probe.headers,
                 deadline=config.upstream.timeout_seconds,
                 quiet=True,
             ) as call:

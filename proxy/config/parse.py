@@ -16,30 +16,27 @@ from urllib.parse import urlsplit
 import yaml
 
 from proxy.config.egress import parse_egress_proxy
+from proxy.config.inbound import HEADER_NAME, parse_inbound_auth
 from proxy.config.jwt import read_auth, read_jwt
 from proxy.config.model import (
     CONFIG_ENV_VAR,
     DEFAULT_CONFIG_PATH,
     MIN_HMAC_KEY_BYTES,
-    MIN_INBOUND_KEY_BYTES,
     Address,
     AnonymousConfig,
     ClientConfig,
     ClientTimeoutsConfig,
     Config,
     IdentityConfig,
-    InboundAuthConfig,
     LoggingConfig,
     TokensConfig,
     UpstreamConfig,
 )
 from proxy.config.reader import ConfigError, Reader
 from proxy.config.response_cache import parse_response_cache
-from proxy.config.secret import Secret
 from proxy.config.store import parse_store
 from proxy.config.tls import parse_tls
 
-_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _DOMAIN = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
 )
@@ -96,7 +93,7 @@ def build_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: Path
     store = parse_store(r, data)
     if anonymous is not None and store is None:
         r.problem("store", "is required when the anonymous section is present (flow 4)")
-    inbound = _inbound_auth(r, data)
+    inbound = parse_inbound_auth(r, data)
     allow_open = r.boolean(
         data, "allow_unauthenticated_network", "allow_unauthenticated_network", False
     )
@@ -215,7 +212,7 @@ def _identity(r: Reader, data: Mapping[str, Any]) -> IdentityConfig:
         r.problem("identity", "is required (at least identity.hmac_key)")
         d = {}
     header = r.string(d, "header", "identity.header", "X-User-Id")
-    if not _HEADER_NAME.match(header):
+    if not HEADER_NAME.match(header):
         r.problem("identity.header", f"{header!r} is not a valid HTTP header name")
     key = r.secret(d, "hmac_key", "identity.hmac_key")
     if key.source != "invalid" and len(key.encode()) < MIN_HMAC_KEY_BYTES:
@@ -256,30 +253,6 @@ def _tokens(r: Reader, data: Mapping[str, Any]) -> TokensConfig:
         ),
         max_cached=r.integer(d, "max_cached", "tokens.max_cached", 100_000, 1, 10_000_000),
     )
-
-
-def _inbound_auth(r: Reader, data: Mapping[str, Any]) -> InboundAuthConfig | None:
-    d = r.section(data, "inbound_auth", "inbound_auth", ("header", "keys"))
-    if d is None:
-        return None
-    header = r.string(d, "header", "inbound_auth.header", "X-Proxy-Key")
-    if not _HEADER_NAME.match(header):
-        r.problem("inbound_auth.header", f"{header!r} is not a valid HTTP header name")
-    blob = r.secret(d, "keys", "inbound_auth.keys")
-    keys = tuple(
-        Secret(line.strip(), f"{blob.source}#{n}")
-        for n, line in enumerate(blob.value.splitlines(), 1)
-        if line.strip() and not line.lstrip().startswith("#")
-    )
-    if blob.source != "invalid":
-        short = [k.source for k in keys if len(k.encode()) < MIN_INBOUND_KEY_BYTES]
-        if not keys or short:
-            r.problem(
-                "inbound_auth.keys",
-                f"needs one key per line, each at least {MIN_INBOUND_KEY_BYTES} bytes"
-                + (f" (too short: {', '.join(short)})" if short else ""),
-            )
-    return InboundAuthConfig(header=header, keys=keys)
 
 
 def _logging(r: Reader, data: Mapping[str, Any]) -> LoggingConfig:

@@ -49,7 +49,7 @@ class SecretSource:
     paths: tuple[Path, ...]
     load: Callable[[tuple[bytes, ...]], Any]
     current: Any  # the value in force (compared, so a rewrite of the same value is no change)
-    apply: Callable[[Any], None] | None = None
+    apply: Callable[[Any], object] | None = None
     verify: Callable[[Any], Awaitable[Verdict]] | None = None
     secrets: Callable[[Any], Iterable[str]] = lambda _: ()  # values the log redactor must know
     note: str = ""  # restart-only: what a restart with the new value would mean

@@ -16,7 +16,10 @@ class Secret:
     """A secret string plus a description of where it came from (safe to show)."""
 
     value: str = field(repr=False)
-    source: str = "inline"
+    source: str = "inline"  # how it is shown: "inline", "env:NAME", "file:PATH" or "file:PATH#3"
+    # Where a reload re-reads it: the file, and the line of a file of one key per line.
+    path: Path | None = field(default=None, compare=False)
+    line: int | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
         return f"Secret(source={self.source!r})"
@@ -38,6 +41,7 @@ def resolve_secret(spec: object, env: Mapping[str, str], base_dir: Path) -> Secr
     Surrounding whitespace is stripped: Kubernetes Secret files and `echo` often end in a
     newline that was never meant to be part of the key.
     """
+    file: Path | None = None
     if isinstance(spec, str):
         value, source = spec, "inline"
     elif isinstance(spec, Mapping) and len(spec) == 1:
@@ -49,7 +53,7 @@ def resolve_secret(spec: object, env: Mapping[str, str], base_dir: Path) -> Secr
                 raise SecretSourceError(f"environment variable {name} is not set")
             value, source = env[name], f"env:{name}"
         elif kind == "file":
-            path = Path(name) if Path(name).is_absolute() else base_dir / name
+            path = file = Path(name) if Path(name).is_absolute() else base_dir / name
             try:
                 value = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
@@ -63,4 +67,4 @@ def resolve_secret(spec: object, env: Mapping[str, str], base_dir: Path) -> Secr
     value = value.strip()
     if not value:
         raise SecretSourceError(f"the secret from {source} is empty")
-    return Secret(value, source)
+    return Secret(value, source, file)

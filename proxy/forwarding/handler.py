@@ -4,9 +4,10 @@ The path of a request: this handler checks the method, the caller (`identity.Cal
 and the target, builds Gini's headers, asks the response cache if there is one, reads or streams
 the body, then makes the call through `Upstream.call` and hands the answer to `relay.Relay`.
 
-Everything that depends only on the config (the Basic header, header drop lists, rewriters,
-the upstream base, timeouts) is computed once in `Forwarder.__init__`; per request the work is
-header filtering, one memoised HMAC and the relay itself.
+Everything that depends only on the config (header drop lists, rewriters, the upstream base,
+timeouts) is computed once in `Forwarder.__init__`; Gini's credentials come from the authorizer
+`proxy.credentials` chose for flow 1. Per request the work is header filtering, one memoised
+HMAC and the relay itself.
 
 Timeouts: `upstream.timeout_seconds` bounds the wait for response headers and for each body
 chunk. A request whose body is in memory runs under one deadline (one timer) that covers the
@@ -17,7 +18,7 @@ sent. The benchmark showed aiohttp's per-read timer costing more than the one de
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -26,17 +27,17 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config import Config
+from proxy.credentials import Authorizer
 from proxy.errors import BadRequest, MethodNotAllowed, PayloadTooLarge, RequestTimeout
 from proxy.forwarding.body import SMALL_BODY, STREAM_CHUNK, read_bounded, read_paced
 from proxy.forwarding.relay import Miss, Relay
 from proxy.forwarding.rewrite import NEVER_FORWARD, HeaderFilter, UrlRewriter, is_json_type
 from proxy.identity import CallerIdentity
-from proxy.upstream import PAY_API, AnswerBroken, Call, Upstream, basic_auth
+from proxy.upstream import PAY_API, AnswerBroken, Call, Upstream
 from proxy.web.context import RequestContext
 
 if TYPE_CHECKING:
     from proxy.forwarding.cache import ResponseCache
-    from proxy.signing.signer import JwtSigner
 
 # TRACE would echo the injected credentials back to the caller; CONNECT would open a tunnel.
 REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
@@ -54,7 +55,8 @@ class Forwarder:
         upstream: Upstream,
         caller: CallerIdentity,
         cache: ResponseCache | None = None,
-        signer: JwtSigner | None = None,
+        *,
+        authorizer: Authorizer,
     ):
         self.upstream = upstream
         self.caller = caller
@@ -63,10 +65,7 @@ class Forwarder:
         base = URL(self.base)
         self._origin = (base.scheme, base.raw_host, base.port)
         self._urls: dict[str, URL] = {}  # validated upstream URLs of recent request targets
-        self.basic = basic_auth(config.client.id, config.client.secret.value)
-        # Called when Gini answers 401 to our client credentials (a rotation may be due).
-        self.on_client_refused: Callable[[], None] | None = None
-        self.signer = signer  # jwt mode: a per-user JWT instead of Basic + X-User-Identifier
+        self.authorizer = authorizer  # Basic + X-User-Identifier, or a per-user JWT
         drop = set(NEVER_FORWARD) | {caller.header.lower(), "accept-encoding"}
         if config.inbound_auth is not None:
             drop.add(config.inbound_auth.header.lower())
@@ -115,11 +114,7 @@ class Forwarder:
         accept = request.headers.get("Accept-Encoding", "").lower()
         gzip = "gzip" in accept or "deflate" in accept
         headers["Accept-Encoding"] = "gzip, deflate" if gzip else "identity"
-        if self.signer is None:
-            headers["Authorization"] = self.basic
-            headers["X-User-Identifier"] = identifier
-        else:
-            headers["X-JWT-Authorization"] = self.signer.header_for(identifier)
+        self.authorizer.sign(headers, identifier)
         headers["X-Request-Id"] = ctx.request_id
         return headers
 
@@ -163,11 +158,8 @@ class Forwarder:
                 ctx.gini_request_id = call.response.headers.get("X-Request-Id")
                 if status >= 500:
                     self.upstream.metrics.upstream_error(PAY_API, "status_5xx")
-                elif status == 401:
-                    if self.signer is not None:  # Gini refused our JWT for this user
-                        self.signer.rejected(identifier, headers["X-JWT-Authorization"])
-                    elif self.on_client_refused is not None:  # a rotation may be due
-                        self.on_client_refused()
+                elif status == 401:  # Gini refused our credentials: a rotation may be due
+                    self.authorizer.refused(identifier, headers)
                 return await self.relay.answer(request, ctx, call, miss)
         except AnswerBroken as broken:
             return self.relay.abort(request, ctx, broken)

@@ -95,8 +95,11 @@ class JwtVerifier:
             raise JwtRefused("JWT signed by an unknown key")
         return key
 
-    async def verify(self, token: str, wall_clock: float) -> str:
-        """The user identifier the token carries, or JwtRefused."""
+    async def verify(
+        self, token: str, wall_clock: float, secrets: frozenset[str] | None = None
+    ) -> str:
+        """The user identifier the token carries, or JwtRefused. `secrets`: the client secrets
+        accepted during a rotation (default: the configured one)."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -124,9 +127,9 @@ class JwtVerifier:
             raise JwtRefused("JWT exp is not a number")
         if claims["exp"] + self.settings.leeway_seconds <= wall_clock:
             raise JwtRefused("JWT expired")
-        return self._identifier(claims)
+        return self._identifier(claims, secrets or frozenset((self.client_secret,)))
 
-    def _identifier(self, claims: dict[str, Any]) -> str:
+    def _identifier(self, claims: dict[str, Any], secrets: frozenset[str]) -> str:
         settings = self.settings
         client_id = claims.get(settings.client_id_claim)
         if not isinstance(client_id, str) or not hmac.compare_digest(
@@ -135,9 +138,11 @@ class JwtVerifier:
             raise JwtRefused("JWT for an unknown client")
         if settings.client_secret_claim is not None and settings.client_secret_claim in claims:
             secret = claims[settings.client_secret_claim]
-            if not isinstance(secret, str) or not hmac.compare_digest(
-                secret.encode(), self.client_secret.encode()
-            ):
+            offered = secret.encode() if isinstance(secret, str) else b""
+            matched = False
+            for accepted in sorted(secrets):  # every one compared: timing tells nothing
+                matched |= hmac.compare_digest(offered, accepted.encode())
+            if not matched:
                 raise JwtRefused("JWT with a wrong client secret")
         identifier = claims.get(settings.user_identifier_claim)
         if not isinstance(identifier, str) or not identifier.strip():

@@ -60,7 +60,9 @@ async def jwt_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         raise SimError(401, "X-JWT-Authorization must be `Bearer <jwt>`")
     state = request.app[STATE_KEY]
     try:
-        request[JWT_IDENTIFIER_KEY] = await verifier.verify(token.strip(), state.wall_time())
+        request[JWT_IDENTIFIER_KEY] = await verifier.verify(
+            token.strip(), state.wall_time(), state.client_secrets
+        )
     except JwtRefused as exc:
         raise SimError(401, str(exc)) from None
     return await handler(request)

@@ -85,12 +85,8 @@ class JwtSigner:
         # Reused until this long before `exp`: a request sent with it still has a minute (or a
         # fifth of a short lifetime) of validity left for the network and Gini's clock.
         self.margin = min(MAX_REFRESH_MARGIN, config.lifetime_seconds // 5)
-        self._claims: dict[str, str] = {
-            "iss": config.issuer,
-            config.claims.client_id: client.id,
-        }
-        if config.claims.client_secret is not None:
-            self._claims[config.claims.client_secret] = client.secret.value
+        self._client_id = client.id
+        self._claims = self._claims_for(client.secret.value)
         self._identifier_claim = config.claims.user_identifier
         self._cache: LRUCache[str, _Cached] = LRUCache(max_cached)
         self._first_seen: dict[str, float] = {}
@@ -102,6 +98,25 @@ class JwtSigner:
     @property
     def keys(self) -> KeySet:
         return self._keys
+
+    def _claims_for(self, client_secret: str) -> dict[str, str]:
+        names = self.config.claims
+        claims = {"iss": self.config.issuer, names.client_id: self._client_id}
+        if names.client_secret is not None:
+            claims[names.client_secret] = client_secret
+        return claims
+
+    def use_client_secret(self, client_secret: str) -> None:
+        """A rotated `client.secret` (verified with Gini): with a client-secret claim, every
+        JWT signed from now on carries it, and none signed with the old one is reused."""
+        claims = self._claims_for(client_secret)
+        if claims != self._claims:
+            self._claims = claims
+            self._cache.clear()
+
+    def check_keys(self, pems: Sequence[str]) -> None:
+        """SigningKeyError unless `replace_keys(pems)` would succeed."""
+        build_key_set(pems, self.config.algorithm)
 
     def replace_keys(self, pems: Sequence[str]) -> KeySet:
         """Swap in a new list of PEM keys (first signs). A bad list raises SigningKeyError

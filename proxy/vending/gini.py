@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from proxy import __version__
+from proxy.credentials import GINI_JSON, Credentials, Probe
 from proxy.errors import BadGateway, ProxyError, UpstreamRejected, UpstreamUnavailable
 from proxy.log import current_request_id, hide
 from proxy.upstream import PAY_API, USER_CENTER, Retry, Upstream
@@ -27,15 +27,10 @@ from proxy.vending.tokens import Token, lifetime_from
 log = logging.getLogger("proxy.gini")
 
 JSON = "application/json"
-GINI_JSON = "application/vnd.gini.v1+json"
 BACKOFF_BASE = 0.1
-PROBE_IDENTIFIER = "gini-auth-proxy-secret-probe"
-"""The `X-User-Identifier` of the `/login` that tests a new client secret. Real identifiers are
-64 hex digits, so this one can never be a user's: the probe only ever reaches one Gini user of
-its own."""
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-# Answers are parsed here, so never compressed; and the proxy says who it is.
-_COMMON_HEADERS = {"Accept-Encoding": "identity", "User-Agent": f"gini-auth-proxy/{__version__}"}
+# Answers are parsed here, so never compressed (the User-Agent is the session's).
+_COMMON_HEADERS = {"Accept-Encoding": "identity"}
 
 
 class InvalidGrant(Exception):
@@ -65,30 +60,29 @@ class Reply:
 
 
 class GiniClient:
-    """Gini calls for token vending, on the shared upstream session."""
+    """Gini calls for token vending, on the shared upstream session, with the client
+    credentials in force (`credentials.basic`, read per call)."""
 
     def __init__(
         self,
         upstream: Upstream,
-        basic: str,
+        credentials: Credentials,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ):
         self.upstream = upstream
-        self.basic = basic
+        self.credentials = credentials
         self.pay_api = upstream.config.pay_api
         self.user_center = upstream.config.user_center
         self.max_retries = upstream.config.max_retries
         self.timeout = upstream.config.timeout_seconds
         self.clock = clock
         self.sleep = sleep
-        # Called when Gini answers 401 to the client secret in use (a rotation may be due).
-        self.on_client_refused: Callable[[], None] | None = None
 
     async def derived_login(self, identifier: str) -> Token:
         """Flow 2: `POST {pay_api}/login` with Basic client auth and the derived identifier."""
         headers = {
-            "Authorization": self.basic,
+            "Authorization": self.credentials.basic,
             "X-User-Identifier": identifier,
             "Accept": GINI_JSON,
         }
@@ -100,7 +94,7 @@ class GiniClient:
     async def client_token(self) -> Token:
         """User Center client-credentials grant (GET, as the iOS SDK does)."""
         url = f"{self.user_center}/oauth/token?grant_type=client_credentials"
-        headers = {"Authorization": self.basic, "Accept": JSON}
+        headers = {"Authorization": self.credentials.basic, "Accept": JSON}
         answer = await self._call(USER_CENTER, "GET", url, headers)
         if answer.status != 200:
             raise self._refused(answer, "the User Center refused the client credentials")
@@ -129,7 +123,7 @@ class GiniClient:
         """Password grant; InvalidGrant on 401 or 400 `invalid_grant` (as the SDKs read it)."""
         url = f"{self.user_center}/oauth/token?grant_type=password"
         headers = {
-            "Authorization": self.basic,
+            "Authorization": self.credentials.basic,
             "Accept": JSON,
             "Content-Type": "application/x-www-form-urlencoded",
         }
@@ -146,19 +140,10 @@ class GiniClient:
             raise InvalidGrant
         raise self._refused(answer, "the User Center refused the password login")
 
-    async def probe_client_secret(self, basic: str, via_user_center: bool) -> int:
-        """The status Gini answers to the client credentials `basic`, without using them for
-        anything: a client-credentials grant, or a `/login` for PROBE_IDENTIFIER."""
-        if via_user_center:
-            url = f"{self.user_center}/oauth/token?grant_type=client_credentials"
-            headers = {"Authorization": basic, "Accept": JSON}
-            return (await self._call(USER_CENTER, "GET", url, headers)).status
-        headers = {
-            "Authorization": basic,
-            "X-User-Identifier": PROBE_IDENTIFIER,
-            "Accept": GINI_JSON,
-        }
-        return (await self._call(PAY_API, "POST", f"{self.pay_api}/login", headers)).status
+    async def send_probe(self, probe: Probe) -> int:
+        """The status Gini answers to a `Credentials.probe` (with retries, as every call)."""
+        upstream = USER_CENTER if probe.user_center else PAY_API
+        return (await self._call(upstream, probe.method, probe.url, probe.headers)).status
 
     def _token(self, answer: Reply) -> Token:
         body = answer.json()
@@ -208,10 +193,9 @@ class GiniClient:
                 if answer.status not in _RETRY_STATUSES:
                     if (
                         answer.status == 401
-                        and self.on_client_refused is not None
-                        and headers.get("Authorization") == self.basic
+                        and headers.get("Authorization") == self.credentials.basic
                     ):
-                        self.on_client_refused()
+                        self.credentials.refused()  # a rotated secret may be waiting
                     return answer
                 reason = "throttled" if answer.status == 429 else "status_5xx"
                 self.upstream.metrics.upstream_error(upstream, reason)

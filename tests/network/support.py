@@ -9,6 +9,7 @@ import contextlib
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import trustme
@@ -105,13 +106,15 @@ async def run_flows(proxy: RunningProxy, sim: GiniSimulator, device: ssl.SSLCont
 
 @dataclass
 class ConnectProxy:
-    """A small authenticating forward proxy: CONNECT only, Basic Proxy-Authorization."""
+    """A small authenticating forward proxy, Basic Proxy-Authorization: CONNECT tunnels, and
+    plain-HTTP requests in absolute form (one per connection)."""
 
     username: str = PROXY_USER
     password: str = PROXY_PASSWORD
     tunnels: int = 0
     refused: int = 0
     targets: list[str] = field(default_factory=list)
+    forwarded: list[str] = field(default_factory=list)  # plain-HTTP requests: METHOD URL
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -156,6 +159,9 @@ class ConnectProxy:
                 )
                 await writer.drain()
                 return
+            if method != "CONNECT" and target.startswith("http://"):
+                await self._forward(reader, writer, f"{method} {target}", lines[1:])
+                return
             if method != "CONNECT":
                 writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
                 await writer.drain()
@@ -172,6 +178,28 @@ class ConnectProxy:
         finally:
             self._tasks.discard(task)
             writer.close()
+
+    async def _forward(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        request: str,
+        header_lines: list[str],
+    ) -> None:
+        """Send a plain-HTTP request on to its origin, without the proxy's own headers."""
+        self.forwarded.append(request)
+        method, target = request.split(" ", 1)
+        url = urlsplit(target)
+        upstream_reader, upstream_writer = await asyncio.open_connection(url.hostname, url.port)
+        hop = ("proxy-authorization", "proxy-connection", "connection", "keep-alive")
+        kept = [line for line in header_lines if line.partition(":")[0].strip().lower() not in hop]
+        path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        head = [f"{method} {path} HTTP/1.1", *[line for line in kept if line], "Connection: close"]
+        upstream_writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        body = asyncio.create_task(_pipe(reader, upstream_writer))
+        await _pipe(upstream_reader, writer)  # Gini closes after this one answer
+        body.cancel()
+        await asyncio.gather(body, return_exceptions=True)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

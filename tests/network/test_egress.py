@@ -17,7 +17,7 @@ from proxy.config.egress import parse_egress_proxy
 from proxy.config.reader import ConfigError, Reader
 from proxy.sandbox import GiniSimulator
 
-from ..conftest import USER, RunningProxy, StartProxy, config_data, merge
+from ..conftest import CLIENT_ID, CLIENT_SECRET, USER, RunningProxy, StartProxy, config_data, merge
 from .support import (
     PROXY_PASSWORD,
     PROXY_USER,
@@ -260,3 +260,64 @@ async def test_a_rotated_egress_password_is_used_for_new_tunnels_without_a_resta
         assert answer.status == 200, await answer.text()
     assert egress.refused == 0
     assert any(sim.user_center_url.removeprefix("https://") == t for t in egress.targets)
+
+
+# -- plain-HTTP upstreams behind the egress proxy ----------------------------------------------
+
+
+async def test_plain_http_upstreams_send_the_proxy_credentials_with_each_request(
+    start_proxy: StartProxy, egress: ConnectProxy
+) -> None:
+    # No CONNECT for an http:// upstream: each request itself must carry Proxy-Authorization.
+    async with GiniSimulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET) as plain:
+        proxy = await start_proxy(**plain_via(plain, egress))
+        for method, path in FLOWS:
+            async with proxy.client.request(method, proxy.url + path, headers=USER) as answer:
+                assert answer.status == 200, await answer.text()
+        assert egress.refused == 0
+        assert egress.tunnels == 0
+        sent = [request.split(" ", 1)[1] for request in egress.forwarded]
+        assert any(url.startswith(plain.pay_api_url + "/documents") for url in sent)
+        assert any(url.startswith(plain.user_center_url + "/oauth/token") for url in sent)
+        at_gini = [*plain.state.requests_of("pay"), *plain.state.requests_of("uc")]
+        assert len(at_gini) == len(sent)
+        for record in at_gini:  # the egress proxy's credentials stop at the egress proxy
+            assert "proxy-authorization" not in {name.lower() for name, _ in record.headers}
+
+
+async def test_plain_http_upstream_with_a_wrong_proxy_password_is_a_json_error(
+    start_proxy: StartProxy, egress: ConnectProxy
+) -> None:
+    async with GiniSimulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET) as plain:
+        proxy = await start_proxy(**plain_via(plain, egress, password="wrong-password-5ab1"))
+        for method, path in FLOWS:
+            async with proxy.client.request(method, proxy.url + path, headers=USER) as answer:
+                body = await answer.json()
+                assert answer.status == 502, body
+                assert "Proxy-Authenticate" not in answer.headers
+            assert body["error"] == "bad_gateway"
+            assert "egress proxy" in body["message"]
+        assert egress.refused == 3  # a refused credential is not retried
+        assert not plain.state.requests_of("pay")
+        assert not plain.state.requests_of("uc")
+        assert errors(proxy, "proxy_auth") == 2
+        assert errors(proxy, "proxy_auth", "user_center") == 1
+
+
+FLOWS = (
+    ("GET", "/documents"),
+    ("POST", "/_proxy/tokens/derived"),
+    ("POST", "/_proxy/tokens/anonymous"),
+)
+
+
+def plain_via(
+    plain: GiniSimulator, egress: ConnectProxy, password: str = PROXY_PASSWORD
+) -> dict[str, Any]:
+    return {
+        "upstream": {
+            "pay_api": plain.pay_api_url,
+            "user_center": plain.user_center_url,
+            "egress_proxy": {"url": egress.url, "username": PROXY_USER, "password": password},
+        }
+    }

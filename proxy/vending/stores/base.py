@@ -57,6 +57,9 @@ class CredentialStore(Protocol):
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the store answers now (readiness)."""
 
+    def use_password(self, password: str) -> None:
+        """A reloaded `store.password`, for every new connection (SQLite has none)."""
+
     async def get(self, key: str) -> StoredUser | None:
         """The stored user for `key`, if any."""
 

@@ -226,6 +226,9 @@ class GuardedStore:
     async def ping(self) -> None:
         await self._call(self.inner.ping)
 
+    def use_password(self, password: str) -> None:
+        self.inner.use_password(password)
+
     async def get(self, key: str) -> StoredUser | None:
         return await self._call(lambda: self.inner.get(key))
 

@@ -90,6 +90,9 @@ class PostgresStore:
             await self.close()
             raise
 
+    def use_password(self, password: str) -> None:
+        self.password = password  # asked for by every new pool connection
+
     def _current_password(self) -> str | None:
         return self.password
 

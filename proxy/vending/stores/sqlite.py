@@ -145,6 +145,9 @@ class SqliteStore:
         async with self._errors() as db:
             await db.execute("SELECT 1")
 
+    def use_password(self, password: str) -> None:
+        """A file has no password (config refuses `store.password` for SQLite)."""
+
     async def get(self, key: str) -> StoredUser | None:
         async with (
             self._errors() as db,

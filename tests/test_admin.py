@@ -61,7 +61,14 @@ async def test_liveness_and_readiness(proxy: RunningProxy) -> None:
     proxy.services.lifecycle.draining = True
     async with proxy.client.get(proxy.admin_url + "/readyz") as response:
         assert response.status == 503
-        assert await response.json() == {"status": "unavailable", "reason": "draining"}
+        body = await response.json()
+        # The contract's error body, built by the one function every listener uses.
+        assert body == {
+            "error": "draining",
+            "message": "The proxy is shutting down; retry on another instance.",
+            "requestId": response.headers["X-Request-Id"],
+        }
+        assert response.headers["Retry-After"] == "0"
     async with proxy.client.get(proxy.admin_url + "/healthz") as response:
         assert response.status == 200  # draining is not dead
 

@@ -39,7 +39,7 @@ from proxy.web.accesslog import AccessLog
 from proxy.web.context import RequestContext
 from proxy.web.middleware import observer
 from proxy.web.routes import RouteTable
-from proxy.web.server_header import SERVER
+from proxy.web.aiohttp_server import SERVER
 
 from .conftest import HMAC_KEY, USER, RunningProxy, StartProxy, config_data, examples
 

@@ -36,10 +36,10 @@ from proxy.log import REDACTED, Redactor, configure_logging
 from proxy.metrics import Metrics
 from proxy.sandbox import GiniSimulator
 from proxy.web.accesslog import AccessLog
+from proxy.web.aiohttp_server import SERVER
 from proxy.web.context import RequestContext
 from proxy.web.middleware import observer
 from proxy.web.routes import RouteTable
-from proxy.web.aiohttp_server import SERVER
 
 from .conftest import HMAC_KEY, USER, RunningProxy, StartProxy, config_data, examples
 

@@ -56,7 +56,7 @@ async def limited(sim: GiniSimulator, tmp_path: Path) -> AsyncIterator[Any]:
             *(sys.executable, "-m", "proxy", "serve", "--config", str(path)),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=nofile(soft, hard),  # noqa: PLW1509 - nothing threaded runs before exec
+            preexec_fn=nofile(soft, hard),  # before the proxy runs
         )
         proc = ProxyProcess(process)
         started.append(proc)

@@ -467,3 +467,5 @@ def test_the_example_config_shows_the_defaults(tmp_path: Path) -> None:
     defaults = build_config(MINIMAL, {}, tmp_path)
     assert example["client_timeouts"] == dataclasses.asdict(defaults.client_timeouts)
     assert example["max_connections"] == defaults.max_connections
+    assert example["admin_max_connections"] == defaults.admin_max_connections
+    assert example["max_header_bytes"] == defaults.max_header_bytes

@@ -20,6 +20,8 @@ import aiohttp
 import pytest
 import yaml
 
+from proxy.config import build_config
+from proxy.config.reader import ConfigError
 from proxy.errors import RequestTimeout, TooManyConnections
 from proxy.sandbox import GiniSimulator
 from proxy.web.connections import raw_error
@@ -196,3 +198,17 @@ def test_retry_after_only_where_retrying_helps() -> None:
         "message": RequestTimeout.default_message,
         "requestId": headers[b"X-Request-Id"].decode(),
     }
+
+
+def test_the_new_limits_are_validated_together(tmp_path: Path) -> None:
+    minimal = {
+        "client": {"id": "my-client", "secret": "client-secret-value-4f1c2e"},
+        "identity": {"hmac_key": "hmac-key-0123456789abcdef0123456789abcdef"},
+    }
+    defaults = build_config(minimal, {}, tmp_path)
+    assert (defaults.admin_max_connections, defaults.max_header_bytes) == (64, 32768)
+    with pytest.raises(ConfigError) as caught:
+        build_config({**minimal, "admin_max_connections": 0, "max_header_bytes": 100}, {}, tmp_path)
+    problems = "\n".join(caught.value.problems)
+    assert "admin_max_connections" in problems
+    assert "max_header_bytes" in problems

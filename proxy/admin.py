@@ -11,8 +11,9 @@ from prometheus_client.exposition import choose_encoder
 
 from proxy import __version__
 from proxy.app import SERVICES, Services
-from proxy.errors import StoreUnavailable
+from proxy.errors import MethodNotAllowed, NotFound, ProxyError, StoreUnavailable
 from proxy.signing.jwks import add_jwks_route
+from proxy.web.aiohttp_server import RequestFunction
 from proxy.web.connections import ConnectionGuard, ConnectionLimits
 from proxy.web.middleware import error_response, new_request_id
 
@@ -147,6 +148,24 @@ def _store_kind(services: Services) -> str | None:
     if services.config.store is None:
         return None
     return "sqlite" if services.config.store.url.startswith("sqlite:") else "postgresql"
+
+
+def json_errors(app_handler: RequestFunction) -> RequestFunction:
+    """The admin router's own refusals (an unknown path, a wrong method) as the contract's
+    error instead of aiohttp's text pages (`web/aiohttp_server.ListenerRunner` wraps with it)."""
+
+    async def answered(request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            return await app_handler(request)
+        except web.HTTPException as exc:
+            error: ProxyError
+            if exc.status == 405:
+                error = MethodNotAllowed(headers={"Allow": exc.headers.get("Allow", "")})
+            else:
+                error = NotFound("No such endpoint on the admin listener.")
+            return error_response(error, new_request_id())
+
+    return answered
 
 
 def build_admin_app(services: Services, connections: Connections | None = None) -> web.Application:

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy import exitcodes
-from proxy.admin import Connections, build_admin_app
+from proxy.admin import Connections, build_admin_app, json_errors
 from proxy.app import Services, build_proxy_app
 from proxy.config import Address, Config
 from proxy.errors import StartupError
@@ -119,6 +119,7 @@ def make_runners(services: Services) -> tuple[ListenerRunner, ListenerRunner]:
     admin_runner = ListenerRunner(
         build_admin_app(services, Connections(limits, guard, admin_guard)),
         admin_guard,
+        json_errors,
         access_log=None,
         shutdown_timeout=1,
     )

@@ -482,7 +482,7 @@ async def test_server_header_has_no_version_on_any_answer_of_either_listener(
         await server_of("GET", proxy.url + "/_proxy/nothing", headers=USER),  # router 404
         await server_of("GET", proxy.admin_url + "/healthz"),
         await server_of("GET", proxy.admin_url + "/metrics"),
-        await server_of("GET", proxy.admin_url + "/nothing-here"),  # aiohttp's own 404
+        await server_of("GET", proxy.admin_url + "/nothing-here"),  # the admin router's 404
     ]
     assert answers == [[SERVER]] * len(answers)
     for url in (proxy.url, proxy.admin_url):  # aiohttp's parser refusing the request

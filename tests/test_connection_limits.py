@@ -30,8 +30,6 @@ from .conftest import USER, config_data, merge
 from .test_client_timeouts import parse_answer, read_until_closed
 from .test_server import ProxyProcess, free_port
 
-pytestmark = pytest.mark.slow
-
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
@@ -118,6 +116,7 @@ def logged(proc: ProxyProcess, message: str) -> dict[str, Any]:
     raise AssertionError(f"{message!r} not logged:\n{proc.output.decode()[-2000:]}")
 
 
+@pytest.mark.slow
 async def test_a_low_hard_limit_lowers_max_connections_and_the_overflow_gets_503(
     limited: Any, client: aiohttp.ClientSession
 ) -> None:
@@ -150,6 +149,7 @@ async def test_a_low_hard_limit_lowers_max_connections_and_the_overflow_gets_503
         assert response.status == 200
 
 
+@pytest.mark.slow
 async def test_a_flood_on_the_admin_port_leaves_the_proxy_port_serving(
     limited: Any, client: aiohttp.ClientSession
 ) -> None:

@@ -10,12 +10,20 @@ import asyncio
 import io
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from hypothesis import given
+from hypothesis import strategies as st
+from multidict import CIMultiDict
 
+from proxy.config import InboundAuthConfig, build_config
+from proxy.errors import BadRequest
 from proxy.log import Redactor, configure_logging
+from proxy.web.middleware import inbound_check
 
 from .conftest import INBOUND_KEY, RunningProxy, StartProxy
 from .test_client_timeouts import connect, parse_answer, read_until_closed
@@ -258,3 +266,41 @@ async def test_two_key_headers_get_400(
     assert upstream.paths == []
     one = head.removesuffix(second) + b"Connection: close\r\n\r\n"
     assert parse_answer(await exchange(proxy, one))[0] == 200
+
+
+def build_inbound(key: str) -> InboundAuthConfig:
+    minimal = {
+        "client": {"id": "my-client", "secret": "client-secret-value-4f1c2e"},
+        "identity": {"hmac_key": "hmac-key-0123456789abcdef0123456789abcdef"},
+        "inbound_auth": {"keys": key},
+    }
+    auth = build_config(minimal, {}, Path("/")).inbound_auth
+    assert auth is not None
+    return auth
+
+
+@given(
+    spellings=st.lists(
+        st.tuples(st.lists(st.booleans(), min_size=11, max_size=11), st.booleans()),
+        max_size=3,
+    ),
+    valid=st.booleans(),
+)
+def test_exactly_one_key_header_in_any_spelling_is_required(
+    spellings: list[tuple[list[bool], bool]], valid: bool
+) -> None:
+    check = inbound_check(build_inbound(INBOUND_KEY))
+    assert check is not None
+    headers = CIMultiDict[str]()
+    for upper, underscores in spellings:
+        name = "".join(
+            c.upper() if up else c.lower() for c, up in zip("X-Proxy-Key", upper, strict=True)
+        )
+        headers.add(name.replace("-", "_") if underscores else name, INBOUND_KEY if valid else "x")
+    request = make_mocked_request("GET", "/documents", headers=headers)
+    if len(spellings) > 1:
+        with pytest.raises(BadRequest):
+            check(request)
+    else:
+        hyphenated = bool(spellings) and not spellings[0][1]
+        assert check(request) is (valid and hyphenated)

@@ -99,7 +99,10 @@ def inbound_check(
         """True with exactly one key header holding a key; raises `BadRequest` for two."""
         headers = request.headers
         values = headers.getall(header, ())
-        if len(values) > 1 or (underscored != header and underscored in headers):
+        copies = len(values)
+        if underscored != header and underscored in headers:
+            copies += len(headers.getall(underscored))
+        if copies > 1:
             # Which copy a hop in front of us would read is unknown: refuse, never pick one.
             raise BadRequest(DUPLICATE_KEY)
         offered = (values[0] if values else "").encode("utf-8", "surrogateescape")

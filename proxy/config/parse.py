@@ -48,7 +48,8 @@ _TOP_KEYS = (
     "listen", "admin_listen", "public_url", "upstream", "client", "identity", "anonymous",
     "store", "tokens", "shutdown_grace_seconds", "drain_delay_seconds", "max_body_bytes",
     "max_rewrite_bytes", "inbound_auth", "allow_unauthenticated_network", "response_cache",
-    "logging", "client_timeouts", "max_connections", "admin_max_connections", "max_header_bytes",
+    "logging", "client_timeouts", "max_connections",
+    "admin_max_connections", "max_header_bytes",
     "reload_interval_seconds", "jwt",
 )  # fmt: skip
 

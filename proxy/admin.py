@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -10,8 +11,33 @@ from prometheus_client.exposition import choose_encoder
 
 from proxy import __version__
 from proxy.app import SERVICES, Services
-from proxy.errors import StoreUnavailable
+from proxy.errors import MethodNotAllowed, NotFound, ProxyError, StoreUnavailable
 from proxy.signing.jwks import add_jwks_route
+from proxy.web.aiohttp_server import RequestFunction
+from proxy.web.connections import ConnectionGuard, ConnectionLimits
+from proxy.web.middleware import error_response, new_request_id
+
+
+@dataclass(frozen=True)
+class Connections:
+    """The limits decided at startup and the two listeners' guards, for `/status`."""
+
+    limits: ConnectionLimits
+    proxy: ConnectionGuard
+    admin: ConnectionGuard
+
+    def status(self) -> dict[str, object]:
+        return {
+            "open": self.proxy.open,
+            "max_connections": self.limits.max_connections,
+            "configured_max_connections": self.limits.configured_max_connections,
+            "admin_open": self.admin.open,
+            "admin_max_connections": self.limits.admin_max_connections,
+            "open_file_limit": self.limits.open_file_limit,
+        }
+
+
+CONNECTIONS = web.AppKey("gini_proxy_connections", Connections)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -33,7 +59,7 @@ async def readyz(request: web.Request) -> web.Response:
     # in /status and gini_proxy_store_up.
     services = request.app[SERVICES]
     if services.lifecycle.draining:
-        return web.json_response({"status": "unavailable", "reason": "draining"}, status=503)
+        return error_response(services.lifecycle.draining_error(), new_request_id())
     return web.json_response({"status": "ready"})
 
 
@@ -72,6 +98,9 @@ async def status(request: web.Request) -> web.Response:
             "store": _store_kind(services),
             "anonymous_users_stored": await _stored_users(services),
             "store_health": _store_health(services),
+            "connections": (
+                request.app[CONNECTIONS].status() if CONNECTIONS in request.app else None
+            ),
         }
     )
 
@@ -121,10 +150,30 @@ def _store_kind(services: Services) -> str | None:
     return "sqlite" if services.config.store.url.startswith("sqlite:") else "postgresql"
 
 
-def build_admin_app(services: Services) -> web.Application:
+def json_errors(app_handler: RequestFunction) -> RequestFunction:
+    """The admin router's own refusals (an unknown path, a wrong method) as the contract's
+    error instead of aiohttp's text pages (`web/aiohttp_server.ListenerRunner` wraps with it)."""
+
+    async def answered(request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            return await app_handler(request)
+        except web.HTTPException as exc:
+            error: ProxyError
+            if exc.status == 405:
+                error = MethodNotAllowed(headers={"Allow": exc.headers.get("Allow", "")})
+            else:
+                error = NotFound("No such endpoint on the admin listener.")
+            return error_response(error, new_request_id())
+
+    return answered
+
+
+def build_admin_app(services: Services, connections: Connections | None = None) -> web.Application:
     """The app behind `admin_listen`; it shares `services` with the proxy app."""
     app = web.Application()
     app[SERVICES] = services
+    if connections is not None:
+        app[CONNECTIONS] = connections
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -28,7 +28,7 @@ from proxy.vending.stores.health import GuardedStore, StoreHealth
 from proxy.vending.tokens import TokenCache
 from proxy.web.accesslog import AccessLog
 from proxy.web.expect import expect_handler
-from proxy.web.middleware import InboundKeys, observer
+from proxy.web.middleware import InboundKeys, inbound_check, observer
 from proxy.web.routes import GINI_TEMPLATES, RouteTable
 
 if TYPE_CHECKING:
@@ -232,7 +232,10 @@ def build_proxy_app(services: Services) -> web.Application:
 
     app.cleanup_ctx.append(resources)
     app.cleanup_ctx.append(store_checks)
-    expect = expect_handler(services.config.max_body_bytes)
+    expect = expect_handler(
+        services.config.max_body_bytes,
+        inbound_check(services.config.inbound_auth, services.inbound_keys),
+    )
     # Every route is observed, so every answer is: the catch-alls leave no path to the router's
     # own 404/405.
     services.endpoints.add_routes(app.router, expect, observed)

@@ -1,12 +1,15 @@
 """The proxy's own errors: one tree, each error knows its HTTP status and public code.
 
-Errors are raised anywhere below the HTTP boundary and turned into the contract's JSON body
-exactly once, by the middleware. Messages are written for the caller and must never contain a
-secret, a token, a password or a raw user id: they are fixed sentences, not formatted input.
+Errors are raised anywhere below the HTTP boundary and turned into the contract's JSON body by
+one function, `error_answer`, whoever answers: the middleware, the connection-level answers
+written straight to a socket, the admin listener. Messages are written for the caller and must
+never contain a secret, a token, a password or a raw user id: they are fixed sentences, not
+formatted input.
 """
 
 from __future__ import annotations
 
+import json
 from typing import ClassVar
 
 
@@ -17,7 +20,11 @@ class ProxyError(Exception):
     code: ClassVar[str] = "internal_error"
     default_message: ClassVar[str] = "The proxy failed to handle this request."
     closes_connection: ClassVar[bool] = False
-    """Answered with `Connection: close`: the request body may be left unread on the wire."""
+    """Answered with `Connection: close` even as a 5xx (every 4xx closes anyway: see
+    `error_answer`)."""
+    retry_after: ClassVar[str | None] = None
+    """`Retry-After` seconds, only where retrying soon can succeed (a busy or closing proxy);
+    never on a 4xx, which fails again the same way."""
 
     def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None):
         self.message = message or self.default_message
@@ -69,7 +76,14 @@ class PayloadTooLarge(ProxyError):
     status = 413
     code = "payload_too_large"
     default_message = "The request body is larger than this proxy accepts."
-    closes_connection = True
+
+
+class HeadersTooLarge(ProxyError):
+    """The request line and headers together exceed `max_header_bytes`."""
+
+    status = 431
+    code = "headers_too_large"
+    default_message = "The request headers are larger than this proxy accepts."
 
 
 class UpstreamRejected(ProxyError):
@@ -104,6 +118,8 @@ class Draining(ProxyError):
     status = 503
     code = "draining"
     default_message = "The proxy is shutting down; retry on another instance."
+    closes_connection = True
+    retry_after = "0"  # nothing was forwarded: another instance can take it at once
 
 
 class UpstreamTimeout(ProxyError):
@@ -130,6 +146,28 @@ class TooManyConnections(ProxyError):
     status = 503
     code = "too_many_connections"
     default_message = "The proxy has too many open connections; retry shortly."
+    closes_connection = True
+    retry_after = "1"
+
+
+def error_answer(error: ProxyError, request_id: str) -> tuple[dict[str, str], bytes]:
+    """The headers and body of the contract's JSON error for `error` (status: `error.status`).
+
+    Every 4xx the proxy answers itself ends the request before anything is forwarded, and the
+    connection with it: a caller without a key, or sending junk, cannot keep connections
+    (and `max_connections`) busy at the cost of one cheap refusal each.
+    """
+    body = json.dumps({"error": error.code, "message": error.message, "requestId": request_id})
+    headers = {
+        **error.headers,
+        "Content-Type": "application/json; charset=utf-8",
+        "X-Request-Id": request_id,
+    }
+    if error.retry_after is not None:
+        headers["Retry-After"] = error.retry_after
+    if error.closes_connection or error.status < 500:
+        headers["Connection"] = "close"
+    return headers, body.encode()
 
 
 class StartupError(Exception):

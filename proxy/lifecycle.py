@@ -38,5 +38,6 @@ class Lifecycle:
 
     @staticmethod
     def draining_error() -> Draining:
-        # Nothing was forwarded, so the caller may safely retry elsewhere at once.
-        return Draining(headers={"Connection": "close", "Retry-After": "0"})
+        # Closes, with `Retry-After: 0`: nothing was forwarded, so the caller may safely retry
+        # elsewhere at once (see `Draining`).
+        return Draining()

@@ -17,22 +17,20 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
 from proxy import exitcodes
-from proxy.admin import build_admin_app
+from proxy.admin import Connections, build_admin_app, json_errors
 from proxy.app import Services, build_proxy_app
 from proxy.config import Address, Config
-from proxy.errors import BadRequest, InternalError, StartupError
+from proxy.errors import StartupError
 from proxy.lifecycle import Lifecycle
 from proxy.log import Redactor, configure_logging
-from proxy.metrics import Metrics
 from proxy.vending.keyguard import IdentityKeyChanged
 from proxy.vending.stores import StoreOpenError
-from proxy.web import server_header
-from proxy.web.connections import ConnectionGuard, GuardedRequestHandler, ensure_descriptors
-from proxy.web.middleware import error_response, new_request_id
-from proxy.web.routes import OTHER
+from proxy.web.aiohttp_server import ListenerRunner, install_server_header
+from proxy.web.connections import ConnectionGuard, descriptor_budget
+from proxy.web.middleware import observer
+from proxy.web.targets import pre_routing
 
 log = logging.getLogger("proxy.server")
 
@@ -71,77 +69,60 @@ async def _start_site(runner: web.AppRunner, address: Address, what: str) -> Non
         raise StartupError(f"cannot listen on {address} ({what}): {exc.strerror or exc}") from None
 
 
-def _json_error_server(metrics: Metrics, guard: ConnectionGuard) -> type[web.Server]:
-    """A Server class whose connections answer requests aiohttp's parser refuses (bad header
-    bytes, a broken request line) with the contract's JSON error instead of a text page, count
-    them, and log them as the caller's mistake rather than a server error. Its connections
-    are also bounded by `guard` (max_connections, client_timeouts)."""
+def make_runners(services: Services) -> tuple[ListenerRunner, ListenerRunner]:
+    """The proxy and admin runners, configured as production runs them (tests use these too).
 
-    class JsonErrorRequestHandler(GuardedRequestHandler):
-        def handle_error(
-            self,
-            request: web.BaseRequest,
-            status: int = 500,
-            exc: BaseException | None = None,
-            message: str | None = None,
-        ) -> web.StreamResponse:
-            if request.writer.output_size > 0:
-                return super().handle_error(request, status, exc, message)  # closes the connection
-            error = (
-                BadRequest("The request is not valid HTTP.") if status < 500 else InternalError()
-            )
-            log.info(
-                "refused malformed request", extra={"status": status, "error": type(exc).__name__}
-            )
-            metrics.observe_request("other", OTHER, error.status, 0.0)
-            response = error_response(error, new_request_id())
-            response.force_close()
-            return response
-
-    JsonErrorRequestHandler.guard = guard
-
-    class JsonErrorServer(web.Server):
-        def __call__(self) -> RequestHandler:
-            return JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
-
-    return JsonErrorServer
-
-
-class ProxyRunner(web.AppRunner):
-    """An AppRunner whose connections answer protocol errors in JSON.
-
-    aiohttp has no public hook for its parser's error page, so the server object built by
-    AppRunner is given a subclass whose connections override `handle_error` (a test pins it).
-    """
-
-    def __init__(
-        self, app: web.Application, metrics: Metrics, guard: ConnectionGuard, **kwargs: Any
-    ):
-        super().__init__(app, **guard.server_kwargs(), **kwargs)
-        self.guard = guard
-        self._server_class = _json_error_server(metrics, guard)
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        server.__class__ = self._server_class
-        return server
-
-
-def make_runners(services: Services) -> tuple[ProxyRunner, web.AppRunner]:
-    """The proxy and admin runners, configured as production runs them (tests use these too)."""
-    server_header.install()
+    Both listeners' connections are bounded by `client_timeouts` and by their own connection
+    limit, fitted to the open-file limit obtained (`descriptor_budget`), so a flood of
+    connections to one port cannot take the descriptors the other one needs."""
+    install_server_header()
     config = services.config
-    guard = ConnectionGuard(config.client_timeouts, config.max_connections, services.metrics)
-    proxy_runner = ProxyRunner(
-        build_proxy_app(services),
+    limits = descriptor_budget(config)
+    log.info(
+        "connection limits",
+        extra={"max_connections": limits.max_connections,
+               "admin_max_connections": limits.admin_max_connections,
+               "open_file_limit": limits.open_file_limit},
+    )  # fmt: skip
+    guard = ConnectionGuard(
+        "listen",
+        config.client_timeouts,
+        limits.max_connections,
         services.metrics,
+        config.max_header_bytes,
+    )
+    admin_guard = ConnectionGuard(
+        "admin_listen",
+        config.client_timeouts,
+        limits.admin_max_connections,
+        None,
+        config.max_header_bytes,
+    )
+    observe = observer(
+        config,
+        services.metrics,
+        services.routes,
+        services.lifecycle,
+        services.access_log,
+        services.inbound_keys,
+        services.caller,
+    )
+    proxy_runner = ListenerRunner(
+        build_proxy_app(services),
         guard,
+        pre_routing(observe, config.max_header_bytes),
         handler_cancellation=True,  # a caller that disconnects cancels its upstream call
         access_log=None,  # the middleware writes the access log, with route templates
         # The grace period is waited for in `_drain`; aiohttp only cancels the stragglers.
         shutdown_timeout=CANCEL_AFTER,
     )
-    admin_runner = web.AppRunner(build_admin_app(services), access_log=None, shutdown_timeout=1)
+    admin_runner = ListenerRunner(
+        build_admin_app(services, Connections(limits, guard, admin_guard)),
+        admin_guard,
+        json_errors,
+        access_log=None,
+        shutdown_timeout=1,
+    )
     return proxy_runner, admin_runner
 
 
@@ -169,7 +150,6 @@ async def run(services: Services, on_ready: Callable[[], None] | None = None) ->
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
     graceful = True
-    ensure_descriptors(config.max_connections)
     try:
         try:
             await proxy_runner.setup()
@@ -197,7 +177,7 @@ async def run(services: Services, on_ready: Callable[[], None] | None = None) ->
             await proxy_runner.cleanup()
 
 
-async def _drain(services: Services, proxy_runner: ProxyRunner, force: asyncio.Event) -> int:
+async def _drain(services: Services, proxy_runner: ListenerRunner, force: asyncio.Event) -> int:
     config = services.config
     lifecycle = services.lifecycle
     lifecycle.draining = True
@@ -221,7 +201,7 @@ async def _drain(services: Services, proxy_runner: ProxyRunner, force: asyncio.E
     return exitcodes.OK
 
 
-async def _close_listener(runner: ProxyRunner, lifecycle: Lifecycle, grace: float) -> None:
+async def _close_listener(runner: ListenerRunner, lifecycle: Lifecycle, grace: float) -> None:
     """Stop accepting, let in-flight requests finish within `grace`, then close everything."""
     for site in list(runner.sites):
         await site.stop()

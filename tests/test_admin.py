@@ -18,7 +18,7 @@ import pytest
 from proxy import __version__
 from proxy.identity import identity_key_id
 
-from .conftest import HMAC_KEY, USER, RunningProxy
+from .conftest import HMAC_KEY, USER, RunningProxy, StartProxy
 
 CONTRACT_METRICS = (
     "gini_proxy_requests_total",
@@ -61,7 +61,14 @@ async def test_liveness_and_readiness(proxy: RunningProxy) -> None:
     proxy.services.lifecycle.draining = True
     async with proxy.client.get(proxy.admin_url + "/readyz") as response:
         assert response.status == 503
-        assert await response.json() == {"status": "unavailable", "reason": "draining"}
+        body = await response.json()
+        # The contract's error body, built by the one function every listener uses.
+        assert body == {
+            "error": "draining",
+            "message": "The proxy is shutting down; retry on another instance.",
+            "requestId": response.headers["X-Request-Id"],
+        }
+        assert response.headers["Retry-After"] == "0"
     async with proxy.client.get(proxy.admin_url + "/healthz") as response:
         assert response.status == 200  # draining is not dead
 
@@ -77,6 +84,32 @@ async def test_status_page(proxy: RunningProxy) -> None:
     assert status["token_caches"]["derived"]["entries"] == 1
     assert status["token_caches"]["derived"]["last_fetch_error"] is None
     assert status["store"] == "sqlite"
+
+
+async def test_status_shows_the_connection_limits_in_force(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(max_connections=50, admin_max_connections=7)
+    async with proxy.client.get(proxy.admin_url + "/status") as response:
+        connections = (await response.json())["connections"]
+    assert connections["max_connections"] == connections["configured_max_connections"] == 50
+    assert connections["admin_max_connections"] == 7
+    assert connections["admin_open"] >= 1  # this very request's connection
+    assert connections["open"] == 0
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [("GET", "/nothing", 404),
+                                                        ("POST", "/healthz", 405)])  # fmt: skip
+async def test_the_admin_routers_refusals_are_contract_errors(
+    proxy: RunningProxy, method: str, path: str, status: int
+) -> None:
+    async with proxy.client.request(method, proxy.admin_url + path) as response:
+        assert response.status == status
+        body = await response.json()
+        assert body["requestId"] == response.headers["X-Request-Id"]
+        assert body["error"] == ("not_found" if status == 404 else "method_not_allowed")
+        assert response.headers["Connection"] == "close"
+        assert "Retry-After" not in response.headers
+    if status == 405:
+        assert "GET" in response.headers["Allow"]
 
 
 async def test_status_names_the_last_token_fetch_error(proxy: RunningProxy, sim: object) -> None:

@@ -22,7 +22,7 @@ import yaml
 
 from proxy.config import build_config
 from proxy.config.reader import ConfigError
-from proxy.web.connections import ensure_descriptors
+from proxy.web.connections import DESCRIPTOR_RESERVE, descriptor_budget
 
 from .conftest import USER, RunningProxy, StartProxy
 
@@ -439,17 +439,24 @@ def test_client_timeouts_must_be_a_mapping(tmp_path: Path) -> None:
 
 
 def test_the_descriptor_limit_is_raised_or_the_shortfall_logged(
-    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    assert ensure_descriptors(10) == soft  # enough already: left as it is
+    small = build_config({**MINIMAL, "max_connections": 10}, {}, tmp_path)
+    limits = descriptor_budget(small)  # enough already: left as it is
+    assert limits.max_connections == 10
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == soft
     if hard == resource.RLIM_INFINITY:
         pytest.skip("no hard limit on this machine: nothing can fall short")
     caplog.set_level(logging.INFO, logger="proxy.connections")
     try:
-        assert ensure_descriptors(hard) == hard  # raised as far as allowed, still short
+        huge = build_config({**MINIMAL, "max_connections": hard}, {}, tmp_path)
+        limits = descriptor_budget(huge)  # raised as far as allowed, still short
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    # What is served fits: two descriptors per caller, the admin share and the reserve.
+    assert limits.max_connections == (hard - DESCRIPTOR_RESERVE - 64) // 2
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "max_connections" in warnings[0].getMessage()
@@ -460,3 +467,5 @@ def test_the_example_config_shows_the_defaults(tmp_path: Path) -> None:
     defaults = build_config(MINIMAL, {}, tmp_path)
     assert example["client_timeouts"] == dataclasses.asdict(defaults.client_timeouts)
     assert example["max_connections"] == defaults.max_connections
+    assert example["admin_max_connections"] == defaults.admin_max_connections
+    assert example["max_header_bytes"] == defaults.max_header_bytes

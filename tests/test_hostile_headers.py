@@ -36,10 +36,10 @@ from proxy.log import REDACTED, Redactor, configure_logging
 from proxy.metrics import Metrics
 from proxy.sandbox import GiniSimulator
 from proxy.web.accesslog import AccessLog
+from proxy.web.aiohttp_server import SERVER
 from proxy.web.context import RequestContext
 from proxy.web.middleware import observer
 from proxy.web.routes import RouteTable
-from proxy.web.server_header import SERVER
 
 from .conftest import HMAC_KEY, USER, RunningProxy, StartProxy, config_data, examples
 
@@ -482,7 +482,7 @@ async def test_server_header_has_no_version_on_any_answer_of_either_listener(
         await server_of("GET", proxy.url + "/_proxy/nothing", headers=USER),  # router 404
         await server_of("GET", proxy.admin_url + "/healthz"),
         await server_of("GET", proxy.admin_url + "/metrics"),
-        await server_of("GET", proxy.admin_url + "/nothing-here"),  # aiohttp's own 404
+        await server_of("GET", proxy.admin_url + "/nothing-here"),  # the admin router's 404
     ]
     assert answers == [[SERVER]] * len(answers)
     for url in (proxy.url, proxy.admin_url):  # aiohttp's parser refusing the request

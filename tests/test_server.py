@@ -107,7 +107,7 @@ async def test_sigterm_drains_in_flight_request_then_exits_0(serve: Any) -> None
         await asyncio.sleep(0.1)
         async with client.get(admin + "/readyz") as response:
             assert response.status == 503
-            assert (await response.json())["reason"] == "draining"
+            assert (await response.json())["error"] == "draining"
         # During the pre-stop delay new requests are still served.
         async with client.get(url + "/_sandbox/echo", headers=USER) as response:
             assert response.status == 200

@@ -118,6 +118,8 @@ class Config:
     logging: LoggingConfig
     client_timeouts: ClientTimeoutsConfig
     max_connections: int
+    admin_max_connections: int = 64  # the admin listener's own limit
+    max_header_bytes: int = 32768  # request line and headers together; past it 431
     reload_interval_seconds: float = 30.0  # {file:} secrets re-read this often; 0 = SIGHUP only
     source_file: Path | None = None  # the YAML file read, as named (not resolved): watched only
     jwt: JwtConfig | None = None

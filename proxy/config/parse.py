@@ -46,6 +46,7 @@ _TOP_KEYS = (
     "store", "tokens", "shutdown_grace_seconds", "drain_delay_seconds", "max_body_bytes",
     "max_rewrite_bytes", "inbound_auth", "allow_unauthenticated_network", "response_cache",
     "logging", "client_timeouts", "max_connections",
+    "admin_max_connections", "max_header_bytes",
     "reload_interval_seconds", "jwt",
 )  # fmt: skip
 
@@ -128,6 +129,12 @@ def build_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: Path
         logging=_logging(r, data),
         client_timeouts=_client_timeouts(r, data),
         max_connections=r.integer(data, "max_connections", "max_connections", 1000, 1, 1_000_000),
+        admin_max_connections=r.integer(
+            data, "admin_max_connections", "admin_max_connections", 64, 1, 10_000
+        ),
+        max_header_bytes=r.integer(
+            data, "max_header_bytes", "max_header_bytes", 32768, 1024, 1 << 20
+        ),
         reload_interval_seconds=r.number(
             data, "reload_interval_seconds", "reload_interval_seconds", 30, 0, 86400
         ),

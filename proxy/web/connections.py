@@ -1,102 +1,125 @@
-"""Caller connections on the proxy listener: `max_connections` and the connection-level timeouts.
+"""Caller connections on both listeners: how many may be open, and what a refusal looks like.
 
-One `ConnectionGuard` per listener counts open connections and refuses those past the limit; a
-`GuardedRequestHandler` per connection enforces `client_timeouts.header_seconds` (a request head
-must be complete in time) and `send_seconds` (a caller may not leave answer bytes unread for
-longer). `idle_seconds` is aiohttp's own keep-alive timeout between requests.
-`body_seconds` is enforced where bodies are read (`body.read_paced`).
-
-Cost on the hot path: no timer per request. The head timer is armed when a head starts and
-only rescheduled when it fires early (like aiohttp's keep-alive timer); the send timer exists
-only while the transport has told us to stop writing, which a reading caller never causes.
-
-aiohttp has no public hooks for these, so the handler reads `_waiter` (set while the connection
-waits for a request) and `_request_count` (heads parsed so far) and wraps `_process_keepalive`;
-tests/test_client_timeouts.py pins all three through real sockets.
+One `ConnectionGuard` per listener counts open connections, refuses those past its limit and
+holds the `client_timeouts` its connections enforce (the mechanism, a subclass of aiohttp's
+connection protocol, is in `web/aiohttp_server`). `descriptor_budget` decides the limits from
+the open-file limit the process actually got, so neither listener can take the descriptors the
+other one needs, and a caller past the limit gets 503 `too_many_connections` rather than a
+reset from a failed accept. `raw_error` writes the contract's JSON error straight to a socket
+when no request object exists (a refused connection, a head that never completed).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import resource
-from typing import Any, ClassVar, cast
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
 
-from aiohttp.web_protocol import RequestHandler
-
-from proxy.config import ClientTimeoutsConfig
-from proxy.errors import ProxyError, RequestTimeout, TooManyConnections
+from proxy.config import ClientTimeoutsConfig, Config
+from proxy.errors import ProxyError, StartupError, error_answer
 from proxy.metrics import Metrics
 from proxy.web.middleware import new_request_id
+from proxy.web.routes import OTHER
 
 log = logging.getLogger("proxy.connections")
 
 RECOVERED_SHARE = 0.9
-"""An episode at `max_connections` ends once open connections drop to this share of it, so a
-listener hovering at the limit logs one warning, not one per connection that comes and goes."""
-DESCRIPTOR_HEADROOM = 128
-"""Descriptors beyond two per caller connection: listeners, store, token calls, log files."""
+"""An episode at the limit ends once open connections drop to this share of it, so a listener
+hovering at the limit logs one warning, not one per connection that comes and goes."""
+DESCRIPTOR_RESERVE = 128
+"""Descriptors kept out of both listeners' budgets: the listening sockets, the store, token
+calls beyond the per-caller share, secret files, log files, the event loop's own."""
 MAX_LINGER_SECONDS = 10.0
 """aiohttp's default for reading away the rest of a body after an early answer."""
 
 
 def raw_error(error: ProxyError) -> bytes:
-    """The contract's JSON error as a complete HTTP/1.1 response that closes the connection,
-    for the moments no request object exists (a head that never completed, a refused socket)."""
-    request_id = new_request_id()
-    body = json.dumps(
-        {"error": error.code, "message": error.message, "requestId": request_id}
-    ).encode()
-    head = (
-        f"HTTP/1.1 {error.status} {'Request Timeout' if error.status == 408 else 'Unavailable'}\r\n"
-        "Content-Type: application/json; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        f"X-Request-Id: {request_id}\r\n"
-        "Retry-After: 1\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    return head.encode("ascii") + body
+    """The contract's JSON error as a complete HTTP/1.1 response that closes the connection."""
+    headers, body = error_answer(error, new_request_id())
+    headers["Connection"] = "close"
+    lines = [f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def ensure_descriptors(max_connections: int) -> int:
-    """Raise the soft descriptor limit so `max_connections` callers, each with a Gini
-    connection, fit; warn when the hard limit does not allow it. Returns the soft limit."""
-    needed = 2 * max_connections + DESCRIPTOR_HEADROOM
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What each listener may hold, decided once at startup (shown in `/status`)."""
+
+    max_connections: int
+    """The proxy listener's limit in force: `max_connections`, lowered to fit the limit."""
+    configured_max_connections: int
+    admin_max_connections: int
+    open_file_limit: int | None  # None: unlimited
+
+
+def descriptor_budget(config: Config) -> ConnectionLimits:
+    """Raise the soft open-file limit as far as the listeners need (at most to the hard limit),
+    then fit the limits into what was obtained: each proxy caller may need two descriptors (its
+    own and a Gini connection), each admin caller one, plus `DESCRIPTOR_RESERVE`."""
+    wanted = config.max_connections
+    admin = config.admin_max_connections
+    needed = 2 * wanted + admin + DESCRIPTOR_RESERVE
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= needed:
-        return soft
-    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-    if target > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            log.info("raised the open file limit", extra={"from": soft, "to": target})
-            soft = target
-        except (ValueError, OSError):
-            pass
-    if soft < needed:
-        log.warning(
-            "the open file limit is too low for max_connections: lower max_connections or "
-            "raise the limit (ulimit -n)",
-            extra={"limit": soft, "needed": needed, "max_connections": max_connections},
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                log.info("raised the open file limit", extra={"from": soft, "to": target})
+                soft = target
+            except (ValueError, OSError):
+                pass
+    if soft == resource.RLIM_INFINITY:
+        return ConnectionLimits(wanted, wanted, admin, None)
+    effective = min(wanted, (soft - DESCRIPTOR_RESERVE - admin) // 2)
+    if effective < 1:
+        raise StartupError(
+            f"the open file limit ({soft}) leaves no room for caller connections: raise it "
+            f"(ulimit -n) above {DESCRIPTOR_RESERVE + admin + 2} or lower admin_max_connections"
         )
-    return soft
+    if effective < wanted:
+        log.warning(
+            "the open file limit is too low for max_connections: serving with a lower limit; "
+            "raise the limit (ulimit -n) or lower max_connections",
+            extra={"limit": soft, "needed": needed, "max_connections": effective,
+                   "configured_max_connections": wanted},
+        )  # fmt: skip
+    return ConnectionLimits(effective, wanted, admin, soft)
 
 
 class ConnectionGuard:
-    """Counts the listener's open connections and holds the timeouts every connection uses."""
+    """Counts one listener's open connections and holds the bounds every connection uses.
 
-    def __init__(self, timeouts: ClientTimeoutsConfig, max_connections: int, metrics: Metrics):
+    `metrics` is given for the proxy listener only: its connections are the ones the contract's
+    connection metrics describe.
+    """
+
+    def __init__(
+        self,
+        listener: str,
+        timeouts: ClientTimeoutsConfig,
+        max_connections: int,
+        metrics: Metrics | None,
+        max_header_bytes: int = 32768,
+    ):
+        self.listener = listener
+        self.limit_key = "max_connections" if listener == "listen" else "admin_max_connections"
         self.header_seconds = timeouts.header_seconds
         self.idle_seconds = timeouts.idle_seconds
         self.body_seconds = timeouts.body_seconds
         self.send_seconds = timeouts.send_seconds
         self.max_connections = max_connections
+        self.max_header_bytes = max_header_bytes
         self.metrics = metrics
         self.open = 0
         self.saturated = False  # inside an episode at the limit (logged once)
         self.refused_in_episode = 0
-        metrics.open_connections.set_function(lambda: self.open)
+        if metrics is not None:
+            metrics.open_connections.set_function(lambda: self.open)
 
     @property
     def lingering_seconds(self) -> float:
@@ -111,13 +134,14 @@ class ConnectionGuard:
     def admit(self) -> bool:
         """Count a new connection in, or refuse it (False) when the limit is reached."""
         if self.open >= self.max_connections:
-            self.metrics.connections_refused.inc()
+            if self.metrics is not None:
+                self.metrics.connections_refused.inc()
             self.refused_in_episode += 1
             if not self.saturated:
                 self.saturated = True
                 log.warning(
-                    "max_connections reached: refusing new connections",
-                    extra={"max_connections": self.max_connections},
+                    f"{self.limit_key} reached: refusing new connections",
+                    extra={"listener": self.listener, "max_connections": self.max_connections},
                 )
             return False
         self.open += 1
@@ -128,114 +152,27 @@ class ConnectionGuard:
         if self.saturated and self.open <= self.max_connections * RECOVERED_SHARE:
             self.saturated = False
             log.info(
-                "open connections below max_connections again",
-                extra={"open": self.open, "refused": self.refused_in_episode},
+                f"open connections below {self.limit_key} again",
+                extra={
+                    "listener": self.listener,
+                    "open": self.open,
+                    "refused": self.refused_in_episode,
+                },
             )
             self.refused_in_episode = 0
 
     def timed_out(self, reason: str) -> None:
-        self.metrics.client_timeout(reason)
-        log.info("closed a slow caller connection", extra={"reason": reason})
+        if self.metrics is not None:
+            self.metrics.client_timeout(reason)
+        log.info("closed a slow caller connection", extra={"reason": reason,
+                                                           "listener": self.listener})  # fmt: skip
 
-
-class GuardedRequestHandler(RequestHandler):
-    """aiohttp's connection protocol with `max_connections` and the head and send timeouts."""
-
-    __slots__ = (
-        "_head_count",
-        "_head_deadline",
-        "_head_handle",
-        "_paused_at",
-        "_refused",
-        "_send_handle",
-        "_socket",
-    )
-    guard: ClassVar[ConnectionGuard]
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self._socket = transport  # aiohttp drops its reference on close; aborting needs it
-        self._head_handle: asyncio.TimerHandle | None = None
-        self._send_handle: asyncio.TimerHandle | None = None
-        self._paused_at = 0.0
-        self._refused = not self.guard.admit()
-        if self._refused:
-            # Answered and closed at once: the descriptor is free again within this callback.
-            self._force_close = True  # aiohttp's data_received then ignores anything sent
-            transport.write(raw_error(TooManyConnections()))
-            transport.close()
-            return
-        super().connection_made(transport)
-        # The first head is timed from accept, by header_seconds alone: a connection that sends
-        # nothing is cut too, with a 408. aiohttp's keep-alive timer, armed at accept as well,
-        # takes over between requests (it is armed again after each answer).
-        if self._keepalive_handle is not None:
-            self._keepalive_handle.cancel()
-            self._keepalive_handle = None
-        self._head_count = self._request_count
-        self._arm_head()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self._refused:
-            return
-        self._refused = True  # count the release once, whatever aiohttp does next
-        self.guard.release()
-        for handle in (self._head_handle, self._send_handle):
-            if handle is not None:
-                handle.cancel()
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        # `_waiter` is set while the connection waits for its next request: these are the first
-        # bytes of a new head unless the head count still equals the one of the last arming.
-        if self._waiter is not None and self._head_count != self._request_count:
-            self._head_count = self._request_count
-            self._arm_head()
-        RequestHandler.data_received(self, data)
-
-    def _arm_head(self) -> None:
-        loop = self._loop
-        self._head_deadline = loop.time() + self.guard.header_seconds
-        if self._head_handle is None:
-            self._head_handle = loop.call_at(self._head_deadline, self._head_check)
-
-    def _head_check(self) -> None:
-        self._head_handle = None
-        waiter = self._waiter
-        if self._request_count != self._head_count or waiter is None or waiter.done():
-            return  # the head completed; a later one arms the timer again
-        loop = self._loop
-        if loop.time() < self._head_deadline:  # a newer head started after this was armed
-            self._head_handle = loop.call_at(self._head_deadline, self._head_check)
-            return
-        self.guard.timed_out("header")
-        if self.transport is not None:
-            self.transport.write(raw_error(RequestTimeout()))
-        self.force_close()
-
-    def _process_keepalive(self) -> None:
-        closing = self._force_close
-        super()._process_keepalive()
-        if self._force_close and not closing:
-            self.guard.timed_out("idle")
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self._paused_at = self._loop.time()
-        if self._send_handle is None:
-            self._send_handle = self._loop.call_at(
-                self._paused_at + self.guard.send_seconds, self._send_check
-            )
-
-    def _send_check(self) -> None:
-        self._send_handle = None
-        if not self.writing_paused or self._refused:
-            return  # the caller read; the next pause arms the timer again
-        deadline = self._paused_at + self.guard.send_seconds
-        if self._loop.time() < deadline:  # resumed and paused again since this was armed
-            self._send_handle = self._loop.call_at(deadline, self._send_check)
-            return
-        self.guard.timed_out("send")
-        # Abort, not close: close would wait for the unread bytes to drain, which never happens.
-        # connection_lost then cancels the handler, and with it the upstream request.
-        self._socket.abort()
+    def refused_request(self, error: ProxyError, cause: str | None) -> None:
+        """A request refused below the router (malformed, oversized head): counted and logged
+        as the caller's mistake, not a server error."""
+        if self.metrics is not None:
+            self.metrics.observe_request("other", OTHER, error.status, 0.0)
+        log.info(
+            "refused malformed request",
+            extra={"status": error.status, "error": cause, "listener": self.listener},
+        )

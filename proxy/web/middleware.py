@@ -19,7 +19,15 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy.config import Config, InboundAuthConfig
-from proxy.errors import InternalError, MethodNotAllowed, NotFound, ProxyError, Unauthenticated
+from proxy.errors import (
+    BadRequest,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    ProxyError,
+    Unauthenticated,
+    error_answer,
+)
 from proxy.identity import CallerIdentity, IdentifierDeriver
 from proxy.lifecycle import Lifecycle
 from proxy.log import end_request_scope, request_scope
@@ -32,6 +40,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 log = logging.getLogger("proxy.errors")
 
+DUPLICATE_KEY = "The proxy key header is sent more than once."
 CLIENT_CLOSED = 499  # nginx's convention for "the caller went away"; metrics only
 
 
@@ -47,12 +56,12 @@ def new_request_id() -> str:
 
 
 def error_response(error: ProxyError, request_id: str) -> web.Response:
-    """The contract's JSON error body, with the request id in body and header."""
-    body = {"error": error.code, "message": error.message, "requestId": request_id}
-    response = web.json_response(body, status=error.status, headers=error.headers)
-    response.headers["X-Request-Id"] = request_id
-    if error.closes_connection:
-        response.force_close()
+    """The contract's JSON error (`errors.error_answer`) as an aiohttp response."""
+    headers, body = error_answer(error, request_id)
+    closes = headers.pop("Connection", None) is not None
+    response = web.Response(status=error.status, headers=headers, body=body)
+    if closes:
+        response.force_close()  # aiohttp writes `Connection: close` itself then
     return response
 
 
@@ -82,10 +91,21 @@ def inbound_check(
     if auth is None:
         return None
     header = auth.header
+    # Many stacks read `_` as `-`: an underscore spelling is a second copy of the header.
+    underscored = header.replace("-", "_")
     holder = current if current is not None else InboundKeys(auth)
 
     def authenticated(request: web.Request) -> bool:
-        offered = request.headers.get(header, "").encode("utf-8", "surrogateescape")
+        """True with exactly one key header holding a key; raises `BadRequest` for two."""
+        headers = request.headers
+        values = headers.getall(header, ())
+        copies = len(values)
+        if underscored != header and underscored in headers:
+            copies += len(headers.getall(underscored))
+        if copies > 1:
+            # Which copy a hop in front of us would read is unknown: refuse, never pick one.
+            raise BadRequest(DUPLICATE_KEY)
+        offered = (values[0] if values else "").encode("utf-8", "surrogateescape")
         # Compare against every key, always: timing must not reveal which one (or none) matched.
         matched = False
         for key in holder.keys:

@@ -38,6 +38,8 @@ _OWN: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("wrapper: request id, log scope, errors", "proxy/web/context.py", ()),
     ("wrapper: request id, log scope, errors", "proxy/web/routes.py", ()),
     ("caller connection bounds", "proxy/web/connections.py", ()),
+    ("caller connection bounds", "proxy/web/aiohttp_server.py", ()),
+    ("caller connection bounds", "proxy/web/targets.py", ()),
     ("caller connection bounds", "proxy/web/expect.py", ()),
     ("proxy, other", "proxy/", ()),
 )

@@ -1,7 +1,8 @@
 """`upstream.tls`: extra trusted CAs and a client certificate for the calls to Gini.
 
-The files are checked when the config is loaded (readable, PEM, an unencrypted key that matches
-the certificate, not expired) so `check-config` lists every problem. The SSL context built
+The files are checked when the config is loaded (readable regular files, complete PEM blocks and
+nothing else, an unencrypted key that matches the certificate, not expired) so `check-config`
+lists every problem. The SSL context built
 from them lives in `proxy.transport.tls`. Verification is always on: there is deliberately no
 setting to turn it off.
 """
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from proxy.config.files import read_regular
+from proxy.config.pem import PemError, split_pem_bytes
 from proxy.config.reader import Reader
 
 
@@ -64,9 +67,19 @@ def tls_file_problems(config: TlsConfig) -> list[tuple[str, str]]:
 
 def _read(path: Path) -> tuple[bytes | None, str | None]:
     try:
-        return path.read_bytes(), None
+        return read_regular(path), None  # a regular file: a FIFO would block check-config
     except OSError as exc:
         return None, f"cannot read {path}: {exc.strerror or exc}"
+
+
+def _incomplete(path: Path, data: bytes) -> str | None:
+    """Why a file that loads is still refused: text outside complete PEM blocks (the library
+    would skip a half-written tail and load what comes before it)."""
+    try:
+        split_pem_bytes(data)
+    except PemError as exc:
+        return f"{path} {exc}"
+    return None
 
 
 # `cryptography` is imported where the files are checked, not at module load: it costs several
@@ -83,7 +96,8 @@ def _ca_problems(path: Path) -> list[str]:
         x509.load_pem_x509_certificates(data)
     except ValueError:
         return [f"{path} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)"]
-    return []
+    incomplete = _incomplete(path, data)
+    return [incomplete] if incomplete else []
 
 
 def _pair_problems(cert_path: Path, key_path: Path) -> list[tuple[str, str]]:
@@ -101,6 +115,10 @@ def _pair_problems(cert_path: Path, key_path: Path) -> list[tuple[str, str]]:
             cert = x509.load_pem_x509_certificates(cert_data)[0]  # the leaf comes first
         except ValueError:
             problems.append(("client_cert_file", f"{cert_path} holds no PEM certificate"))
+        else:
+            if incomplete := _incomplete(cert_path, cert_data):
+                problems.append(("client_cert_file", incomplete))
+                cert = None
     key_data, error = _read(key_path)
     key = None
     if key_data is None:
@@ -114,6 +132,10 @@ def _pair_problems(cert_path: Path, key_path: Path) -> list[tuple[str, str]]:
             )
         except (ValueError, UnsupportedAlgorithm):
             problems.append(("client_key_file", f"{key_path} holds no PEM private key"))
+        else:
+            if incomplete := _incomplete(key_path, key_data):
+                problems.append(("client_key_file", incomplete))
+                key = None
     if cert is not None:
         if cert.not_valid_after_utc < datetime.datetime.now(datetime.UTC):
             expired = cert.not_valid_after_utc.date().isoformat()

@@ -101,41 +101,13 @@ def _ca_problems(path: Path) -> list[str]:
 
 
 def _pair_problems(cert_path: Path, key_path: Path) -> list[tuple[str, str]]:
-    from cryptography import x509  # noqa: PLC0415 - see _ca_problems
-    from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
-    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
-
     problems: list[tuple[str, str]] = []
-    cert_data, error = _read(cert_path)
-    cert = None
-    if cert_data is None:
-        problems.append(("client_cert_file", error or ""))
-    else:
-        try:
-            cert = x509.load_pem_x509_certificates(cert_data)[0]  # the leaf comes first
-        except ValueError:
-            problems.append(("client_cert_file", f"{cert_path} holds no PEM certificate"))
-        else:
-            if incomplete := _incomplete(cert_path, cert_data):
-                problems.append(("client_cert_file", incomplete))
-                cert = None
-    key_data, error = _read(key_path)
-    key = None
-    if key_data is None:
-        problems.append(("client_key_file", error or ""))
-    else:
-        try:
-            key = serialization.load_pem_private_key(key_data, password=None)
-        except TypeError:
-            problems.append(
-                ("client_key_file", f"{key_path} is encrypted; give an unencrypted key")
-            )
-        except (ValueError, UnsupportedAlgorithm):
-            problems.append(("client_key_file", f"{key_path} holds no PEM private key"))
-        else:
-            if incomplete := _incomplete(key_path, key_data):
-                problems.append(("client_key_file", incomplete))
-                key = None
+    cert, problem = _certificate(cert_path)
+    if problem:
+        problems.append(("client_cert_file", problem))
+    key, problem = _private_key(key_path)
+    if problem:
+        problems.append(("client_key_file", problem))
     if cert is not None:
         if cert.not_valid_after_utc < datetime.datetime.now(datetime.UTC):
             expired = cert.not_valid_after_utc.date().isoformat()
@@ -145,6 +117,39 @@ def _pair_problems(cert_path: Path, key_path: Path) -> list[tuple[str, str]]:
                 ("client_key_file", f"{key_path} does not match the certificate in {cert_path}")
             )
     return problems
+
+
+def _certificate(path: Path) -> tuple[Any, str | None]:
+    """The leaf certificate of the file, or why there is none to use."""
+    from cryptography import x509  # noqa: PLC0415 - see _ca_problems
+
+    data, error = _read(path)
+    if data is None:
+        return None, error
+    try:
+        cert = x509.load_pem_x509_certificates(data)[0]  # the leaf comes first
+    except ValueError:
+        return None, f"{path} holds no PEM certificate"
+    incomplete = _incomplete(path, data)
+    return (None, incomplete) if incomplete else (cert, None)
+
+
+def _private_key(path: Path) -> tuple[Any, str | None]:
+    """The unencrypted private key of the file, or why there is none to use."""
+    from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415 - see _ca_problems
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    data, error = _read(path)
+    if data is None:
+        return None, error
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        return None, f"{path} is encrypted; give an unencrypted key"
+    except (ValueError, UnsupportedAlgorithm):
+        return None, f"{path} holds no PEM private key"
+    incomplete = _incomplete(path, data)
+    return (None, incomplete) if incomplete else (key, None)
 
 
 def _spki(public_key: Any) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,9 @@ from proxy.config import build_config
 from proxy.config.reader import ConfigError
 
 from ..conftest import USER, StartProxy, merge
-from ..test_secret_files import finishes_within
+from ..secret_volume import SecretVolume
+from ..test_reload import eventually
+from ..test_secret_files import finishes_within, point_at_fifo
 from .support import Pki, tls_simulator
 from .test_tls import config_data_for
 
@@ -125,3 +128,37 @@ def test_tls_files_that_are_not_regular_files_are_config_problems(tmp_path: Path
         f"upstream.tls.client_cert_file: cannot read {tmp_path}: "
         "not a regular file (it is a directory)",
     ]
+
+
+async def test_the_check_on_use_never_waits_on_a_fifo_and_picks_up_a_rotation(
+    start_proxy: StartProxy, pki: Pki, tmp_path: Path
+) -> None:
+    """No reload at all: only the context's own check on use, which runs in a thread."""
+    volume = SecretVolume(tmp_path / "tls")
+    volume.write(**{"ca.pem": trustme.CA().cert_pem.bytes().decode()})  # Gini is not trusted
+    proxy = await start_proxy(
+        upstream={"tls": {"ca_file": str(volume.path("ca.pem"))}}, reload_interval_seconds=0
+    )
+    tls = proxy.services.upstream.tls
+    tls.interval = 0.05
+    assert tls.refresh() is False  # nothing changed; the next check is due in 50 ms
+
+    async def timed_status() -> tuple[int, float]:
+        started = time.monotonic()
+        async with proxy.client.get(proxy.url + "/paymentProviders", headers=USER) as answer:
+            await answer.read()
+            return answer.status, time.monotonic() - started
+
+    point_at_fifo(volume, "ca.pem")
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:  # ten checks' worth of requests
+        status, took = await timed_status()
+        assert (status, took < 1.0) == (502, True)
+    assert tls.rebuilds == 0
+    volume.write(**{"ca.pem": pki.ca.cert_pem.bytes().decode()})
+
+    async def trusted() -> bool:
+        return (await timed_status())[0] == 200
+
+    await eventually(trusted)
+    assert tls.rebuilds == 1

@@ -2,9 +2,8 @@
 
 The files are checked when the config is loaded (readable regular files, complete PEM blocks and
 nothing else, an unencrypted key that matches the certificate, not expired) so `check-config`
-lists every problem. The SSL context built
-from them lives in `proxy.transport.tls`. Verification is always on: there is deliberately no
-setting to turn it off.
+lists every problem. The SSL context built from them lives in `proxy.transport.tls`.
+Verification is always on: there is deliberately no setting to turn it off.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from proxy.config.pem import PemError, split_pem
 from proxy.config.reader import Reader
 from proxy.config.secret import Secret
 
@@ -25,15 +26,14 @@ ALGORITHMS = ("ES256", "RS256")
 JWKS_MAX_AGE = 300
 """Seconds Gini (and any cache in between) may keep the published key set: step 2 of the
 rotation runbook waits at least this long."""
-_PEM_BLOCK = re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?-----END [A-Z0-9 ]+-----", re.DOTALL)
 
 
 def pem_blocks(text: str) -> list[str]:
     """The PEM keys in one secret, in order: a file may hold a bundle of several, so the whole
-    key set can be one Secret entry that a rotation edits in place. Text without a PEM block
-    comes back whole, for load_signing_key to explain what is wrong with it."""
-    blocks = _PEM_BLOCK.findall(text)
-    return [block + "\n" for block in blocks] if blocks else [text]
+    key set can be one Secret entry that a rotation edits in place. A bundle that is not made
+    of complete blocks only (half-written, truncated) raises PemError: dropping the broken tail
+    would silently drop a key."""
+    return split_pem(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +101,13 @@ def _signing_keys(r: Reader, d: Mapping[str, Any], algorithm: str | None) -> tup
         if secret.source == "invalid":
             continue
         secrets.append(secret)
+        try:
+            blocks = pem_blocks(secret.value)
+        except PemError as exc:
+            r.problem(path, f"{secret.source} {exc}")
+            continue
         if algorithm is None:
             continue
-        blocks = pem_blocks(secret.value)
         for number, pem in enumerate(blocks, 1):
             where = f"key {number} of {len(blocks)} " if len(blocks) > 1 else "the key "
             try:

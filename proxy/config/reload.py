@@ -8,6 +8,9 @@ here opens the path afresh, so it follows the link to whatever it points at now.
 Consumers never call in here per request: `apply` swaps a precomputed attribute (a header
 string, a key tuple) that the hot path reads as before. A value that cannot be read, or is empty,
 is never applied; one that `verify` refuses neither. Both are retried on the next pass.
+
+Files are read, and turned into values, off the event loop with a deadline (`files.OffLoop`):
+a FIFO, a directory or a hung mount at a secret's path counts `error` and never stalls serving.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from proxy.config.files import MAX_FILE_BYTES, OffLoop, read_regular
 from proxy.metrics import RELOAD_RESULTS, Metrics
 
 log = logging.getLogger("proxy.reload")
 
-MAX_SECRET_FILE_BYTES = 1 << 20  # a secret file this large is a mistake; never read it whole
+MAX_SECRET_FILE_BYTES = MAX_FILE_BYTES
 URGENT_MIN_SECONDS = 5.0  # at most one out-of-turn check per source this often
 Verdict = Literal["accepted", "refused", "unavailable"]
 Result = Literal["applied", "rejected", "unchanged", "error"]
@@ -70,15 +74,9 @@ def text_value(contents: tuple[bytes, ...]) -> str:
 
 
 def read_files(paths: tuple[Path, ...]) -> tuple[bytes, ...]:
-    """Every file read afresh (following symlinks); OSError when one cannot be."""
-    contents = []
-    for path in paths:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_SECRET_FILE_BYTES + 1)
-        if len(data) > MAX_SECRET_FILE_BYTES:
-            raise OSError(f"larger than {MAX_SECRET_FILE_BYTES} bytes")
-        contents.append(data)
-    return tuple(contents)
+    """Every file read afresh (following symlinks); OSError when one cannot be, or is not a
+    regular file. Blocking: a pass runs it through `OffLoop`."""
+    return tuple(read_regular(path, MAX_SECRET_FILE_BYTES) for path in paths)
 
 
 def _digest(contents: tuple[bytes, ...]) -> bytes:
@@ -103,6 +101,7 @@ class Reloader:
         self.on_secrets = on_secrets  # told every value read, before it is verified or used
         self.sources: dict[str, SecretSource] = {}
         self._lock = asyncio.Lock()
+        self.off_loop = OffLoop()  # file reads and loads: in a thread, bounded in time
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -170,7 +169,7 @@ class Reloader:
             return results
 
     async def _check(self, source: SecretSource) -> Result:
-        loaded = self._load(source)
+        loaded = await self._load(source)
         if isinstance(loaded, str):
             return loaded
         digest, value = loaded
@@ -196,11 +195,11 @@ class Reloader:
         log.info("new secret applied", extra={"config_key": name})
         return "applied"
 
-    def _load(self, source: SecretSource) -> tuple[bytes, Any] | Result:
+    async def _load(self, source: SecretSource) -> tuple[bytes, Any] | Result:
         """The new content's digest and value, or the result when there is nothing to apply."""
         name = source.name
         try:
-            contents = read_files(source.paths)
+            contents = await self.off_loop.run(name, lambda: read_files(source.paths))
         except OSError as exc:
             log.warning("cannot read secret file; the value in force stays",
                         extra={"config_key": name, "reason": exc.strerror or str(exc)})  # fmt: skip
@@ -209,7 +208,12 @@ class Reloader:
         if digest == source.settled:
             return "unchanged"
         try:
-            value = source.load(contents)
+            # Off the loop too: parsing keys costs CPU, and a TLS load opens the files again.
+            value = await self.off_loop.run(name, lambda: source.load(contents))
+        except OSError as exc:
+            log.warning("cannot load secret file; the value in force stays",
+                        extra={"config_key": name, "reason": exc.strerror or str(exc)})  # fmt: skip
+            return "error"
         except InvalidSecret as exc:
             log.warning("new secret not usable; the value in force stays",
                         extra={"config_key": name, "reason": str(exc)})  # fmt: skip

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proxy.config.files import read_regular
+
 
 @dataclass(frozen=True, slots=True)
 class Secret:
@@ -55,7 +57,7 @@ def resolve_secret(spec: object, env: Mapping[str, str], base_dir: Path) -> Secr
         elif kind == "file":
             path = file = Path(name) if Path(name).is_absolute() else base_dir / name
             try:
-                value = path.read_text(encoding="utf-8")
+                value = read_regular(path).decode("utf-8")  # no FIFO, device, directory
             except (OSError, UnicodeDecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
                 raise SecretSourceError(f"cannot read file {path}: {reason}") from None

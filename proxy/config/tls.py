@@ -1,9 +1,9 @@
 """`upstream.tls`: extra trusted CAs and a client certificate for the calls to Gini.
 
-The files are checked when the config is loaded (readable, PEM, an unencrypted key that matches
-the certificate, not expired) so `check-config` lists every problem. The SSL context built
-from them lives in `proxy.transport.tls`. Verification is always on: there is deliberately no
-setting to turn it off.
+The files are checked when the config is loaded (readable regular files, complete PEM blocks and
+nothing else, an unencrypted key that matches the certificate, not expired) so `check-config`
+lists every problem. The SSL context built from them lives in `proxy.transport.tls`.
+Verification is always on: there is deliberately no setting to turn it off.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from proxy.config.files import read_regular
+from proxy.config.pem import PemError, split_pem_bytes
 from proxy.config.reader import Reader
 
 
@@ -64,9 +66,19 @@ def tls_file_problems(config: TlsConfig) -> list[tuple[str, str]]:
 
 def _read(path: Path) -> tuple[bytes | None, str | None]:
     try:
-        return path.read_bytes(), None
+        return read_regular(path), None  # a regular file: a FIFO would block check-config
     except OSError as exc:
         return None, f"cannot read {path}: {exc.strerror or exc}"
+
+
+def _incomplete(path: Path, data: bytes) -> str | None:
+    """Why a file that loads is still refused: text outside complete PEM blocks (the library
+    would skip a half-written tail and load what comes before it)."""
+    try:
+        split_pem_bytes(data)
+    except PemError as exc:
+        return f"{path} {exc}"
+    return None
 
 
 # `cryptography` is imported where the files are checked, not at module load: it costs several
@@ -83,37 +95,18 @@ def _ca_problems(path: Path) -> list[str]:
         x509.load_pem_x509_certificates(data)
     except ValueError:
         return [f"{path} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)"]
-    return []
+    incomplete = _incomplete(path, data)
+    return [incomplete] if incomplete else []
 
 
 def _pair_problems(cert_path: Path, key_path: Path) -> list[tuple[str, str]]:
-    from cryptography import x509  # noqa: PLC0415 - see _ca_problems
-    from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
-    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
-
     problems: list[tuple[str, str]] = []
-    cert_data, error = _read(cert_path)
-    cert = None
-    if cert_data is None:
-        problems.append(("client_cert_file", error or ""))
-    else:
-        try:
-            cert = x509.load_pem_x509_certificates(cert_data)[0]  # the leaf comes first
-        except ValueError:
-            problems.append(("client_cert_file", f"{cert_path} holds no PEM certificate"))
-    key_data, error = _read(key_path)
-    key = None
-    if key_data is None:
-        problems.append(("client_key_file", error or ""))
-    else:
-        try:
-            key = serialization.load_pem_private_key(key_data, password=None)
-        except TypeError:
-            problems.append(
-                ("client_key_file", f"{key_path} is encrypted; give an unencrypted key")
-            )
-        except (ValueError, UnsupportedAlgorithm):
-            problems.append(("client_key_file", f"{key_path} holds no PEM private key"))
+    cert, problem = _certificate(cert_path)
+    if problem:
+        problems.append(("client_cert_file", problem))
+    key, problem = _private_key(key_path)
+    if problem:
+        problems.append(("client_key_file", problem))
     if cert is not None:
         if cert.not_valid_after_utc < datetime.datetime.now(datetime.UTC):
             expired = cert.not_valid_after_utc.date().isoformat()
@@ -123,6 +116,39 @@ def _pair_problems(cert_path: Path, key_path: Path) -> list[tuple[str, str]]:
                 ("client_key_file", f"{key_path} does not match the certificate in {cert_path}")
             )
     return problems
+
+
+def _certificate(path: Path) -> tuple[Any, str | None]:
+    """The leaf certificate of the file, or why there is none to use."""
+    from cryptography import x509  # noqa: PLC0415 - see _ca_problems
+
+    data, error = _read(path)
+    if data is None:
+        return None, error
+    try:
+        cert = x509.load_pem_x509_certificates(data)[0]  # the leaf comes first
+    except ValueError:
+        return None, f"{path} holds no PEM certificate"
+    incomplete = _incomplete(path, data)
+    return (None, incomplete) if incomplete else (cert, None)
+
+
+def _private_key(path: Path) -> tuple[Any, str | None]:
+    """The unencrypted private key of the file, or why there is none to use."""
+    from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415 - see _ca_problems
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    data, error = _read(path)
+    if data is None:
+        return None, error
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        return None, f"{path} is encrypted; give an unencrypted key"
+    except (ValueError, UnsupportedAlgorithm):
+        return None, f"{path} holds no PEM private key"
+    incomplete = _incomplete(path, data)
+    return (None, incomplete) if incomplete else (key, None)
 
 
 def _spki(public_key: Any) -> bytes:

@@ -4,6 +4,7 @@
   strips them while parsing the header, so the proxy sees the bare id: 200, the same
   identifier. Other whitespace (a no-break space) reaches the proxy: 400 `invalid_user`.
 - operations.md (section 5): admin answers carry no request id, except the JWKS route's.
+- README.md: the coverage floor it states is the one in force.
 - operations.md (response cache metrics): with the `redis` backend the entries gauge is
   exported, and stays 0 (the proxy does not count a shared Redis).
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import tomllib
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -95,3 +98,11 @@ async def test_the_entries_gauge_is_exported_as_zero_with_redis(start_proxy: Sta
     async with proxy.client.get(proxy.admin_url + "/metrics") as response:
         text = await response.text()
     assert "\ngini_proxy_response_cache_entries 0.0\n" in text
+
+
+def test_the_readme_states_the_coverage_floor_in_force() -> None:
+    root = Path(__file__).resolve().parents[1]
+    floor = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["tool"][
+        "coverage"
+    ]["report"]["fail_under"]
+    assert f"`fail_under = {floor}`" in (root / "README.md").read_text(encoding="utf-8")

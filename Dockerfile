@@ -1,6 +1,9 @@
 # syntax=docker/dockerfile:1
 #
-# gini-auth-proxy container image. Build: docker build -t gini-auth-proxy:0.1.0 .
+# gini-auth-proxy container image. Build, tagged and labelled with the version in pyproject.toml
+# (the one source of it; scripts/image-test does the same):
+#   version="$(python3 scripts/imagelib/version.py)"
+#   docker build -t "gini-auth-proxy:$version" --build-arg VERSION="$version" .
 #
 # The base is pinned by tag. For reproducible production builds, also pin its digest:
 #   docker build --build-arg PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:<digest> .
@@ -50,9 +53,10 @@ RUN groupadd --system --gid 10001 gini \
 # --- runtime: the virtualenv, a non-root user, nothing else --------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 ARG PYTHON_IMAGE
-# Set by the build pipeline: --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD)
-# --build-arg CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-ARG VERSION=0.1.0
+# Set by the build pipeline: --build-arg VERSION="$(python3 scripts/imagelib/version.py)"
+# --build-arg REVISION=$(git rev-parse HEAD) --build-arg CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+# No version is written here: an image built without it says "unknown" rather than a stale one.
+ARG VERSION=unknown
 ARG REVISION=unknown
 ARG CREATED=unknown
 LABEL org.opencontainers.image.title="gini-auth-proxy" \

@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,5 +190,23 @@ async def paced_load(
     while not stop.is_set():
         tasks.append(asyncio.create_task(one(n)))
         n += 1
-        await asyncio.sleep(every)
+        await asyncio.sleep(every)  # paces: the load's rate is the point
     await asyncio.gather(*tasks)
+
+
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]],
+    within: float = 10.0,
+    what: str = "condition",
+    every: float = 0.02,
+) -> float:
+    """Wait until `check()` (sync or async) is true; fails after `within` seconds. Returns the
+    seconds it took. The way tests wait for something to happen, instead of a fixed sleep: as
+    fast as the machine allows, and as patient as a loaded one needs."""
+    started = time.monotonic()
+    while True:
+        result = check()
+        if result if isinstance(result, bool) else await result:
+            return time.monotonic() - started
+        assert time.monotonic() - started < within, f"{what} not met within {within} s"
+        await asyncio.sleep(every)  # polls: the one sleep of every wait on a condition

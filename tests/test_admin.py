@@ -11,6 +11,7 @@ import shutil
 import string
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -18,7 +19,7 @@ import pytest
 from proxy import __version__
 from proxy.identity import identity_key_id
 
-from .conftest import HMAC_KEY, USER, RunningProxy, StartProxy
+from .conftest import HMAC_KEY, USER, RunningProxy, StartProxy, eventually
 
 CONTRACT_METRICS = (
     "gini_proxy_requests_total",
@@ -209,17 +210,19 @@ async def test_a_real_prometheus_scrapes_the_admin_listener(
     )
     try:
         query = f"http://127.0.0.1:{port}/api/v1/query?query=gini_proxy_build_info"
+        result: list[Any] = []
         async with aiohttp.ClientSession() as client:
-            for _ in range(100):
+
+            async def scraped() -> bool:
+                nonlocal result
                 try:
                     async with client.get(query) as response:
                         result = (await response.json())["data"]["result"]
                 except (aiohttp.ClientError, KeyError):
                     result = []
-                if result:
-                    break
-                await asyncio.sleep(0.2)
-        assert result, "prometheus never scraped the admin listener"
+                return bool(result)
+
+            await eventually(scraped, within=30, what="a scrape of the admin listener")
         assert result[0]["metric"]["version"] == __version__
     finally:
         process.terminate()

@@ -24,7 +24,7 @@ from proxy.config import build_config
 from proxy.config.reader import ConfigError
 from proxy.web.connections import DESCRIPTOR_RESERVE, descriptor_budget
 
-from .conftest import USER, RunningProxy, StartProxy
+from .conftest import USER, RunningProxy, StartProxy, eventually
 
 FAST = {"header_seconds": 1, "idle_seconds": 1, "body_seconds": 1, "send_seconds": 1}
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,14 +175,14 @@ async def test_idle_and_slowloris_connections_are_cut_while_a_caller_is_served(
             for _, writer in slow:
                 if not writer.is_closing():
                     writer.write(REQUEST[n : n + 1])
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # slow peer: a slowloris caller
 
     async def normal_caller() -> int:
         served = 0
         while loop.time() - started < 3:
             await get_ok(proxy)
             served += 1
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # paces: a steady caller among the slow ones
         return served
 
     trickling = asyncio.create_task(trickle())
@@ -214,7 +214,8 @@ async def test_a_head_is_timed_from_its_first_byte_on_a_kept_alive_connection(
     reader, writer = await connect(proxy.url)
     writer.write(REQUEST)
     assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
-    await asyncio.sleep(1.2)  # idle longer than header_seconds: not a head timeout
+    # time passes: idle longer than header_seconds must not count as a head timeout
+    await asyncio.sleep(1.2)
     assert not reader.at_eof()
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -235,7 +236,7 @@ async def test_a_prompt_caller_is_not_cut_by_the_head_timer(start_proxy: StartPr
         status, headers, _ = parse_answer(await reader.readuntil(b"\r\n\r\n"))
         assert status == 200
         await reader.readexactly(int(headers["content-length"]))
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # paces: requests spread over several timer periods
     assert timeouts_counted(proxy, "header") == 0
     writer.close()
 
@@ -291,7 +292,7 @@ async def test_a_slow_but_steady_upload_is_not_cut(start_proxy: StartProxy) -> N
     async def body() -> AsyncIterator[bytes]:
         for _ in range(6):  # 1.8 s in all, but never a pause of body_seconds
             yield b"p" * 20_000
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # slow peer: a slow but steady upload
 
     async with proxy.client.post(
         proxy.url + "/_sandbox/echo",
@@ -349,7 +350,8 @@ async def test_connections_past_the_limit_are_refused_and_logged_once(
     caplog.set_level(logging.INFO, logger="proxy.connections")
     proxy = await start_proxy(max_connections=20)
     held = [await connect(proxy.url) for _ in range(20)]
-    await asyncio.sleep(0.1)
+    open_connections = "gini_proxy_open_connections"
+    await eventually(lambda: proxy.metrics.registry.get_sample_value(open_connections) == 20)
     extra = [await connect(proxy.url) for _ in range(30)]
     answers = await asyncio.gather(*(read_until_closed(reader, 2) for reader, _ in extra))
     for raw in answers:
@@ -364,9 +366,7 @@ async def test_connections_past_the_limit_are_refused_and_logged_once(
     assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
     for _, writer in held + extra:
         writer.close()
-    async with asyncio.timeout(2):
-        while registry.get_sample_value("gini_proxy_open_connections"):  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+    await eventually(lambda: not registry.get_sample_value("gini_proxy_open_connections"))
     await get_ok(proxy)  # a normal caller is served again
     messages = [r.getMessage() for r in caplog.records if r.name == "proxy.connections"]
     limit_logs = [m for m in messages if "max_connections" in m]

@@ -1,4 +1,4 @@
-"""Tests of configuration loading and validation (proxy/config.py, validation.py, secret.py)
+"""Tests of configuration loading and validation (proxy/config/: parse, reader, secret, ...)
 and of the `check-config` / `hash-user` commands (proxy/cli.py)."""
 
 from __future__ import annotations

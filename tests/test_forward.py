@@ -32,6 +32,7 @@ from .conftest import (
     USER,
     RunningProxy,
     StartProxy,
+    eventually,
 )
 
 BASIC = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
@@ -346,10 +347,7 @@ async def test_caller_disconnect_cancels_upstream_quietly(
             timeout=aiohttp.ClientTimeout(total=0.3),
         ):
             pass
-    for _ in range(50):
-        if sim.state.cancelled_requests:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: sim.state.cancelled_requests > 0, what="the cancel at Gini")
     assert sim.state.cancelled_requests == 1
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert proxy.services.lifecycle.in_flight == 0
@@ -517,7 +515,7 @@ async def test_slow_transfers_within_the_per_chunk_limit_complete(start_proxy: S
     # Upload: 1.5 s in all, longer than the timeout; the wait for the answer only starts after.
     async def body() -> Any:
         for _ in range(5):
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # slow peer: a slow upload
             yield b"z" * 100_000
 
     seen = await echo(
@@ -535,5 +533,5 @@ async def test_a_slow_caller_is_not_an_upstream_timeout(start_proxy: StartProxy)
         async for chunk in response.content.iter_chunked(65536):
             received += len(chunk)
             if received < 4 * 65536:
-                await asyncio.sleep(0.2)  # the caller dawdles; Gini's side is done quickly
+                await asyncio.sleep(0.2)  # slow peer: the caller dawdles; Gini is done quickly
     assert received == 8388608

@@ -122,7 +122,7 @@ class RawUpstream:
                 await writer.drain()
                 if self.late:
                     late, self.late = self.late, b""
-                    await asyncio.sleep(0.2)
+                    await asyncio.sleep(0.2)  # slow peer: bytes Gini sends after its answer
                     writer.write(late)
                     await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -533,7 +533,9 @@ async def test_an_unsolicited_101_on_an_idle_connection_is_not_left_for_the_next
     raw_upstream.late = REFUSED_INTERIM[1]
     async with proxy.client.get(proxy.url + "/documents", headers=USER) as response:
         assert (response.status, await response.read()) == (200, b"ok")
-    await asyncio.sleep(0.4)  # the 101 arrives while the connection waits in the pool
+    # time passes: the 101 must arrive while the connection idles in the pool, which nothing
+    # outside the client's pool can observe
+    await asyncio.sleep(0.4)
     async with proxy.client.get(proxy.url + "/documents", headers=USER) as response:
         assert (response.status, await response.read()) == (200, b"ok")
     assert raw_upstream.connections == 2

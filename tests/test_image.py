@@ -2,8 +2,10 @@
 
 The script builds the Dockerfile (on a debootstrap stand-in base when the real one cannot be
 pulled), runs the image read-only as uid 10001 with `demo` serving flows 1-4, runs its
-HEALTHCHECK, stops it with SIGTERM and reports the size it adds to its base. Where podman is
-missing or unusable the test skips with the reason; under CI=true it fails instead.
+HEALTHCHECK, stops it with SIGTERM and reports the size it adds to its base. Afterwards the
+image is gone, and so is the base unless it was there before (GINI_PROXY_KEEP_IMAGE=1 keeps
+both, for inspection and a faster next run). Where podman is missing or unusable the test skips
+with the reason; under CI=true it fails instead.
 """
 
 from __future__ import annotations
@@ -19,6 +21,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "image-test"
 # A cold run makes the stand-in base with debootstrap (minutes); later runs reuse it.
 TIMEOUT_SECONDS = 1500
+IMAGE = "localhost/gini-auth-proxy:image-test"
+STANDIN = "localhost/gini-auth-proxy-standin-base:bookworm-1"
+
+
+def _image_exists(name: str) -> bool:
+    done = subprocess.run(
+        ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs", "image", "exists", name],
+        check=False,
+        timeout=120,
+    )
+    return done.returncode == 0
 
 
 def _unusable(reason: str) -> None:
@@ -53,6 +66,8 @@ def test_image_builds_and_runs() -> None:
     problem = _podman_problem()
     if problem is not None:
         _unusable(problem)
+    keep = os.environ.get("GINI_PROXY_KEEP_IMAGE") == "1"
+    standin_before = _image_exists(STANDIN)
     try:
         done = subprocess.run(
             [str(SCRIPT)],
@@ -75,3 +90,7 @@ def test_image_builds_and_runs() -> None:
         "the image adds",
     ):
         assert check in done.stdout, output[-6000:]
+    if not keep:
+        assert not _image_exists(IMAGE), "the image was left behind"
+        if not standin_before:
+            assert not _image_exists(STANDIN), "the stand-in base it made was left behind"

@@ -21,10 +21,18 @@ from proxy.config.signing_keys import load_signing_key
 from proxy.sandbox import GiniSimulator
 from proxy.sandbox.jwt_auth import JwtSettings
 
-from .conftest import CLIENT_ID, CLIENT_SECRET, HMAC_KEY, USER, RunningProxy, StartProxy, paced_load
+from .conftest import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    HMAC_KEY,
+    USER,
+    RunningProxy,
+    StartProxy,
+    eventually,
+    paced_load,
+)
 from .jwt_support import ISSUER, JWKS_PATH, PRIVATE_JWK_MEMBERS, ec_pem, jwt_overrides, rsa_pem
 from .secret_volume import SecretVolume
-from .test_reload import eventually
 
 
 def identifier(user_id: str) -> str:
@@ -420,18 +428,28 @@ async def test_key_rotation_under_load_loses_no_request(
     def last_kid() -> str:
         return str(jwt.get_unverified_header(sent_jwt(sim))["kid"])
 
-    wait = cache_seconds * 3  # step 2: longer than Gini's JWKS cache time
+    verifier = sim.config.jwt
+    assert verifier is not None
+
+    async def load_runs(requests: int = 50) -> None:
+        mark = len(statuses)
+        await eventually(lambda: len(statuses) >= mark + requests, what="load")
+
     runner = asyncio.create_task(paced_load(one, stop))
-    await asyncio.sleep(wait)
+    await load_runs()
     kids.append(last_kid())
     await edit(old, new)  # 1. add the new key second: published, not signing
-    await asyncio.sleep(wait)  # 2. wait for Gini's cache to expire
+    # 2. wait for Gini's cache to expire: its next fetch brings the new key
+    await eventually(lambda: new_kid in verifier.cache.keys, what="Gini fetching the new key")
+    await load_runs()
     kids.append(last_kid())
     await edit(new, old)  # 3. move it first: it signs
-    await asyncio.sleep(wait)
+    await load_runs()
     kids.append(last_kid())
     await edit(new)  # 4. later, remove the old key
-    await asyncio.sleep(wait)
+    fetches = verifier.cache.fetches
+    await eventually(lambda: verifier.cache.fetches > fetches, what="Gini refetching the keys")
+    await load_runs()
     kids.append(last_kid())
     stop.set()
     await runner

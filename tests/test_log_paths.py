@@ -16,7 +16,15 @@ from proxy.sandbox import GiniSimulator
 from proxy.web.accesslog import AccessLog
 from proxy.web.context import RequestContext
 
-from .conftest import CLIENT_SECRET, HMAC_KEY, INBOUND_KEY, STORE_KEY, RunningProxy, StartProxy
+from .conftest import (
+    CLIENT_SECRET,
+    HMAC_KEY,
+    INBOUND_KEY,
+    STORE_KEY,
+    RunningProxy,
+    StartProxy,
+    eventually,
+)
 
 ALICE = "alice.secret-person@example.com"
 
@@ -64,11 +72,8 @@ async def test_access_log_can_be_switched_off_or_sampled(
     sampled = await start_proxy(logging={"access_log_sample_rate": 0.25})
     for _ in range(400):
         await call(sampled, "GET", "/_sandbox/echo")
-    # The flush timer writes the buffer out on its own: wait (bounded) until it has.
-    for _ in range(200):
-        if not sampled.services.access_log._lines:
-            break
-        await asyncio.sleep(0.01)
+    # The flush timer writes the buffer out on its own: wait until it has.
+    await eventually(lambda: not sampled.services.access_log._lines, what="flush")
     count = len([e for e in lines(log_stream) if e["logger"] == "proxy.access"])
     assert 50 < count < 150
 

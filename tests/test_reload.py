@@ -11,7 +11,6 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from .conftest import (
     RunningProxy,
     StartProxy,
     config_data,
+    eventually,
     merge,
     paced_load,
 )
@@ -83,11 +83,10 @@ async def documents(proxy: RunningProxy, user: str = "alice@example.com") -> int
         return answer.status
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 3.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
+async def load_runs(statuses: list[int], requests: int = 15) -> None:
+    """Wait until the paced load has made `requests` more requests."""
+    mark = len(statuses)
+    await eventually(lambda: len(statuses) >= mark + requests, what="load")
 
 
 async def client_secret_proxy(
@@ -391,10 +390,10 @@ async def test_three_rotations_under_load_fail_no_request(
             return reloads(proxy, "client.secret", "applied") > before
 
         await eventually(swapped)  # 3. watch the reload apply
-        await asyncio.sleep(0.3)
+        await load_runs(statuses)  # ...under load with both secrets
         sim.accept_client_secrets(new)  # 4. at Gini: remove the old one
         current = new
-        await asyncio.sleep(0.3)
+        await load_runs(statuses)
     stop.set()
     await loader
     elapsed = time.monotonic() - started
@@ -450,6 +449,7 @@ async def test_sighup_applies_a_new_secret_in_the_same_process(
             volume.write(client_secret=NEW_SECRET, keys=OTHER_KEY)
             # A new listen address in the config file is only noted: it needs a restart.
             path.write_text(yaml.safe_dump({**data, "listen": f"127.0.0.1:{free_port()}"}))
+            # time passes: a negative check (no reload without SIGHUP) has no event to wait on
             await asyncio.sleep(0.3)
             assert pay_authorizations(sim)[-1] == basic(CLIENT_SECRET)
             proc.process.send_signal(signal.SIGHUP)

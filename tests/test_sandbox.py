@@ -18,6 +18,8 @@ import yarl
 from proxy.sandbox import GiniSimulator, SimulatorState, expected_download_sha256
 from proxy.sandbox.state import MAX_RECORDED_REQUESTS, RecordedRequest
 
+from .conftest import eventually
+
 CLIENT_ID = "sim-client"
 CLIENT_SECRET = "sim-secret"
 GINI_JSON = "application/vnd.gini.v1+json"
@@ -569,10 +571,8 @@ async def test_echo_delay_counts_cancelled_clients(
     timeout = aiohttp.ClientTimeout(total=0.2)
     with pytest.raises(asyncio.TimeoutError):
         await call(http, "GET", f"{sim.pay_api_url}/_sandbox/echo?delay=30", timeout=timeout)
-    for _ in range(100):  # the server notices the closed connection asynchronously
-        if sim.state.cancelled_requests:
-            break
-        await asyncio.sleep(0.02)
+    # the server notices the closed connection asynchronously
+    await eventually(lambda: sim.state.cancelled_requests > 0, what="the cancel")
     assert sim.state.cancelled_requests == 1
 
 

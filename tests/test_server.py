@@ -22,7 +22,7 @@ from proxy.config import build_config
 from proxy.sandbox import GiniSimulator
 from proxy.server import YOUNG_COLLECTION_THRESHOLD, run
 
-from .conftest import USER, config_data, merge
+from .conftest import USER, config_data, eventually, merge
 
 pytestmark = pytest.mark.slow
 
@@ -96,18 +96,22 @@ async def serve(sim: GiniSimulator, tmp_path: Path) -> AsyncIterator[Any]:
             await proc.process.wait()
 
 
-async def test_sigterm_drains_in_flight_request_then_exits_0(serve: Any) -> None:
+async def test_sigterm_drains_in_flight_request_then_exits_0(
+    serve: Any, sim: GiniSimulator
+) -> None:
     proc, url, admin = await serve(drain_delay_seconds=0.5, shutdown_grace_seconds=10)
     async with aiohttp.ClientSession() as client:
         async with client.get(admin + "/readyz") as response:
             assert response.status == 200
         slow = asyncio.create_task(client.get(url + "/_sandbox/echo?delay=1.5", headers=USER))
-        await asyncio.sleep(0.3)
+        await eventually(lambda: any(r.path == "/_sandbox/echo" for r in sim.state.requests))
         proc.process.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.1)
-        async with client.get(admin + "/readyz") as response:
-            assert response.status == 503
-            assert (await response.json())["error"] == "draining"
+
+        async def draining() -> bool:
+            async with client.get(admin + "/readyz") as response:
+                return response.status == 503 and (await response.json())["error"] == "draining"
+
+        await eventually(draining, what="/readyz 503 draining")
         # During the pre-stop delay new requests are still served.
         async with client.get(url + "/_sandbox/echo", headers=USER) as response:
             assert response.status == 200

@@ -12,12 +12,14 @@ import pytest
 from proxy.errors import StoreUnavailable
 from proxy.vending.stores.health import Deadlines, StoreHealth
 
+from .conftest import eventually
+
 
 async def test_a_deadline_never_waits_for_a_call_that_outlives_it() -> None:
     finished = asyncio.Event()
 
     async def slow() -> str:  # a driver whose own timeouts add up to more than the deadline
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(0.6)  # slow peer: the store driver takes this long
         finished.set()
         return "late"
 
@@ -68,8 +70,8 @@ async def test_checks_do_not_stack_up_behind_a_hanging_ping() -> None:
         assert time.monotonic() - started < 0.3
     assert store.pings == 1
     store.release.set()
-    await asyncio.sleep(0.05)  # the hung ping ends and is no longer tracked
-    assert await health.check() is True  # the hung ping ended: checking resumes
+    # the hung ping ends and is no longer tracked: checking resumes
+    await eventually(health.check, what="a check after the hung ping")
     assert store.pings == 2
     await health.stop()
 
@@ -79,7 +81,7 @@ async def test_a_call_cancelled_by_the_driver_is_a_store_failure() -> None:
         task = asyncio.current_task()
         assert task is not None
         task.cancel()  # as a driver's internal timeout handling may do
-        await asyncio.sleep(1)
+        await asyncio.sleep(1)  # slow peer: cancelled at once, never waited out
 
     with pytest.raises(StoreUnavailable):
         await Deadlines().run(cancelled_inside(), 1)
@@ -91,7 +93,7 @@ async def test_a_cancelled_caller_leaves_no_call_behind() -> None:
 
     async def slow() -> None:
         started.set()
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # slow peer: a store call still running when cancelled
 
     waiter = asyncio.create_task(deadlines.run(slow(), 30))
     await started.wait()

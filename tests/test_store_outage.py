@@ -10,7 +10,6 @@ enough to recover: no restart.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,7 +25,7 @@ from proxy.vending.stores.cipher import Cipher
 from proxy.vending.stores.health import CHECK_TIMEOUT, StoreHealth
 from proxy.vending.stores.postgres import PostgresStore
 
-from .conftest import USER, RunningProxy, StartProxy, config_data, merge
+from .conftest import USER, RunningProxy, StartProxy, config_data, eventually, merge
 from .relay_support import Relay, through
 from .stores_support import STORE_KEY, postgres_schema
 from .test_server import free_port, spawn
@@ -82,11 +81,7 @@ async def until(
     condition: Callable[[], Awaitable[bool]], timeout: float, step: float = 0.1
 ) -> float:
     """Seconds until `condition()` held; fails after `timeout`."""
-    started = time.monotonic()
-    while not await condition():
-        assert time.monotonic() - started < timeout, f"not within {timeout} s"
-        await asyncio.sleep(step)
-    return time.monotonic() - started
+    return await eventually(condition, timeout, every=step)
 
 
 async def unaffected_by_the_store(proxy: RunningProxy, cached_user: str) -> None:

@@ -1,6 +1,6 @@
 """The `client.auth` mode and the `jwt` section (Gini's JWT mutual authentication, flow 1).
 
-Kept apart from config.py so the JWT keys and their checks live in one place; config.py calls
+Kept apart from `parse` so the JWT keys and their checks live in one place; `parse` calls
 `read_auth` and `read_jwt`. Every signing key is loaded here already, so `check-config` finds a
 key that does not fit the algorithm, or an RSA key that is too short.
 """

@@ -53,14 +53,14 @@ class UpstreamConfig:
 class ClientConfig:
     id: str
     secret: Secret
-    auth: str = "basic"  # basic | jwt: how flow-1 requests authenticate (jwt_config.py)
+    auth: str = "basic"  # basic | jwt: how flow-1 requests authenticate (config/jwt.py)
 
 
 @dataclass(frozen=True, slots=True)
 class IdentityConfig:
     header: str
     hmac_key: Secret
-    key_id: str | None = None  # pins the fingerprint of hmac_key (keyguard.py)
+    key_id: str | None = None  # pins the fingerprint of hmac_key (vending/keyguard.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +89,7 @@ class LoggingConfig:
 
 @dataclass(frozen=True, slots=True)
 class ClientTimeoutsConfig:
-    """Bounds on slow or idle callers of the proxy listener (see `proxy.connections`)."""
+    """Bounds on slow or idle callers of the proxy listener (see `proxy.web.connections`)."""
 
     header_seconds: float
     idle_seconds: float

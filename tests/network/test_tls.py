@@ -21,7 +21,7 @@ from proxy.config.tls import TlsConfig, tls_file_problems
 from proxy.sandbox import GiniSimulator
 from proxy.transport.tls import TlsContext
 
-from ..conftest import USER, RunningProxy, StartProxy, config_data, merge
+from ..conftest import USER, RunningProxy, StartProxy, config_data, eventually, merge
 from .support import Pki, run_flows, tls_simulator
 
 
@@ -308,14 +308,16 @@ async def openssl_server(pki: Pki, tmp_path: Path) -> AsyncIterator[str]:
         "-quiet", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        for _ in range(100):
+
+        async def listening() -> bool:
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", port)
             except OSError:
-                await asyncio.sleep(0.05)
-            else:
-                writer.close()
-                break
+                return False
+            writer.close()
+            return True
+
+        await eventually(listening, what="openssl s_server listening")
         yield f"https://127.0.0.1:{port}"
     finally:
         process.terminate()

@@ -30,6 +30,7 @@ from proxy.errors import BadRequest, MethodNotAllowed, PayloadTooLarge, RequestT
 from proxy.forwarding.body import SMALL_BODY, STREAM_CHUNK, read_bounded, read_paced
 from proxy.forwarding.relay import Miss, Relay
 from proxy.forwarding.rewrite import NEVER_FORWARD, HeaderFilter, UrlRewriter, is_json_type
+from proxy.forwarding.target import has_dot_segment
 from proxy.identity import CallerIdentity
 from proxy.upstream import PAY_API, AnswerBroken, Call, Upstream, basic_auth
 from proxy.web.context import RequestContext
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 # TRACE would echo the injected credentials back to the caller; CONNECT would open a tunnel.
 REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
+DOT_SEGMENT_MESSAGE = "The request path has a `.` or `..` segment; it is never forwarded."
 
 
 _URL_MEMO = 1024  # request targets whose upstream URL is remembered
@@ -96,6 +98,8 @@ class Forwarder:
             return url
         if not raw_target.startswith("/"):
             raise BadRequest  # absolute-form (`http://evil/`) or asterisk-form (`*`)
+        if has_dot_segment(raw_target):
+            raise BadRequest(DOT_SEGMENT_MESSAGE)
         url = URL(self.base + raw_target, encoded=True)
         if (url.scheme, url.raw_host, url.port) != self._origin:  # belt and braces
             raise BadRequest

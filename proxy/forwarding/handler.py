@@ -141,6 +141,8 @@ class Forwarder:
             if found is not None and not isinstance(found, Miss):
                 return await self.relay.cached(ctx, found)
             miss = found
+            if miss is not None:
+                headers = self.cache.forwarded(miss, headers)
         call = Call()
         data = None
         if request.body_exists or request.content_length:  # GETs skip a coroutine

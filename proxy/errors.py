@@ -132,6 +132,15 @@ class TooManyConnections(ProxyError):
     default_message = "The proxy has too many open connections; retry shortly."
 
 
+class Overloaded(ProxyError):
+    """Bodies held in memory for rewriting reached `max_buffered_bytes`; raised with
+    `Retry-After`."""
+
+    status = 503
+    code = "overloaded"
+    default_message = "The proxy is holding too many answers in memory; retry shortly."
+
+
 class StartupError(Exception):
     """A valid configuration that cannot run here: a port is taken, the store cannot be opened
     or holds another identity key, stored credentials cannot be decrypted (exit code 3)."""

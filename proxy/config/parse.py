@@ -50,6 +50,7 @@ _TOP_KEYS = (
     "max_rewrite_bytes", "inbound_auth", "allow_unauthenticated_network", "response_cache",
     "logging", "client_timeouts", "max_connections",
     "reload_interval_seconds", "jwt",
+    "max_buffered_bytes",
 )  # fmt: skip
 
 
@@ -135,6 +136,9 @@ def build_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: Path
             data, "reload_interval_seconds", "reload_interval_seconds", 30, 0, 86400
         ),
         jwt=read_jwt(r, data, client.auth),
+        max_buffered_bytes=r.integer(
+            data, "max_buffered_bytes", "max_buffered_bytes", 64 << 20, 1 << 20, 1 << 40
+        ),
     )
     if r.problems:
         raise ConfigError(r.problems)

@@ -121,6 +121,11 @@ class ResponseCache:
     def _monotonic(self) -> float:
         return self.clock.monotonic()
 
+    @property
+    def max_entry_bytes(self) -> int:
+        """The largest answer stored (read whole by `store`)."""
+        return self.config.max_entry_bytes
+
     def route(self, method: str, path: str) -> str | None:
         """The allow-listed template this request falls under, or None."""
         if method not in ("GET", "HEAD"):
@@ -138,9 +143,9 @@ class ResponseCache:
         parts = (raw_path, user, accept, gzip, language)
         return hmac.new(self.secret, "\x00".join(parts).encode(), hashlib.sha256).hexdigest()
 
-    def forwarded(self, miss: Miss, headers: CIMultiDict[str]) -> CIMultiDict[str]:
+    def forwarded(self, miss: Miss | None, headers: CIMultiDict[str]) -> CIMultiDict[str]:
         """Gini's request headers for `miss`: on a shared route only `SHARED_FORWARD`."""
-        if not self.shared[miss.template]:
+        if miss is None or not self.shared[miss.template]:
             return headers
         return CIMultiDict((n, v) for n, v in headers.items() if n.lower() in SHARED_FORWARD)
 

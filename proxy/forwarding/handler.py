@@ -26,8 +26,15 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config import Config
-from proxy.errors import BadRequest, MethodNotAllowed, PayloadTooLarge, RequestTimeout
+from proxy.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+)
 from proxy.forwarding.body import SMALL_BODY, STREAM_CHUNK, read_bounded, read_paced
+from proxy.forwarding.budget import UNCOUNTED, BufferBudget
 from proxy.forwarding.relay import Miss, Relay
 from proxy.forwarding.rewrite import NEVER_FORWARD, HeaderFilter, UrlRewriter, is_json_type
 from proxy.forwarding.target import has_dot_segment
@@ -83,8 +90,14 @@ class Forwarder:
             connect=config.upstream.connect_timeout_seconds,
             sock_read=config.upstream.timeout_seconds,
         )
+        # One per process (one Forwarder per app): request and answer bodies share it.
+        self.budget = BufferBudget(config.max_buffered_bytes)
         self.relay = Relay(
-            UrlRewriter(self.base, config.public_url), config.max_rewrite_bytes, cache, self.timeout
+            UrlRewriter(self.base, config.public_url),
+            config.max_rewrite_bytes,
+            cache,
+            self.timeout,
+            self.budget,
         )
 
     def upstream_url(self, raw_target: str) -> URL:
@@ -139,15 +152,15 @@ class Forwarder:
         if self.cache is not None:
             found = await self.cache.lookup(request, identifier, headers)
             if found is not None and not isinstance(found, Miss):
-                return await self.relay.cached(ctx, found)
+                return await self.relay.cached(request, ctx, found)
             miss = found
-            if miss is not None:
-                headers = self.cache.forwarded(miss, headers)
+            headers = self.cache.forwarded(miss, headers)
         call = Call()
         data = None
+        held: list[int] = []  # the buffer budget the request body holds, given back at the end
         if request.body_exists or request.content_length:  # GETs skip a coroutine
             try:
-                data = await self._request_body(request, headers, call)
+                data = await self._request_body(request, headers, call, held)
             except TimeoutError:
                 raise self._body_timeout() from None
         streamed = data is not None and not isinstance(data, bytes)
@@ -177,9 +190,12 @@ class Forwarder:
                 return await self.relay.answer(request, ctx, call, miss)
         except AnswerBroken as broken:
             return self.relay.abort(request, ctx, broken)
+        finally:
+            if held:
+                self.budget.give(held[0])
 
     async def _request_body(
-        self, request: web.Request, headers: CIMultiDict[str], call: Call
+        self, request: web.Request, headers: CIMultiDict[str], call: Call, held: list[int]
     ) -> bytes | AsyncIterator[bytes] | None:
         length = request.content_length
         if length is not None and length > self.max_body:
@@ -188,9 +204,15 @@ class Forwarder:
             return None
         content_type = request.headers.get("Content-Type", "")
         if is_json_type(content_type) and (length is None or length <= self.max_rewrite):
-            prefix, complete = await read_bounded(
-                request.content, self.max_rewrite, self.body_pause
-            )
+            await self._hold(length, held)
+            try:
+                prefix, complete = await read_bounded(
+                    request.content, self.max_rewrite, self.body_pause
+                )
+            except BaseException:
+                if held:
+                    self.budget.give(held.pop())
+                raise
             if complete:
                 return self.to_upstream.json(prefix)
             return self._stream_body(request, prefix, call)
@@ -200,6 +222,20 @@ class Forwarder:
         if length is not None:
             headers["Content-Length"] = str(length)  # keep the caller's framing, no chunking
         return self._stream_body(request, b"", call)
+
+    async def _hold(self, length: int | None, held: list[int]) -> None:
+        """Count a JSON body about to be read and rewritten (the bytes and their rewritten copy)
+        against the buffer budget, unless it is small; the body is left unread on a refusal."""
+        size = 2 * (length if length is not None else self.max_rewrite)
+        if size <= UNCOUNTED:
+            return
+        size = min(size, self.budget.limit)
+        try:
+            await self.budget.take(size)
+        except Overloaded as refused:
+            refused.headers["Connection"] = "close"
+            raise
+        held.append(size)
 
     async def _stream_body(
         self, request: web.Request, prefix: bytes, call: Call

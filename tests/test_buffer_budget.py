@@ -7,6 +7,7 @@ unrewritten, and every way out gives its bytes back.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import re
 from collections.abc import AsyncIterator
@@ -68,6 +69,12 @@ class FakeGini:
         await response.write_eof()
         return response
 
+    async def gzipped(self, request: web.Request) -> web.Response:
+        """A small answer on the wire that inflates to the whole listing."""
+        headers = {"Content-Encoding": "gzip"}
+        body = gzip.compress(document_list(self.url, 2 * BODY_BYTES))
+        return web.Response(body=body, content_type="application/json", headers=headers)
+
     async def post(self, request: web.Request) -> web.Response:
         self.posts += 1
         await request.read()
@@ -80,6 +87,7 @@ async def gini() -> AsyncIterator[FakeGini]:
     app = web.Application()
     app.router.add_get("/list", fake.listing)
     app.router.add_get("/held", fake.held)
+    app.router.add_get("/gz", fake.gzipped)
     app.router.add_post("/post", fake.post)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -159,6 +167,27 @@ async def test_no_room_in_time_is_503_overloaded_never_unrewritten(
     assert budget.used == 0
 
 
+async def test_a_compressed_answer_counts_as_what_it_inflates_to(
+    start_proxy: StartProxy, gini: FakeGini
+) -> None:
+    proxy = await small_budget_proxy(start_proxy, gini)
+    budget = budget_of(proxy)
+    assert len(gzip.compress(document_list(gini.url, 2 * BODY_BYTES))) < 64 * 1024  # small
+    held = asyncio.ensure_future(fetch(proxy, "/held"))
+    await eventually(lambda: _true(budget.used > 0))
+    status, _, body = await fetch(proxy, "/gz")
+    assert status == 503
+    assert json.loads(body)["error"] == "overloaded"
+    gini.gate.set()
+    assert (await held)[0] == 200
+    status, headers, body = await fetch(proxy, "/gz")
+    assert status == 200
+    assert "Content-Encoding" not in headers
+    assert len(body) > 2 * BODY_BYTES - 1000
+    assert gini.url.encode() not in body
+    await eventually(lambda: _true(budget.used == 0 and budget.waiting == 0))
+
+
 async def test_a_caller_leaving_while_waiting_holds_nothing(
     start_proxy: StartProxy, gini: FakeGini
 ) -> None:
@@ -174,6 +203,20 @@ async def test_a_caller_leaving_while_waiting_holds_nothing(
     gini.gate.set()
     assert (await held)[0] == 200
     await eventually(lambda: _true(budget.used == 0))
+
+
+async def test_a_caller_leaving_while_its_answer_is_held_gives_the_bytes_back(
+    start_proxy: StartProxy, gini: FakeGini
+) -> None:
+    proxy = await small_budget_proxy(start_proxy, gini)
+    budget = budget_of(proxy)
+    async with aiohttp.ClientSession() as other:
+        leaving = asyncio.ensure_future(other.get(proxy.url + "/held", headers=USER))
+        await eventually(lambda: _true(budget.used > 0))
+        leaving.cancel()
+    # Gini's answer never completes (the gate stays shut): only the caller's leaving ends it.
+    await eventually(lambda: _true(budget.used == 0))
+    assert not gini.gate.is_set()
 
 
 async def _post(proxy: RunningProxy, body: bytes) -> tuple[int, Any, bytes]:

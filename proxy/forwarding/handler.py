@@ -157,10 +157,10 @@ class Forwarder:
             headers = self.cache.forwarded(miss, headers)
         call = Call()
         data = None
-        held: list[int] = []  # the buffer budget the request body holds, given back at the end
+        held = 0  # bytes of the buffer budget the request body holds, given back at the end
         if request.body_exists or request.content_length:  # GETs skip a coroutine
             try:
-                data = await self._request_body(request, headers, call, held)
+                data, held = await self._request_body(request, headers, call)
             except TimeoutError:
                 raise self._body_timeout() from None
         streamed = data is not None and not isinstance(data, bytes)
@@ -192,50 +192,52 @@ class Forwarder:
             return self.relay.abort(request, ctx, broken)
         finally:
             if held:
-                self.budget.give(held[0])
+                self.budget.give(held)
 
     async def _request_body(
-        self, request: web.Request, headers: CIMultiDict[str], call: Call, held: list[int]
-    ) -> bytes | AsyncIterator[bytes] | None:
+        self, request: web.Request, headers: CIMultiDict[str], call: Call
+    ) -> tuple[bytes | AsyncIterator[bytes] | None, int]:
+        """The body to send to Gini, and the bytes of the buffer budget it holds."""
         length = request.content_length
         if length is not None and length > self.max_body:
             raise PayloadTooLarge
         if not request.body_exists:
-            return None
+            return None, 0
         content_type = request.headers.get("Content-Type", "")
         if is_json_type(content_type) and (length is None or length <= self.max_rewrite):
-            await self._hold(length, held)
-            try:
-                prefix, complete = await read_bounded(
-                    request.content, self.max_rewrite, self.body_pause
-                )
-            except BaseException:
-                if held:
-                    self.budget.give(held.pop())
-                raise
-            if complete:
-                return self.to_upstream.json(prefix)
-            return self._stream_body(request, prefix, call)
+            return await self._json_body(request, length, call)
         if length is not None and length <= SMALL_BODY:
             body, _ = await read_bounded(request.content, length, self.body_pause)
-            return body
+            return body, 0
         if length is not None:
             headers["Content-Length"] = str(length)  # keep the caller's framing, no chunking
-        return self._stream_body(request, b"", call)
+        return self._stream_body(request, b"", call), 0
 
-    async def _hold(self, length: int | None, held: list[int]) -> None:
-        """Count a JSON body about to be read and rewritten (the bytes and their rewritten copy)
-        against the buffer budget, unless it is small; the body is left unread on a refusal."""
+    async def _json_body(
+        self, request: web.Request, length: int | None, call: Call
+    ) -> tuple[bytes | AsyncIterator[bytes], int]:
+        """A JSON body, rewritten when it fits `max_rewrite_bytes`. Unless small, it counts
+        against the buffer budget (as received and rewritten) before it is read; refused, it is
+        left unread and the connection closed."""
         size = 2 * (length if length is not None else self.max_rewrite)
-        if size <= UNCOUNTED:
-            return
-        size = min(size, self.budget.limit)
+        held = min(size, self.budget.limit) if size > UNCOUNTED else 0
+        if held:
+            try:
+                await self.budget.take(held)
+            except Overloaded as refused:
+                refused.headers["Connection"] = "close"
+                raise
         try:
-            await self.budget.take(size)
-        except Overloaded as refused:
-            refused.headers["Connection"] = "close"
+            prefix, complete = await read_bounded(
+                request.content, self.max_rewrite, self.body_pause
+            )
+        except BaseException:
+            if held:
+                self.budget.give(held)
             raise
-        held.append(size)
+        if complete:
+            return self.to_upstream.json(prefix), held
+        return self._stream_body(request, prefix, call), held
 
     async def _stream_body(
         self, request: web.Request, prefix: bytes, call: Call

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -150,13 +150,11 @@ class Relay:
             if rewritten is None or len(body) + len(rewritten) <= UNCOUNTED:
                 return self.build(answer.status, answer.reason, headers, body, rewritten)
             out = Outgoing(request, ctx, call, headers)
-            return await self._whole(out, answer.status, answer.reason, body, rewritten)
+            return await self._sent(
+                out, self._whole(out, answer.status, answer.reason, body, rewritten)
+            )
         out = Outgoing(request, ctx, call, headers)
-        try:
-            return await self._fresh(out, miss)
-        finally:
-            if out.held:
-                self.budget.give(out.held)
+        return await self._sent(out, self._fresh(out, miss))
 
     async def cached(
         self, request: web.Request, ctx: RequestContext, hit: Hit
@@ -170,11 +168,7 @@ class Relay:
         headers["X-Cache"] = "HIT"
         out = Outgoing(request, ctx, None, headers)
         body = await entry.read()
-        try:
-            return await self._whole(out, entry.status, entry.reason, body, None)
-        finally:
-            if out.held:
-                self.budget.give(out.held)
+        return await self._sent(out, self._whole(out, entry.status, entry.reason, body, None))
 
     def abort(
         self, request: web.Request, ctx: RequestContext, broken: AnswerBroken
@@ -195,6 +189,17 @@ class Relay:
             request.transport.close()
         assert ctx.response_started is not None  # only a started answer can break off
         return ctx.response_started
+
+    async def _sent(
+        self, out: Outgoing, sending: Coroutine[Any, Any, web.StreamResponse]
+    ) -> web.StreamResponse:
+        """`sending`'s answer; whatever of the budget `out` came to hold is given back once it
+        is out, also when it failed or was cancelled."""
+        try:
+            return await sending
+        finally:
+            if out.held:
+                self.budget.give(out.held)
 
     async def _fresh(self, out: Outgoing, miss: Miss | None) -> web.StreamResponse:
         """Gini's body, stored first under `miss` if it can be, then relayed by `_body`."""

@@ -212,6 +212,7 @@ class Relay:
             prefix, stored = await self.cache.store(miss, answer)
             if stored:
                 return await self._whole(out, answer.status, answer.reason, prefix, None)
+            self._shrink(out, 2 * len(prefix))  # not storable: keep what was read, if anything
         return await self._body(out, prefix)
 
     async def _hold(self, out: Outgoing, length: int | None, limit: int) -> None:
@@ -224,6 +225,12 @@ class Relay:
         if more > 0:
             await self.budget.take(more)
             out.held += more
+
+    def _shrink(self, out: Outgoing, counted: int) -> None:
+        """Give back what `out` holds beyond `counted` bytes."""
+        if out.held > counted:
+            self.budget.give(out.held - counted)
+            out.held = counted
 
     async def _whole(
         self,
@@ -239,10 +246,8 @@ class Relay:
             rewritten = self.rewrite(out.headers, body)
         size = len(body) + (len(rewritten) if rewritten is not None else 0)
         counted = min(size, self.budget.limit) if size > UNCOUNTED else 0
+        self._shrink(out, counted)  # `_hold` may have counted more than arrived
         more = counted - out.held
-        if more < 0:  # `_hold` counted more than arrived (a length it could not know)
-            self.budget.give(-more)
-            out.held = counted
         if not counted:
             return self.build(status, reason, out.headers, body, rewritten)
         if more > 0 and not self.budget.take_now(more):

@@ -170,6 +170,15 @@ def error_answer(error: ProxyError, request_id: str) -> tuple[dict[str, str], by
     return headers, body.encode()
 
 
+class Overloaded(ProxyError):
+    """Bodies held in memory for rewriting reached `max_buffered_bytes`; raised with
+    `Retry-After`."""
+
+    status = 503
+    code = "overloaded"
+    default_message = "The proxy is holding too many answers in memory; retry shortly."
+
+
 class StartupError(Exception):
     """A valid configuration that cannot run here: a port is taken, the store cannot be opened
     or holds another identity key, stored credentials cannot be decrypted (exit code 3)."""

@@ -21,7 +21,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from proxy.web import aiohttp_server
 
-from .test_reload import eventually
+from .conftest import eventually
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: fence.test\r\n\r\n"
 PROXY = Path(__file__).resolve().parent.parent / "proxy"

@@ -24,10 +24,9 @@ from proxy.config.signing_keys import load_signing_key
 from proxy.sandbox import GiniSimulator
 from proxy.sandbox.jwt_auth import JwtSettings
 
-from .conftest import HMAC_KEY, USER, RunningProxy, StartProxy
+from .conftest import HMAC_KEY, USER, RunningProxy, StartProxy, eventually
 from .jwt_support import ISSUER, JWKS_PATH, ec_pem, jwt_overrides
 from .secret_volume import SecretVolume
-from .test_reload import eventually
 
 # --- the splitter ------------------------------------------------------------------------------
 

@@ -344,3 +344,46 @@ async def test_the_entries_gauge_exists_only_with_a_cache(start_proxy: StartProx
     cached = await start_proxy(**cache_config("memory", ["/paymentProviders"]))
     async with cached.client.get(cached.admin_url + "/metrics") as response:
         assert "gini_proxy_response_cache_entries" in await response.text()
+
+
+async def test_a_shared_entry_cannot_be_shaped_by_one_caller(
+    start_proxy: StartProxy, sim: GiniSimulator
+) -> None:
+    """Caller A's unkeyed headers never reach Gini on a shared route, so B and C get an entry
+    made only of what every caller with the same key would send."""
+    proxy = await start_proxy(
+        **cache_config("memory", [{"path": "/_sandbox/echo", "shared": True}])
+    )
+    evil = {
+        **USER,
+        "X-Evil": "poisonedByA",
+        "X_Evil": "poisonedByA",
+        "If-None-Match": '"poisonedByA"',
+        "Range": "bytes=0-1",
+        "User-Agent": "poisonedByA",
+        "X-Document-Metadata-Branchid": "poisonedByA",
+        "Accept": "application/json",
+        "Accept-Language": "de",
+    }
+    headers, body = await get(proxy, "/_sandbox/echo", evil)
+    assert headers["X-Cache"] == "MISS"
+    names = {name.lower() for name, _ in json.loads(body)["headers"]}
+    assert "poisonedByA" not in body.decode()
+    assert {"accept", "accept-language", "authorization", "x-user-identifier"} <= names
+    unkeyed = {"x-evil", "x_evil", "if-none-match", "range", "x-document-metadata-branchid"}
+    assert not names & unkeyed
+    for user in (BOB, {"X-User-Id": "carol@example.com"}):
+        same = {**user, "Accept": "application/json", "Accept-Language": "de"}
+        headers, served = await get(proxy, "/_sandbox/echo", same)
+        assert headers["X-Cache"] == "HIT"
+        assert served == body
+    # Accept-Language is part of the key: another language is another entry.
+    headers, _ = await get(proxy, "/_sandbox/echo", {**BOB, "Accept-Language": "en"})
+    assert headers["X-Cache"] == "MISS"
+    assert len([r for r in sim.state.requests if r.path == "/_sandbox/echo"]) == 2
+
+
+async def test_per_user_routes_still_forward_the_callers_headers(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(**cache_config("memory", ["/_sandbox/echo"]))
+    _, body = await get(proxy, "/_sandbox/echo", {**USER, "X-Document-Metadata-Branchid": "b7"})
+    assert ["X-Document-Metadata-Branchid", "b7"] in json.loads(body)["headers"]

@@ -43,15 +43,22 @@ def filter_headers(items: list[tuple[str, str]], drop: frozenset[str]) -> list[t
     return list(HeaderFilter(drop)(CIMultiDict(items)).items())
 
 
+def canonical(name: str) -> str:
+    """How a name is compared: case-insensitive, and `_` taken for `-` (as many stacks do)."""
+    return name.lower().replace("_", "-")
+
+
 def reference_filter(items: list[tuple[str, str]], drop: frozenset[str]) -> list[tuple[str, str]]:
-    """RFC 9110 section 7.6.1 spelled out: drop the named headers and those `Connection` lists."""
+    """RFC 9110 section 7.6.1 spelled out: drop the named headers and those `Connection` lists,
+    reading `_` as `-` in every name."""
     listed = {
-        token.strip().lower()
+        canonical(token.strip())
         for name, value in items
         if name.lower() == "connection"
         for token in value.split(",")
     }
-    return [(n, v) for n, v in items if n.lower() not in drop and n.lower() not in listed]
+    dropped = {canonical(name) for name in drop}
+    return [(n, v) for n, v in items if canonical(n) not in dropped | listed]
 
 
 def test_filter_headers_drops_listed_names_in_any_case() -> None:
@@ -67,6 +74,21 @@ def test_filter_headers_drops_listed_names_in_any_case() -> None:
     assert filter_headers(items, NEVER_FORWARD) == [
         ("Accept", "application/json"),
         ("X-Custom", "1"),
+    ]
+
+
+def test_filter_headers_drops_underscore_spellings() -> None:
+    items = [
+        ("X_User_Identifier", "forged"),
+        ("x_jwt_authorization", "Bearer forged"),
+        ("Proxy_Authorization", "Basic eDp5"),
+        ("Transfer_Encoding", "chunked"),
+        ("X_Custom", "1"),
+    ]
+    assert filter_headers(items, NEVER_FORWARD) == [("X_Custom", "1")]
+    # A configured name with an underscore drops the hyphenated spelling too.
+    assert filter_headers([("X-User-Id", "bob"), ("X-Kept", "1")], frozenset({"x_user_id"})) == [
+        ("X-Kept", "1")
     ]
 
 
@@ -113,8 +135,19 @@ def _random_case(name: str, flips: list[bool]) -> str:
 
 
 _token = st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)
+_never_forwarded = st.builds(
+    _random_case, st.sampled_from(sorted(NEVER_FORWARD)), st.lists(st.booleans())
+)
 _header_name = st.one_of(
-    st.builds(_random_case, st.sampled_from(sorted(NEVER_FORWARD)), st.lists(st.booleans())),
+    _never_forwarded,
+    # Underscore spellings (`X_User_Identifier`), which many stacks read as the hyphenated name.
+    st.tuples(_never_forwarded, st.lists(st.booleans())).map(
+        lambda pair: "".join(
+            "_" if c == "-" and flip else c
+            for c, flip in zip(pair[0], pair[1] + [True] * len(pair[0]), strict=False)
+        )
+    ),
+    _token.map(lambda t: "X_" + t.replace("-", "_")),
     _token.map(lambda t: "X-" + t),
     st.sampled_from(["Accept", "Content-Type", "Connection", "User-Agent"]),
 )
@@ -129,17 +162,17 @@ _header_value = st.one_of(
 def test_property_filter_headers(items: list[tuple[str, str]]) -> None:
     out = filter_headers(items, NEVER_FORWARD)
     listed = {
-        token.strip().lower()
+        canonical(token.strip())
         for name, value in items
         if name.lower() == "connection"
         for token in value.split(",")
     }
     for name, _ in out:
-        assert name.lower() not in NEVER_FORWARD
-        assert name.lower() not in listed
+        assert canonical(name) not in NEVER_FORWARD  # also never in its underscore spelling
+        assert canonical(name) not in listed
     # Exactly the other headers survive, in their order, duplicates included.
     expected = [
-        (n, v) for n, v in items if n.lower() not in NEVER_FORWARD and n.lower() not in listed
+        (n, v) for n, v in items if canonical(n) not in NEVER_FORWARD and canonical(n) not in listed
     ]
     assert out == expected
 

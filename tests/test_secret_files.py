@@ -26,9 +26,8 @@ from proxy.config.reader import ConfigError
 from proxy.config.reload import InvalidSecret, SecretSource, text_value
 from proxy.sandbox import GiniSimulator
 
-from .conftest import CLIENT_SECRET, USER, RunningProxy, StartProxy, config_data, merge
+from .conftest import CLIENT_SECRET, USER, RunningProxy, StartProxy, config_data, eventually, merge
 from .secret_volume import SecretVolume
-from .test_reload import eventually
 from .test_server import free_port, spawn
 
 NEW_SECRET = "rotated-client-secret-5e0f12"

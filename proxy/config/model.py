@@ -123,6 +123,7 @@ class Config:
     reload_interval_seconds: float = 30.0  # {file:} secrets re-read this often; 0 = SIGHUP only
     source_file: Path | None = None  # the YAML file read, as named (not resolved): watched only
     jwt: JwtConfig | None = None
+    max_buffered_bytes: int = 64 << 20  # bodies held in memory at once, process-wide
 
     def secrets(self) -> list[str]:
         """Every secret value this config holds (fed to the log redactor)."""

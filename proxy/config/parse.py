@@ -48,6 +48,7 @@ _TOP_KEYS = (
     "logging", "client_timeouts", "max_connections",
     "admin_max_connections", "max_header_bytes",
     "reload_interval_seconds", "jwt",
+    "max_buffered_bytes",
 )  # fmt: skip
 
 
@@ -139,6 +140,9 @@ def build_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: Path
             data, "reload_interval_seconds", "reload_interval_seconds", 30, 0, 86400
         ),
         jwt=read_jwt(r, data, client.auth),
+        max_buffered_bytes=r.integer(
+            data, "max_buffered_bytes", "max_buffered_bytes", 64 << 20, 1 << 20, 1 << 40
+        ),
     )
     if r.problems:
         raise ConfigError(r.problems)

@@ -1,10 +1,12 @@
 """Response cache for allow-listed GET routes, with aiohttp-client-cache as the storage engine.
 
-Keys are ours, not the library's: method, raw path and query, the `Accept` header, whether
-the caller takes gzip, and, unless the route is `shared`, the caller's derived identifier; so
-one user's answer is never served to another. Entries are signed (itsdangerous, keyed from the
-HMAC key) wherever they are serialized, so a value planted in Redis or the SQLite file is
-rejected rather than unpickled. Every failure of the cache degrades to a pass-through.
+Keys are ours, not the library's: method, raw path and query, the `Accept` and
+`Accept-Language` headers, whether the caller takes gzip, and, unless the route is `shared`,
+the caller's derived identifier; so one user's answer is never served to another. A shared
+route forwards only the headers in the key and the proxy's own, so no caller shapes its entry.
+Entries are signed (itsdangerous, keyed from the HMAC key) wherever they are serialized, so a
+value planted in Redis or the SQLite file is rejected rather than unpickled. Every failure of
+the cache degrades to a pass-through.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import redis.exceptions
 from aiohttp import web
 from aiohttp_client_cache.backends.sqlite import SQLiteBackend
 from aiohttp_client_cache.response import CachedResponse
+from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config import ResponseCacheConfig
@@ -51,6 +54,20 @@ _OUTAGES = (
     sqlite3.DatabaseError,
 )
 _CREDENTIALS_RAW = frozenset(name.encode("ascii") for name in CREDENTIAL_ANSWER_HEADERS)
+# What a `shared` route forwards to Gini: one answer serves every caller, so no caller may add
+# a header that shapes it (`X-Evil`, `If-None-Match`, `Range`...). The caller's `Accept` and
+# `Accept-Language` (both in the key), and what `Forwarder.upstream_headers` sets itself.
+SHARED_FORWARD = frozenset(
+    {
+        "accept",
+        "accept-language",
+        "accept-encoding",
+        "authorization",
+        "x-user-identifier",
+        "x-jwt-authorization",
+        "x-request-id",
+    }
+)
 
 
 class Clock(Protocol):
@@ -104,6 +121,11 @@ class ResponseCache:
     def _monotonic(self) -> float:
         return self.clock.monotonic()
 
+    @property
+    def max_entry_bytes(self) -> int:
+        """The largest answer stored (read whole by `store`)."""
+        return self.config.max_entry_bytes
+
     def route(self, method: str, path: str) -> str | None:
         """The allow-listed template this request falls under, or None."""
         if method not in ("GET", "HEAD"):
@@ -111,11 +133,21 @@ class ResponseCache:
         template = self.table.match(path)
         return None if template == OTHER else template
 
-    def key(self, template: str, raw_path: str, identifier: str, accept: str, gzip: bool) -> str:
-        """The entry key; per user unless the route is shared."""
+    def key(self, template: str, raw_path: str, identifier: str, headers: CIMultiDict[str]) -> str:
+        """The entry key, from Gini's request `headers`; per user unless the route is shared."""
         user = "" if self.shared[template] else identifier
-        parts = (raw_path, user, accept, "gzip" if gzip else "identity")
+        gzip = "identity" if headers.get("Accept-Encoding") == "identity" else "gzip"
+        # Every value: a second `Accept` line is forwarded too, so it must be in the key.
+        accept = ",".join(headers.getall("Accept", ()))
+        language = ",".join(headers.getall("Accept-Language", ()))
+        parts = (raw_path, user, accept, gzip, language)
         return hmac.new(self.secret, "\x00".join(parts).encode(), hashlib.sha256).hexdigest()
+
+    def forwarded(self, miss: Miss | None, headers: CIMultiDict[str]) -> CIMultiDict[str]:
+        """Gini's request headers for `miss`: on a shared route only `SHARED_FORWARD`."""
+        if miss is None or not self.shared[miss.template]:
+            return headers
+        return CIMultiDict((n, v) for n, v in headers.items() if n.lower() in SHARED_FORWARD)
 
     def storable(self, template: str, status: int, headers: Mapping[str, str]) -> bool:
         """Only complete 200 answers that Gini does not mark as per-user or uncacheable."""
@@ -138,7 +170,7 @@ class ResponseCache:
         inc()
 
     async def lookup(
-        self, request: web.Request, identifier: str, upstream_headers: Mapping[str, str]
+        self, request: web.Request, identifier: str, upstream_headers: CIMultiDict[str]
     ) -> Hit | Miss | None:
         """What the cache holds for this request; None when its route is not cached."""
         template = self.route(request.method, request.path)
@@ -147,13 +179,7 @@ class ResponseCache:
         if request.body_exists:
             self.count(template, "bypass")
             return None
-        key = self.key(
-            template,
-            request.raw_path,
-            identifier,
-            upstream_headers.get("Accept", ""),
-            upstream_headers.get("Accept-Encoding") != "identity",
-        )
+        key = self.key(template, request.raw_path, identifier, upstream_headers)
         entry = await self.get(template, key)
         if entry is None:
             self.count(template, "miss")

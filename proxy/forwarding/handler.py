@@ -28,10 +28,18 @@ from yarl import URL
 
 from proxy.config import Config
 from proxy.credentials import Authorizer
-from proxy.errors import BadRequest, MethodNotAllowed, PayloadTooLarge, RequestTimeout
+from proxy.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+)
 from proxy.forwarding.body import SMALL_BODY, STREAM_CHUNK, read_bounded, read_paced
+from proxy.forwarding.budget import UNCOUNTED, BufferBudget
 from proxy.forwarding.relay import Miss, Relay
 from proxy.forwarding.rewrite import NEVER_FORWARD, HeaderFilter, UrlRewriter, is_json_type
+from proxy.forwarding.target import has_dot_segment
 from proxy.identity import CallerIdentity
 from proxy.upstream import PAY_API, AnswerBroken, Call, Upstream
 from proxy.web.context import RequestContext
@@ -41,6 +49,7 @@ if TYPE_CHECKING:
 
 # TRACE would echo the injected credentials back to the caller; CONNECT would open a tunnel.
 REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
+DOT_SEGMENT_MESSAGE = "The request path has a `.` or `..` segment; it is never forwarded."
 
 
 _URL_MEMO = 1024  # request targets whose upstream URL is remembered
@@ -80,8 +89,14 @@ class Forwarder:
             connect=config.upstream.connect_timeout_seconds,
             sock_read=config.upstream.timeout_seconds,
         )
+        # One per process (one Forwarder per app): request and answer bodies share it.
+        self.budget = BufferBudget(config.max_buffered_bytes)
         self.relay = Relay(
-            UrlRewriter(self.base, config.public_url), config.max_rewrite_bytes, cache, self.timeout
+            UrlRewriter(self.base, config.public_url),
+            config.max_rewrite_bytes,
+            cache,
+            self.timeout,
+            self.budget,
         )
 
     def upstream_url(self, raw_target: str) -> URL:
@@ -95,6 +110,8 @@ class Forwarder:
             return url
         if not raw_target.startswith("/"):
             raise BadRequest  # absolute-form (`http://evil/`) or asterisk-form (`*`)
+        if has_dot_segment(raw_target):
+            raise BadRequest(DOT_SEGMENT_MESSAGE)
         url = URL(self.base + raw_target, encoded=True)
         if (url.scheme, url.raw_host, url.port) != self._origin:  # belt and braces
             raise BadRequest
@@ -130,13 +147,15 @@ class Forwarder:
         if self.cache is not None:
             found = await self.cache.lookup(request, identifier, headers)
             if found is not None and not isinstance(found, Miss):
-                return await self.relay.cached(ctx, found)
+                return await self.relay.cached(request, ctx, found)
             miss = found
+            headers = self.cache.forwarded(miss, headers)
         call = Call()
         data = None
+        held = 0  # bytes of the buffer budget the request body holds, given back at the end
         if request.body_exists or request.content_length:  # GETs skip a coroutine
             try:
-                data = await self._request_body(request, headers, call)
+                data, held = await self._request_body(request, headers, call)
             except TimeoutError:
                 raise self._body_timeout() from None
         streamed = data is not None and not isinstance(data, bytes)
@@ -163,29 +182,54 @@ class Forwarder:
                 return await self.relay.answer(request, ctx, call, miss)
         except AnswerBroken as broken:
             return self.relay.abort(request, ctx, broken)
+        finally:
+            if held:
+                self.budget.give(held)
 
     async def _request_body(
         self, request: web.Request, headers: CIMultiDict[str], call: Call
-    ) -> bytes | AsyncIterator[bytes] | None:
+    ) -> tuple[bytes | AsyncIterator[bytes] | None, int]:
+        """The body to send to Gini, and the bytes of the buffer budget it holds."""
         length = request.content_length
         if length is not None and length > self.max_body:
             raise PayloadTooLarge
         if not request.body_exists:
-            return None
+            return None, 0
         content_type = request.headers.get("Content-Type", "")
         if is_json_type(content_type) and (length is None or length <= self.max_rewrite):
+            return await self._json_body(request, length, call)
+        if length is not None and length <= SMALL_BODY:
+            body, _ = await read_bounded(request.content, length, self.body_pause)
+            return body, 0
+        if length is not None:
+            headers["Content-Length"] = str(length)  # keep the caller's framing, no chunking
+        return self._stream_body(request, b"", call), 0
+
+    async def _json_body(
+        self, request: web.Request, length: int | None, call: Call
+    ) -> tuple[bytes | AsyncIterator[bytes], int]:
+        """A JSON body, rewritten when it fits `max_rewrite_bytes`. Unless small, it counts
+        against the buffer budget (as received and rewritten) before it is read; refused, it is
+        left unread and the connection closed."""
+        size = 2 * (length if length is not None else self.max_rewrite)
+        held = min(size, self.budget.limit) if size > UNCOUNTED else 0
+        if held:
+            try:
+                await self.budget.take(held)
+            except Overloaded as refused:
+                refused.headers["Connection"] = "close"
+                raise
+        try:
             prefix, complete = await read_bounded(
                 request.content, self.max_rewrite, self.body_pause
             )
-            if complete:
-                return self.to_upstream.json(prefix)
-            return self._stream_body(request, prefix, call)
-        if length is not None and length <= SMALL_BODY:
-            body, _ = await read_bounded(request.content, length, self.body_pause)
-            return body
-        if length is not None:
-            headers["Content-Length"] = str(length)  # keep the caller's framing, no chunking
-        return self._stream_body(request, b"", call)
+        except BaseException:
+            if held:
+                self.budget.give(held)
+            raise
+        if complete:
+            return self.to_upstream.json(prefix), held
+        return self._stream_body(request, prefix, call), held
 
     async def _stream_body(
         self, request: web.Request, prefix: bytes, call: Call

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.forwarding.body import SMALL_BODY, STREAM_CHUNK, read_bounded, recode_json
+from proxy.forwarding.budget import UNCOUNTED, BufferBudget
 from proxy.forwarding.rewrite import NEVER_RETURN, HeaderFilter, UrlRewriter, is_json_type
 from proxy.upstream import AnswerBroken, Call
 from proxy.web.context import RequestContext
@@ -52,30 +53,47 @@ class Miss:
 class AnswerStore(Protocol):
     """What the relay asks of the response cache (`cache.ResponseCache`)."""
 
+    @property
+    def max_entry_bytes(self) -> int: ...
+
     async def store(self, miss: Miss, answer: aiohttp.ClientResponse) -> tuple[bytes, bool]: ...
 
 
 @dataclass(slots=True)
 class Outgoing:
-    """One fresh answer on its way out: the caller's request, Gini's call, the caller's
-    headers."""
+    """One answer on its way out: the caller's request, Gini's call (none for a cache hit),
+    the caller's headers, and the bytes of the buffer budget it holds."""
 
     request: web.Request
     ctx: RequestContext
-    call: Call
+    call: Call | None
     headers: CIMultiDict[str]
+    held: int = 0
 
 
 class Relay:
-    """Builds the caller's response; one instance per Forwarder."""
+    """Builds the caller's response; one instance per Forwarder.
+
+    `build` is the one place an answer held whole in memory becomes a response, and `_stream`
+    the one place a streamed answer starts. An answer that holds more than `UNCOUNTED` bytes
+    (as received plus its rewritten copy) counts against the buffer budget and is sent here,
+    so the bytes are given back once it is out, on every way out.
+    """
 
     def __init__(
-        self, to_public: UrlRewriter, max_rewrite: int, cache: AnswerStore | None, timeout: float
+        self,
+        to_public: UrlRewriter,
+        max_rewrite: int,
+        cache: AnswerStore | None,
+        timeout: float,
+        budget: BufferBudget | None = None,
     ):
         self.to_public = to_public
         self.max_rewrite = max_rewrite
         self.cache = cache
         self.timeout = timeout
+        # A relay of its own (tests of headers only) gets a budget of its own.
+        self.budget = budget if budget is not None else BufferBudget(64 << 20)
 
     def headers(self, upstream: Mapping[str, str], ctx: RequestContext) -> CIMultiDict[str]:
         """Gini's headers minus hop-by-hop and recomputed ones, with URLs rewritten."""
@@ -86,18 +104,30 @@ class Relay:
                 headers[name] = self.to_public.url(value)
         if ctx.gini_request_id is not None:
             headers["X-Gini-Request-Id"] = ctx.gini_request_id
-        return headers  # X-Request-Id: set by the wrapper, or by `_stream` before it starts
+        return headers  # X-Request-Id: set by the wrapper, or by `_start` before sending
 
-    def buffered(
-        self, status: int, reason: str | None, headers: CIMultiDict[str], body: bytes
+    def rewrite(self, headers: CIMultiDict[str], body: bytes) -> bytes | None:
+        """`body` as sent to the caller when that differs: a JSON body up to `max_rewrite` with
+        Gini's URLs rewritten (and decompressed to do so); None to send it as it is."""
+        if not body or len(body) > self.max_rewrite:
+            return None
+        if not is_json_type(headers.get("Content-Type", "")):
+            return None
+        encoding = headers.get("Content-Encoding", "identity").lower()
+        return recode_json(body, encoding, self.max_rewrite, self.to_public.json)
+
+    def build(
+        self,
+        status: int,
+        reason: str | None,
+        headers: CIMultiDict[str],
+        body: bytes | None,
+        rewritten: bytes | None = None,
     ) -> web.Response:
-        """A complete answer in memory, JSON URLs rewritten (decompressing gzip if needed)."""
-        if body and is_json_type(headers.get("Content-Type", "")):
-            encoding = headers.get("Content-Encoding", "identity").lower()
-            recoded = recode_json(body, encoding, self.max_rewrite, self.to_public.json)
-            if recoded is not None:
-                headers.popall("Content-Encoding", None)
-                body = recoded
+        """An answer held whole in memory: `body`, or `rewritten` (identity-encoded) instead."""
+        if rewritten is not None:
+            headers.popall("Content-Encoding", None)
+            body = rewritten
         return web.Response(status=status, reason=reason, headers=headers, body=body)
 
     async def answer(
@@ -110,26 +140,25 @@ class Relay:
         if request.method == "HEAD" or answer.status in _NO_BODY_STATUSES:
             if length is not None and request.method == "HEAD":
                 headers["Content-Length"] = str(length)
-            return web.Response(status=answer.status, reason=answer.reason, headers=headers)
+            return self.build(answer.status, answer.reason, headers, None)
         content = answer.content
-        if miss is None and length is not None and content.is_eof():
-            # A sized answer already buffered whole (small answers arrive with their head):
-            # answered from memory, as `_body` would, without its reads (2 % of a request).
+        if miss is None and length is not None and length <= SMALL_BODY and content.is_eof():
+            # A small answer already buffered whole (it arrived with its head): answered from
+            # memory, without `_body`'s reads (2 % of a request).
             body = content.read_nowait()
-            if len(body) <= self.max_rewrite:
-                return self.buffered(answer.status, answer.reason, headers, body)
-            return web.Response(
-                status=answer.status, reason=answer.reason, headers=headers, body=body
+            rewritten = self.rewrite(headers, body)
+            if rewritten is None or len(body) + len(rewritten) <= UNCOUNTED:
+                return self.build(answer.status, answer.reason, headers, body, rewritten)
+            out = Outgoing(request, ctx, call, headers)
+            return await self._sent(
+                out, self._whole(out, answer.status, answer.reason, body, rewritten)
             )
-        prefix = b""
-        if miss is not None and self.cache is not None:
-            headers["X-Cache"] = "MISS"
-            prefix, stored = await self.cache.store(miss, answer)
-            if stored:
-                return self.buffered(answer.status, answer.reason, headers, prefix)
-        return await self._body(Outgoing(request, ctx, call, headers), prefix)
+        out = Outgoing(request, ctx, call, headers)
+        return await self._sent(out, self._fresh(out, miss))
 
-    async def cached(self, ctx: RequestContext, hit: Hit) -> web.Response:
+    async def cached(
+        self, request: web.Request, ctx: RequestContext, hit: Hit
+    ) -> web.StreamResponse:
         """A stored answer, relayed like a fresh one."""
         entry = hit.entry
         ctx.gini_request_id = entry.headers.get("X-Request-Id")
@@ -137,7 +166,9 @@ class Relay:
         age = (datetime.now(UTC).replace(tzinfo=None) - entry.created_at).total_seconds()
         headers["Age"] = str(max(0, int(age)))
         headers["X-Cache"] = "HIT"
-        return self.buffered(entry.status, entry.reason, headers, await entry.read())
+        out = Outgoing(request, ctx, None, headers)
+        body = await entry.read()
+        return await self._sent(out, self._whole(out, entry.status, entry.reason, body, None))
 
     def abort(
         self, request: web.Request, ctx: RequestContext, broken: AnswerBroken
@@ -159,39 +190,122 @@ class Relay:
         assert ctx.response_started is not None  # only a started answer can break off
         return ctx.response_started
 
+    async def _sent(
+        self, out: Outgoing, sending: Coroutine[Any, Any, web.StreamResponse]
+    ) -> web.StreamResponse:
+        """`sending`'s answer; whatever of the budget `out` came to hold is given back once it
+        is out, also when it failed or was cancelled."""
+        try:
+            return await sending
+        finally:
+            if out.held:
+                self.budget.give(out.held)
+
+    async def _fresh(self, out: Outgoing, miss: Miss | None) -> web.StreamResponse:
+        """Gini's body, stored first under `miss` if it can be, then relayed by `_body`."""
+        assert out.call is not None
+        answer = out.call.response
+        prefix = b""
+        if miss is not None and self.cache is not None:
+            out.headers["X-Cache"] = "MISS"
+            await self._hold(out, answer.content_length, self.cache.max_entry_bytes)
+            prefix, stored = await self.cache.store(miss, answer)
+            if stored:
+                return await self._whole(out, answer.status, answer.reason, prefix, None)
+            self._shrink(out, 2 * len(prefix))  # not storable: keep what was read, if anything
+        return await self._body(out, prefix)
+
+    async def _hold(self, out: Outgoing, length: int | None, limit: int) -> None:
+        """Count a body of `length` bytes (`limit` when unknown) and its rewritten copy before
+        reading it, unless it is small; waits for room, or raises `Overloaded`."""
+        size = 2 * (min(length, limit) if length is not None else limit)
+        if size <= UNCOUNTED:
+            return
+        more = min(size, self.budget.limit) - out.held
+        if more > 0:
+            await self.budget.take(more)
+            out.held += more
+
+    def _shrink(self, out: Outgoing, counted: int) -> None:
+        """Give back what `out` holds beyond `counted` bytes."""
+        if out.held > counted:
+            self.budget.give(out.held - counted)
+            out.held = counted
+
+    async def _whole(
+        self,
+        out: Outgoing,
+        status: int,
+        reason: str | None,
+        body: bytes,
+        rewritten: bytes | None,
+    ) -> web.StreamResponse:
+        """An answer held whole: built and returned if small, else counted (topping up what is
+        already held), built and sent here. `rewritten`: `rewrite`'s result if already known."""
+        if rewritten is None:
+            rewritten = self.rewrite(out.headers, body)
+        size = len(body) + (len(rewritten) if rewritten is not None else 0)
+        counted = min(size, self.budget.limit) if size > UNCOUNTED else 0
+        self._shrink(out, counted)  # `_hold` may have counted more than arrived
+        more = counted - out.held
+        if not counted:
+            return self.build(status, reason, out.headers, body, rewritten)
+        if more > 0 and not self.budget.take_now(more):
+            # The rewritten copy exists only since `rewrite` (no await since): drop it while
+            # waiting, so waiting answers hold only bytes the budget counts.
+            rewritten = None
+            await self.budget.take(more)
+            out.held += more
+            rewritten = self.rewrite(out.headers, body)
+        elif more > 0:
+            out.held += more
+        response = self.build(status, reason, out.headers, body, rewritten)
+        await self._start(out, response)
+        await response.write_eof()
+        return response
+
     async def _body(self, out: Outgoing, prefix: bytes) -> web.StreamResponse:
         """The body after `prefix` (already read): rewritten JSON, one small read, or a stream."""
+        assert out.call is not None
         answer = out.call.response
         length = answer.content_length
         json_type = is_json_type(answer.headers.get("Content-Type", ""))
         if json_type and (length or 0) <= self.max_rewrite and len(prefix) <= self.max_rewrite:
+            await self._hold(out, length, self.max_rewrite)
             rest, complete = await read_bounded(answer.content, self.max_rewrite - len(prefix))
             if complete:
-                return self.buffered(answer.status, answer.reason, out.headers, prefix + rest)
+                return await self._whole(out, answer.status, answer.reason, prefix + rest, None)
             return await self._stream(out, prefix + rest)
         if not prefix and length is not None and length <= SMALL_BODY:
             body = await answer.content.read()
-            return web.Response(
-                status=answer.status, reason=answer.reason, headers=out.headers, body=body
-            )
+            return self.build(answer.status, answer.reason, out.headers, body)
         return await self._stream(out, prefix)
 
+    async def _start(self, out: Outgoing, response: web.StreamResponse) -> None:
+        """Send the head of an answer this relay writes itself (the wrapper only sees it
+        started): from here a failure cuts the connection (`abort`)."""
+        out.headers["X-Request-Id"] = out.ctx.request_id
+        if out.call is not None and out.call.deadline.when() is not None:
+            out.call.deadline.reschedule(None)  # the deadline is Gini's, not a slow caller's
+        await response.prepare(out.request)
+        out.ctx.response_started = response
+        if out.call is not None:
+            out.call.relaying = True
+
     async def _stream(self, out: Outgoing, prefix: bytes) -> web.StreamResponse:
+        assert out.call is not None
         answer, ctx, deadline = out.call.response, out.ctx, out.call.deadline
-        out.headers["X-Request-Id"] = ctx.request_id  # the wrapper only sees it started
+        timed = deadline.when() is not None  # before `_start` pauses it
         response = web.StreamResponse(
             status=answer.status, reason=answer.reason, headers=out.headers
         )
         if answer.content_length is not None:
             response.content_length = answer.content_length
-        await response.prepare(out.request)
-        ctx.response_started = response
-        out.call.relaying = True
+        await self._start(out, response)
         if prefix:
             await response.write(prefix)
             ctx.bytes_out += len(prefix)
         loop = asyncio.get_running_loop()
-        timed = deadline.when() is not None
         while True:
             if timed:  # the deadline covers waiting for Gini, not writing to a slow caller
                 deadline.reschedule(loop.time() + self.timeout)

@@ -69,7 +69,7 @@ _VERDICTS = 512  # header spellings a filter remembers; callers choose names, so
 class HeaderFilter:
     """`filter(headers)`: a mutable copy of `headers` without `drop` (lowercase names) and
     without any header a `Connection` header lists (RFC 9110 section 7.6.1); order and repeats
-    are kept. One per drop list, used in both directions.
+    are kept; `_` in a name counts as `-`. One per drop list, used in both directions.
 
     What to do with a name is remembered per spelling, so a request's dozen headers cost a
     dict lookup each instead of `str.lower()` and a set lookup: -4.2k instructions per flow-1
@@ -79,11 +79,11 @@ class HeaderFilter:
     __slots__ = ("_verdicts", "drop")
 
     def __init__(self, drop: frozenset[str]):
-        self.drop = drop
+        self.drop = frozenset(_canonical(name) for name in drop)
         self._verdicts: dict[str, int] = {}
 
     def _verdict(self, name: str) -> int:
-        lower = name.lower()
+        lower = _canonical(name)
         verdict = (_DROP if lower in self.drop else _KEEP) + (
             _LISTS_KEEP if lower == "connection" else 0
         )
@@ -108,11 +108,16 @@ class HeaderFilter:
                 if verdict == _LISTS_KEEP:
                     add(name, value)
         if listed is not None:
-            for token in ",".join(listed).split(","):
-                name = token.strip()
-                if name:
-                    kept.popall(name, None)
+            names = {_canonical(token.strip()) for token in ",".join(listed).split(",")}
+            kept = CIMultiDict((n, v) for n, v in kept.items() if _canonical(n) not in names)
         return kept
+
+
+def _canonical(name: str) -> str:
+    """A header name as the filters compare it: lowercase, `_` read as `-`. Many stacks (CGI,
+    WSGI, nginx's `underscores_in_headers`) map one to the other, so `X_User_Identifier` must be
+    dropped wherever `X-User-Identifier` is."""
+    return name.lower().replace("_", "-")
 
 
 def _origin_pattern(base: str, *, json_escaped: bool) -> str:

@@ -16,9 +16,8 @@ from proxy.cli import main
 from proxy.config import build_config
 from proxy.config.reader import ConfigError
 
-from ..conftest import USER, StartProxy, merge
+from ..conftest import USER, StartProxy, eventually, merge
 from ..secret_volume import SecretVolume
-from ..test_reload import eventually
 from ..test_secret_files import finishes_within, point_at_fifo
 from .support import Pki, tls_simulator
 from .test_tls import config_data_for

@@ -126,6 +126,43 @@ async def test_the_check_writes_so_a_full_disk_shows_as_store_down_end_to_end(
     assert status_code == 200, body
 
 
+async def test_a_write_that_fails_on_a_full_disk_shows_as_store_down_end_to_end(
+    start_proxy: StartProxy, volume: Path
+) -> None:
+    proxy = await start_proxy(store={"url": f"sqlite:///{volume}/store.db"})
+    health = proxy.services.store_health
+    assert health is not None
+    health.interval, health.recheck_interval = 3600, 0.2  # no check while up: only the request
+    checked = health.last_check_at
+    health.wake()  # restart the wait with the new pace
+
+    async def checked_once() -> bool:
+        return health.last_check_at != checked
+
+    await until(checked_once, within=5)
+    status_code, body = await new_user(proxy, "before-the-disk-filled")
+    assert status_code == 200, body
+    filler = fill(volume)
+    # SQLite reuses the space its files already hold: users fit until a page must be added.
+    for n in range(500):
+        status_code, body = await new_user(proxy, f"while-the-disk-is-full-{n}")
+        if status_code != 200:
+            break
+    assert (status_code, body["error"]) == (503, "store_unavailable")
+    assert await metric(proxy) == 0
+    page = await status(proxy)
+    assert (page["up"], page["last_error"]) == (False, "SQLITE_FULL")
+
+    filler.unlink()
+
+    async def up() -> bool:
+        return await metric(proxy) == 1
+
+    await until(up, within=10)
+    status_code, body = await new_user(proxy, f"while-the-disk-is-full-{n}")
+    assert status_code == 200, body
+
+
 # --- PostgreSQL refusing writes ---------------------------------------------------------------
 
 REFUSE_WRITES = """

@@ -74,8 +74,9 @@ async def bootstrap(
     check = await session.read_meta("key_check")
     if check is not None:
         cipher.verify(check)
-        created = await session.read_meta("created_at")
-        return StoreOrigin(created_fresh=False, created_at=float(created) if created else None)
+        return StoreOrigin(
+            created_fresh=False, created_at=_time(await session.read_meta("created_at"))
+        )
     if await session.has_users():
         # Writing a new key check here would accept any key and hide the damage.
         raise StoreOpenError(
@@ -87,6 +88,14 @@ async def bootstrap(
     await session.write_meta("key_check", cipher.check_value())
     await session.write_meta("created_at", repr(now).encode())
     return StoreOrigin(created_fresh=True, created_at=now)
+
+
+def _time(value: bytes | None) -> float | None:
+    """A recorded time; None when absent (older stores) or unreadable (it is only shown)."""
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 def announce(origin: StoreOrigin, kind: str) -> None:

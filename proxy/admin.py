@@ -135,7 +135,11 @@ def _store_health(services: Services) -> dict[str, object] | None:
     health = services.store_health
     if health is None:
         return None
+    origin = health.store.origin
     return {
+        # A store this process created empty: expected on a deployment's first start only.
+        "created_fresh": origin.created_fresh if origin else None,
+        "created_at": _iso(origin.created_at if origin else None),
         "up": health.up,
         "since": _iso(health.since),
         "last_check_at": _iso(health.last_check_at),

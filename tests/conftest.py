@@ -178,6 +178,17 @@ async def proxy(start_proxy: StartProxy) -> RunningProxy:
     return await start_proxy()
 
 
+@pytest.fixture
+async def postgres_dsn() -> AsyncIterator[str]:
+    """A PostgreSQL URL whose `search_path` is a schema of this test's own, dropped afterwards
+    (the server comes from GINI_PROXY_TEST_POSTGRES_DSN: see tests/stores_support.py). Ask for
+    it before `start_proxy`, so the proxy stops before its schema goes."""
+    from .stores_support import postgres_schema  # here: only PostgreSQL tests load asyncpg
+
+    async with postgres_schema() as dsn:
+        yield dsn
+
+
 USER = {"X-User-Id": "alice@example.com"}
 
 

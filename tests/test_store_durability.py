@@ -56,7 +56,7 @@ async def main() -> None:
         user = await store.claim(key, f"{n}@anon.example.com", f"password-{n}")
         await store.activate(key, user.email)
     print("written", flush=True)
-    await asyncio.sleep(3600)  # killed here, as a crash would
+    await asyncio.sleep(3600)  # slow peer: a writer killed here, as a crash would
 
 asyncio.run(main())
 """

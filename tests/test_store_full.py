@@ -7,8 +7,6 @@ server's own "disk full" error (a trigger raising SQLSTATE 53100).
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from proxy.errors import StoreUnavailable
 from proxy.vending.stores.base import StoreDown
 from proxy.vending.stores.health import GuardedStore, StoreHealth
 
-from .conftest import RunningProxy, StartProxy
+from .conftest import RunningProxy, StartProxy, eventually
 from .stores_support import (
     PostgresBackend,
     SqliteBackend,
@@ -40,10 +38,7 @@ def volume(tmp_path: Path) -> Iterator[Path]:
 
 async def until(condition: Callable[[], Awaitable[bool]], within: float) -> None:
     """Wait until `condition()` is true; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not await condition():
-        assert time.monotonic() < deadline, f"not within {within} s"
-        await asyncio.sleep(0.05)
+    await eventually(condition, within=within)
 
 
 async def metric(proxy: RunningProxy) -> float | None:

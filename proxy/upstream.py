@@ -177,7 +177,7 @@ class Upstream:
             return AnswerBroken(gone, type(exc).__name__)
         if call.refusal is not None:
             return call.refusal
-        error, reason, cause = classify(exc)
+        error, reason, cause = classify(exc, self.tls.get())
         self.metrics.upstream_error(name, reason)
         if retry and reason not in PERMANENT_REASONS:
             return Retry(reason)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from proxy.config.tls import TlsConfig
+from proxy.transport.client_cert import watch
 
 log = logging.getLogger("proxy.tls")
 
@@ -27,7 +28,7 @@ def build_context(config: TlsConfig | None) -> ssl.SSLContext:
             context.load_verify_locations(cafile=config.ca_file)
         if config.client_cert_file is not None and config.client_key_file is not None:
             context.load_cert_chain(config.client_cert_file, config.client_key_file)
-    return context
+    return watch(context)  # tells a refused client certificate from a closed connection
 
 
 def _digest(paths: tuple[Path, ...]) -> bytes | None:

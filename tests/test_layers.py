@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "proxy"
 
 # Lowest first. A module may import from its own layer or any layer below, never above.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("proxy", "proxy.errors", "proxy.exitcodes", "proxy.log", "proxy.lifecycle"),
+    ("proxy", "proxy.errors", "proxy.exitcodes", "proxy.log", "proxy.lifecycle", "proxy.reporting"),
     ("proxy.metrics", "proxy.identity", "proxy.config", "proxy.credentials"),
     ("proxy.transport",),
     ("proxy.upstream",),

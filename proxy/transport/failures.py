@@ -80,7 +80,8 @@ def classify(  # noqa: PLR0911, PLR0912 - one return per kind
             f"egress proxy refused the tunnel to Gini (status {exc.status})",
         )
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
-        return UpstreamUnavailable(), "proxy_connect", "egress proxy cannot be reached"
+        where = _where(exc)
+        return UpstreamUnavailable(), "proxy_connect", f"egress proxy cannot be reached{where}"
     if isinstance(exc, aiohttp.ClientConnectorError) and _reset_in_tls_handshake(exc):
         return (
             _tls_error(),
@@ -89,9 +90,9 @@ def classify(  # noqa: PLR0911, PLR0912 - one return per kind
             "(does it require a client certificate? see upstream.tls.client_cert_file)",
         )
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return UpstreamUnavailable(), "dns", "DNS lookup of the upstream host failed"
+        return UpstreamUnavailable(), "dns", f"DNS lookup of the upstream host failed{_where(exc)}"
     if isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError):
-        return UpstreamUnavailable(), "connect", "cannot connect to the upstream"
+        return UpstreamUnavailable(), "connect", f"cannot connect to the upstream{_where(exc)}"
     if isinstance(exc, asyncio.TimeoutError):  # includes aiohttp's socket read timeout
         return UpstreamTimeout(), "timeout", "no answer in time"
     ssl_error = _ssl_cause(exc)
@@ -144,6 +145,13 @@ def client_certificate_refusal(exc: BaseException, context: ssl.SSLContext | Non
         return None
     asked = take_refusal(context)
     return None if asked is None else client_certificate_sentence(None, asked.sent_certificate)
+
+
+def _where(exc: BaseException) -> str:
+    """` (host:port)` of a connection attempt, when the exception knows it."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f" ({exc.host}:{exc.port})"
+    return ""
 
 
 def _tls_error() -> ProxyError:

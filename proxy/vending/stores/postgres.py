@@ -12,10 +12,12 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
 from proxy.errors import StoreUnavailable
+from proxy.reporting.episodes import Episodes
 from proxy.vending.stores.base import (
     SealedRow,
     StoredUser,
@@ -48,6 +50,8 @@ class PostgresStore:
         password: str | None = None,
     ):
         self.dsn = dsn
+        self.address = _address(dsn)  # host:port, for failure lines (the DSN holds a password)
+        self.episodes = Episodes(log)  # an outage logs its start, a line a minute, its end
         self.password = password
         self.cipher = cipher
         self.timeout = timeout
@@ -84,7 +88,7 @@ class PostgresStore:
         except (*_ERRORS, WrongKey) as exc:
             await self.close()
             raise StoreOpenError(
-                f"cannot open PostgreSQL store: {type(exc).__name__}: {exc}"
+                f"cannot open PostgreSQL store at {self.address}: {type(exc).__name__}: {exc}"
             ) from None
         except BaseException:
             await self.close()
@@ -112,8 +116,10 @@ class PostgresStore:
             async with self._pool.acquire(timeout=self.timeout) as conn:
                 yield conn
         except _ERRORS as exc:
-            log.warning("store call failed", extra={"error": type(exc).__name__})
+            fields = {"error": type(exc).__name__, "address": self.address}
+            self.episodes.failed("store", "call", "store call failed", fields)
             raise StoreUnavailable from None
+        self.episodes.succeeded("store")
 
     async def ping(self) -> None:
         async with self._conn() as conn:
@@ -268,3 +274,12 @@ class _Session:
             name,
             value,
         )
+
+
+def _address(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    try:
+        port = parts.port or 5432
+    except ValueError:  # an invalid port: open() reports the URL as invalid
+        return f"{parts.hostname or 'localhost'}:?"
+    return f"{parts.hostname or 'localhost'}:{port}"

@@ -19,6 +19,7 @@ from pathlib import Path
 import aiosqlite
 
 from proxy.errors import StoreUnavailable
+from proxy.reporting.episodes import Episodes
 from proxy.vending.stores.base import (
     SealedRow,
     StoredUser,
@@ -43,6 +44,7 @@ class SqliteStore:
         self.path = path
         self.cipher = cipher
         self.busy_timeout = busy_timeout
+        self.episodes = Episodes(log)  # an outage logs its start, a line a minute, its end
         self._db: aiosqlite.Connection | None = None
 
     async def open(self) -> None:
@@ -138,8 +140,10 @@ class SqliteStore:
         try:
             yield self.db
         except (sqlite3.Error, ValueError) as exc:  # ValueError: connection already closed
-            log.warning("store call failed", extra={"error": type(exc).__name__})
+            fields = {"error": type(exc).__name__, "path": str(self.path)}
+            self.episodes.failed("store", "call", "store call failed", fields)
             raise StoreUnavailable from None
+        self.episodes.succeeded("store")
 
     async def ping(self) -> None:
         async with self._errors() as db:

@@ -30,7 +30,6 @@ from proxy.upstream import PAY_API, USER_CENTER, Upstream
 __all__ = ["PROBE_IDENTIFIER", "Doctor", "doctor"]
 MAX_CLOCK_SKEW_SECONDS = 30
 TLS_CLIENT_CERTIFICATE = "tls_client_certificate"  # the failure reason `serve` logs and counts
-TLS_RECORD_TYPES = (b"\x15", b"\x16")  # a TLS alert or handshake record, where HTTP was expected
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +54,8 @@ class Doctor:
         self.egress = config.upstream.egress_proxy
         self.held = Credentials(config)  # what the proxy would present
         self.context = build_context(config.upstream.tls)
+        # A watch that stays for every origin (serve's retires after the first handshake).
+        ClientCertificateWatch(retire=False).install(self.context)
         self.reachable: dict[str, bool] = {}
 
     @property
@@ -114,7 +115,7 @@ class Doctor:
         reader, writer = opened
         try:
             if not tls:
-                return await self.plain(name, host, port, reader, writer)
+                return await self.plain(name, host, port, writer)
             return await self.handshake(name, host, reader, writer)
         finally:
             writer.close()
@@ -171,38 +172,16 @@ class Doctor:
         except (IndexError, ValueError):
             return 0
 
-    async def plain(
-        self,
-        name: str,
-        host: str,
-        port: int,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> bool:
-        """An http:// upstream: does it answer HTTP, or does it speak TLS?"""
-        step = f"tls {name}"
-        writer.write(f"HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        try:
-            async with asyncio.timeout(self.timeout):
-                await writer.drain()
-                first = await reader.read(5)
-        except (OSError, TimeoutError) as exc:
-            first, why = b"", checks.why(exc)
-        else:
-            why = "closed the connection without answering"
-        if first.startswith(b"HTTP/"):
-            self.add(step, True, "plain http: no TLS (only for test setups)")
-            return True
-        direct = self.egress is None  # through a tunnel, only the first bytes can tell
-        if first[:1] in TLS_RECORD_TYPES or (
-            direct and await checks.speaks_tls(host, port, self.timeout)
-        ):
-            self.add(step, False, f"{host}:{port} speaks TLS: use https:// in upstream.{name}.")
+    async def plain(self, name: str, host: str, port: int, writer: asyncio.StreamWriter) -> bool:
+        """An http:// upstream: does it speak TLS instead? Only a handshake is tried, so no
+        request reaches Gini."""
+        if await checks.speaks_tls(writer, host, min(self.timeout, 3.0)):
+            self.add(
+                f"tls {name}", False, f"{host}:{port} speaks TLS: use https:// in upstream.{name}."
+            )
             return False
-        if first:
-            why = "answered something other than HTTP"
-        self.add(step, False, f"{host}:{port} {why}: is this Gini's address?")
-        return False
+        self.add(f"tls {name}", True, "plain http: no TLS (only for test setups)")
+        return True
 
     async def handshake(
         self, name: str, host: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

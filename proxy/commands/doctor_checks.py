@@ -60,19 +60,19 @@ def server_certificate(ssl_object: ssl.SSLObject | None) -> str:
     return detail + (" - expires soon" if days < CERT_WARN_DAYS else "")
 
 
-async def speaks_tls(host: str, port: int, timeout: float) -> bool:
-    """Whether host:port completes a TLS handshake, or answers one with a TLS alert."""
+async def speaks_tls(writer: asyncio.StreamWriter, host: str, timeout: float) -> bool:
+    """Whether the server on this connection completes a TLS handshake or answers it with a TLS
+    alert (an HTTP server answers 400 in plain text, which is no TLS record)."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # only asks whether TLS is spoken; nothing is sent
     try:
         async with asyncio.timeout(timeout):
-            _, writer = await asyncio.open_connection(host, port, ssl=context)
+            await writer.start_tls(context, server_hostname=host)
     except ssl.SSLError as exc:
         return "ALERT" in str(exc.reason)
     except (OSError, TimeoutError):
         return False
-    writer.close()
     return True
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ssl
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,19 +41,33 @@ class Asked:
 
 class ClientCertificateWatch:
     """Installed on an SSL context: the connections the server asked for a client certificate
-    and that heard nothing more from it (for `window` seconds)."""
+    and that heard nothing more from it (for `window` seconds).
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, window: float = WINDOW_SECONDS):
+    OpenSSL calls it for every TLS record, about 4 µs per request and answer here: so unless
+    `retire` is False it uninstalls itself after the first handshake that settles the question
+    (the server did not ask, or took the certificate). A context rebuilt after a rotation of
+    the TLS files gets a new watch.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        window: float = WINDOW_SECONDS,
+        retire: bool = True,
+    ):
         self.clock = clock
         self.window = window
+        self.retire = retire
+        self.retired = False
         self._asked: dict[int, Asked] = {}
+        self._context: Callable[[], ssl.SSLContext | None] = lambda: None
 
     def install(self, context: ssl.SSLContext) -> None:
-        # CPython's hook for SSL_CTX_set_msg_callback; it sees each handshake message in clear.
-        context._msg_callback = self.on_message  # type: ignore[attr-defined]
+        _set_callback(context, self.on_message)
         context.client_certificate_watch = self  # type: ignore[attr-defined]
+        self._context = weakref.ref(context)  # the context holds the watch: no cycle
 
-    def on_message(  # the signature CPython calls it with
+    def on_message(  # the signature CPython calls it with, all ints but `direction`
         self,
         conn: object,
         direction: str,
@@ -64,13 +79,22 @@ class ClientCertificateWatch:
         key = id(conn)
         asked = self._asked.get(key)
         if direction == "write":
-            if asked is not None and content_type == HANDSHAKE and msg_type == CERTIFICATE:
+            if content_type == HANDSHAKE and msg_type == CERTIFICATE and asked is not None:
                 asked.sent_certificate = len(data) > EMPTY_CERTIFICATE_MESSAGE
+            elif content_type == HANDSHAKE and msg_type == FINISHED and asked is None:
+                self._settled()  # our Finished, and no CertificateRequest before it
             return
         if content_type == HANDSHAKE and msg_type == CERTIFICATE_REQUEST:
             self._remember(key)
         elif asked is not None and _accepted(version, content_type, msg_type):
             del self._asked[key]
+            self._settled()
+
+    def _settled(self) -> None:
+        context = self._context()
+        if self.retire and not self.retired and context is not None:
+            self.retired = True
+            _set_callback(context, None)
 
     def waiting(self, conn: object) -> bool:
         """Whether `conn` was asked for a certificate and has not heard from the server since."""
@@ -99,6 +123,14 @@ def _accepted(version: int, content_type: int, msg_type: int) -> bool:
         # comes before, so only the session ticket it sends once it took ours counts.
         return msg_type == NEW_SESSION_TICKET or (msg_type == FINISHED and version != TLS1_3)
     return content_type == INNER_CONTENT_TYPE and msg_type == APPLICATION_DATA
+
+
+def _set_callback(context: ssl.SSLContext, callback: Callable[..., None] | None) -> None:
+    """Set OpenSSL's message callback (SSL_CTX_set_msg_callback) through CPython's C-level
+    `_msg_callback`, as `ssl.SSLContext`'s own property does, but without its wrapper, which
+    turns every number into an enum on every record and costs several times more."""
+    descriptor = super(ssl.SSLContext, ssl.SSLContext)._msg_callback  # type: ignore[misc]
+    descriptor.__set__(context, callback)
 
 
 def watch(context: ssl.SSLContext) -> ssl.SSLContext:

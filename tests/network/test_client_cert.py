@@ -245,6 +245,27 @@ def test_the_watch_stays_bounded(clock: list[float]) -> None:
     assert watch.waiting(conns[-1])
 
 
+def test_the_watch_retires_once_the_question_is_settled() -> None:
+    """OpenSSL calls the watch for every record: it uninstalls itself once a handshake showed
+    that Gini does not ask for a certificate, or took ours."""
+    settles: list[tuple[str, int, int, int, bytes]] = [
+        ("write", TLS13, 22, 20, bytes(36)),  # our Finished, never asked
+        ("read", TLS13, 22, 4, bytes(200)),  # asked, then a session ticket
+        ("read", TLS12, 22, 20, bytes(12)),  # asked, then the TLS 1.2 server's Finished
+    ]
+    for settle in settles:
+        context = build_context(None)
+        watch = context.client_certificate_watch  # type: ignore[attr-defined]
+        conn = object()
+        if settle[0] == "read":
+            asked(watch, conn, settle[1])
+        watch.on_message(conn, "write", settle[1], 22, 11, bytes(8))  # still undecided
+        assert not watch.retired
+        watch.on_message(conn, *settle)
+        assert watch.retired
+        assert context._msg_callback is None  # type: ignore[attr-defined]
+
+
 def test_without_a_refusal_a_closed_connection_stays_a_disconnect() -> None:
     context = build_context(None)
     watch = context.client_certificate_watch  # type: ignore[attr-defined]

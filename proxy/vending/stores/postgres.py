@@ -277,9 +277,10 @@ class _Session:
 
 
 def _address(dsn: str) -> str:
-    parts = urlsplit(dsn)
+    """host:port of the DSN, or "?" for one open() will refuse as invalid."""
     try:
+        parts = urlsplit(dsn)
         port = parts.port or 5432
-    except ValueError:  # an invalid port: open() reports the URL as invalid
-        return f"{parts.hostname or 'localhost'}:?"
+    except ValueError:
+        return "?"
     return f"{parts.hostname or 'localhost'}:{port}"

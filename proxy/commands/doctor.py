@@ -204,7 +204,11 @@ class Doctor:
             if refused is not None:
                 self.add(step, False, f"{TLS_CLIENT_CERTIFICATE}: {refused}")
                 return False
-            self.add(step, False, f"handshake failed ({checks.why(exc)}).")
+            self.add(
+                step,
+                False,
+                f"the TLS handshake failed ({checks.why(exc)}): is this Gini's HTTPS port?",
+            )
             return False
         refused = await self.after_handshake(reader, writer)
         if refused is not None:
@@ -259,7 +263,8 @@ class Doctor:
                 status, date = call.response.status, call.response.headers.get("Date")
                 await call.response.read()  # the token is read and dropped, never shown
         except ProxyError as exc:
-            self.add("client credentials", False, f"{what}: {exc.detail}")
+            detail = exc.detail.rstrip(".") if exc.detail else exc.message.rstrip(".")
+            self.add("client credentials", False, f"{what}: {detail}.")
             self.add("clock skew", None, "no answer from Gini")
             return
         finally:
@@ -291,7 +296,7 @@ class Doctor:
             return
         skew = (datetime.datetime.now(datetime.UTC) - theirs).total_seconds()
         ok = abs(skew) <= MAX_CLOCK_SKEW_SECONDS
-        advice = "" if ok else f" (more than {MAX_CLOCK_SKEW_SECONDS} s: check NTP on the node)"
+        advice = "" if ok else f": more than {MAX_CLOCK_SKEW_SECONDS} s, check NTP on the node."
         self.add("clock skew", ok, f"{skew:+.0f} s against Gini's Date header{advice}")
 
     async def services(self) -> None:

@@ -35,6 +35,8 @@ async def diagnose(config_data: dict[str, Any], tmp_path: Path) -> tuple[bool, d
     config: Config = build_config(config_data, {}, tmp_path)
     ok = await Doctor(config, lines.append).run()
     steps = {line[7:29].strip(): line for line in lines if line.startswith("[")}
+    # Every failure says what to change, as a whole sentence.
+    assert all(line.endswith((".", "?")) for line in lines if line.startswith("[FAIL]")), lines
     return ok, steps
 
 

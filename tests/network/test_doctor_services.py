@@ -32,6 +32,8 @@ async def diagnose(data: dict[str, Any], tmp_path: Path) -> tuple[bool, dict[str
     lines: list[str] = []
     ok = await Doctor(build_config(data, {}, tmp_path), lines.append).run()
     steps = {line[7:29].strip(): line for line in lines if line.startswith("[")}
+    # Every failure says what to change, as a whole sentence.
+    assert all(line.endswith((".", "?")) for line in lines if line.startswith("[FAIL]")), lines
     assert lines[-1] == ("all checks passed" if ok else f"{len(failed(steps))} check(s) failed")
     return ok, steps
 

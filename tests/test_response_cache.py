@@ -283,6 +283,7 @@ async def test_redis_outage_degrades_to_pass_through(
     assert results(proxy, "/paymentProviders")["error"] >= 5
     warnings = [r for r in caplog.records if r.name == "proxy.response_cache"]
     assert len(warnings) == 1  # one line per outage, not one per request
+    assert warnings[0].__dict__["address"] == url.split("//", 1)[1].split("/", 1)[0]  # host:port
 
 
 @pytest.mark.redis

@@ -12,12 +12,14 @@ import pytest
 from proxy.errors import StoreUnavailable
 from proxy.reporting.episodes import Episodes
 from proxy.sandbox import GiniSimulator
+from proxy.vending.stores import StoreOpenError
 from proxy.vending.stores.cipher import Cipher
 from proxy.vending.stores.postgres import PostgresStore
 
 from .conftest import USER, StartProxy
 from .relay_support import Relay, through
 from .stores_support import STORE_KEY, postgres_schema
+from .test_server import free_port
 
 log = logging.getLogger("test.episodes")
 
@@ -144,3 +146,13 @@ async def test_a_store_outage_is_one_episode_with_its_address(
         assert ended.__dict__["failures"] == 10
     finally:
         await store.close()
+
+
+async def test_a_refused_store_at_startup_names_its_address() -> None:
+    port = free_port()
+    dsn = f"postgresql://gini:startup-pass-0b3@127.0.0.1:{port}/gini"
+    store = PostgresStore(dsn, Cipher(STORE_KEY), timeout=1.0)
+    with pytest.raises(StoreOpenError) as caught:
+        await store.open()
+    assert f"cannot open PostgreSQL store at 127.0.0.1:{port}: " in str(caught.value)
+    assert "startup-pass-0b3" not in str(caught.value)

@@ -97,8 +97,8 @@ def classify(  # noqa: PLR0911, PLR0912 - one return per kind
         return UpstreamTimeout(), "timeout", "no answer in time"
     ssl_error = _ssl_cause(exc)
     if ssl_error is not None:
-        # TLS 1.3 servers check the client certificate after the handshake: a missing or
-        # refused one shows up as an alert on the first read, not as a connect error.
+        # An alert on the first read after a TLS 1.3 handshake, about something other than
+        # our certificate (those were named above).
         return _tls_error(), "tls_handshake", f"TLS session refused by the server: {ssl_error}"
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
         return (

@@ -183,6 +183,28 @@ async def test_an_accepted_client_certificate_passes(
     assert f"TLSv{version}" in next(line for line in lines if "tls pay_api" in line)
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("strict", [True, False], ids=["mtls", "no-mtls"])
+async def test_serve_retires_the_watch_after_the_first_good_handshake(
+    start_proxy: StartProxy, pki: Pki, version: str, strict: bool
+) -> None:
+    context = strict_context(pki, version)
+    if not strict:
+        context.verify_mode = ssl.CERT_NONE  # Gini asks for no certificate
+    pair = {
+        "client_cert_file": str(pki.client_cert_file),
+        "client_key_file": str(pki.client_key_file),
+    }
+    async with tls_simulator(context) as sim:
+        proxy = await start_proxy(upstream=upstream(pki, sim.pay_api_url, pair))
+        for _ in range(3):
+            async with proxy.client.get(proxy.url + "/documents", headers=USER) as response:
+                assert response.status == 200
+    tls = proxy.services.upstream.tls.get()
+    assert tls.client_certificate_watch.retired  # type: ignore[attr-defined]
+    assert tls._msg_callback is None  # type: ignore[attr-defined]  # no cost per record
+
+
 def config_data_without_sim(tmp_path: Path) -> dict[str, Any]:
     class Placeholder:  # config_data only reads the two URLs, replaced by the test
         pay_api_url = user_center_url = "https://127.0.0.1:1"

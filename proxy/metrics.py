@@ -125,8 +125,8 @@ class Metrics:
         self.upstream_errors = Counter(
             "gini_proxy_upstream_errors_total",
             "Upstream calls that failed, by reason (connect, dns, timeout, tls_certificate, "
-            "tls_hostname, tls_handshake, proxy_auth, proxy_refused, proxy_connect, bad_response, "
-            "disconnect, "
+            "tls_hostname, tls_handshake, tls_client_certificate, proxy_auth, proxy_refused, "
+            "proxy_connect, bad_response, disconnect, "
             "status_5xx, throttled).",
             ("upstream", "reason"),
             registry=r,

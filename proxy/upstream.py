@@ -22,6 +22,7 @@ from proxy.config import UpstreamConfig
 from proxy.credentials import Credentials
 from proxy.errors import ProxyError
 from proxy.metrics import Metrics
+from proxy.reporting.episodes import Episodes
 from proxy.transport.deadlines import Deadline, Deadlines
 from proxy.transport.failures import PERMANENT_REASONS, classify
 from proxy.transport.interim import GuardedConnector
@@ -79,6 +80,11 @@ class Upstream:
         self._session: aiohttp.ClientSession | None = None
         self.deadlines = Deadlines()
         self.tls = TlsContext(config.tls)
+        self.episodes = Episodes(log)
+        self.addresses = {
+            PAY_API: _address(config.pay_api),
+            USER_CENTER: _address(config.user_center),
+        }
         egress = config.egress_proxy
         self.proxy = egress.url if egress is not None else None
         # Plain-HTTP upstreams behind the egress proxy: no CONNECT carries the proxy's
@@ -177,16 +183,14 @@ class Upstream:
             return AnswerBroken(gone, type(exc).__name__)
         if call.refusal is not None:
             return call.refusal
-        error, reason, cause = classify(exc)
+        error, reason, cause = classify(exc, self.tls.get())
         self.metrics.upstream_error(name, reason)
         if retry and reason not in PERMANENT_REASONS:
             return Retry(reason)
-        if not quiet:
-            log.warning(
-                "upstream call failed: %s",
-                cause,
-                extra={"upstream": name, "reason": reason, "error": type(exc).__name__},
-            )
+        if not quiet:  # an outage logs its start, a line a minute, and its end
+            fields = {"upstream": name, "reason": reason, "error": type(exc).__name__}
+            fields["address"] = self.addresses[name]
+            self.episodes.failed(name, reason, f"upstream call failed: {cause}", fields)
         error.detail = cause
         return error
 
@@ -228,6 +232,7 @@ class Exchange:
                 aiohttp.ClientHttpProxyError(response.request_info, (), status=407)
             )
         call = self._call
+        self._up.episodes.succeeded(self._name)
         call.seconds = time.perf_counter() - started
         self._up.metrics.observe_upstream(self._name, call.seconds)
         call.response, call.deadline = response, timer
@@ -259,3 +264,9 @@ class Exchange:
         elif not isinstance(exc, aiohttp.ClientError | TimeoutError):
             return
         raise self._up._failed(self._name, self._call, exc, self._retry, self._quiet) from exc
+
+
+def _address(url: str) -> str:
+    """host:port of an upstream base URL, as failure lines name it."""
+    parts = URL(url)
+    return f"{parts.host}:{parts.port}"

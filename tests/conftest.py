@@ -31,6 +31,8 @@ settings.register_profile("gini-auth-proxy", deadline=None, print_blob=True)
 settings.load_profile("gini-auth-proxy")
 
 FAST = os.environ.get("GINI_PROXY_TEST_FAST") == "1"
+# The documented Redis service (each test keeps to keys of its own).
+REDIS_URL = os.environ.get("GINI_PROXY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 """Set by `scripts/test --fast`: the inner loop, where the heaviest property tests run fewer
 examples. The full run (CI) always runs the counts written in the tests."""
 

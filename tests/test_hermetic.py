@@ -163,7 +163,7 @@ def test_no_test_picks_its_own_postgres_or_redis_server() -> None:
     and their one default each."""
     defaults = {
         ("stores_support.py", "postgresql://postgres@127.0.0.1:5432/test"),
-        ("test_response_cache.py", "redis://127.0.0.1:6379/0"),
+        ("conftest.py", "redis://127.0.0.1:6379/0"),
     }
     found = []
     for path in sorted((ROOT / "tests").rglob("*.py")):

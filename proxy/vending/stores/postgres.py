@@ -13,10 +13,12 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
 from proxy.errors import StoreUnavailable
+from proxy.reporting.episodes import Episodes
 from proxy.vending.stores.base import (
     SealedRow,
     StoreDown,
@@ -60,6 +62,8 @@ class PostgresStore:
         password: str | None = None,
     ):
         self.dsn = dsn
+        self.address = _address(dsn)  # host:port, for failure lines (the DSN holds a password)
+        self.episodes = Episodes(log)  # an outage logs its start, a line a minute, its end
         self.password = password
         self.cipher = cipher
         self.timeout = timeout
@@ -97,7 +101,7 @@ class PostgresStore:
         except (*_ERRORS, WrongKey) as exc:
             await self.close()
             raise StoreOpenError(
-                f"cannot open PostgreSQL store: {type(exc).__name__}: {exc}"
+                f"cannot open PostgreSQL store at {self.address}: {type(exc).__name__}: {exc}"
             ) from None
         except BaseException:
             await self.close()
@@ -126,10 +130,12 @@ class PostgresStore:
             async with self._pool.acquire(timeout=self.timeout) as conn:
                 yield conn
         except _ERRORS as exc:
-            log.warning("store call failed", extra={"error": type(exc).__name__})
+            fields = {"error": type(exc).__name__, "address": self.address}
+            self.episodes.failed("store", "call", "store call failed", fields)
             if isinstance(exc, _DOWN):
                 raise StoreDown(type(exc).__name__) from None
             raise StoreUnavailable from None
+        self.episodes.succeeded("store")
 
     async def ping(self) -> None:
         # A write, not SELECT 1: a full disk or a read-only standby still answers reads.
@@ -292,3 +298,13 @@ class _Session:
 
     async def has_users(self) -> bool:
         return bool(await self.conn.fetchval("SELECT EXISTS (SELECT 1 FROM anonymous_users)"))
+
+
+def _address(dsn: str) -> str:
+    """host:port of the DSN, or "?" for one open() will refuse as invalid."""
+    try:
+        parts = urlsplit(dsn)
+        port = parts.port or 5432
+    except ValueError:
+        return "?"
+    return f"{parts.hostname or 'localhost'}:{port}"

@@ -21,6 +21,7 @@ from pathlib import Path
 import aiosqlite
 
 from proxy.errors import StoreUnavailable
+from proxy.reporting.episodes import Episodes
 from proxy.vending.stores.base import (
     SealedRow,
     StoreDown,
@@ -56,6 +57,7 @@ class SqliteStore:
         self.path = path
         self.cipher = cipher
         self.busy_timeout = busy_timeout
+        self.episodes = Episodes(log)  # an outage logs its start, a line a minute, its end
         self._db: aiosqlite.Connection | None = None
         self.origin: StoreOrigin | None = None
 
@@ -170,10 +172,12 @@ class SqliteStore:
         except (sqlite3.Error, ValueError) as exc:  # ValueError: connection already closed
             code = getattr(exc, "sqlite_errorcode", None)
             name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
-            log.warning("store call failed", extra={"error": name})
+            fields = {"error": name, "path": str(self.path)}
+            self.episodes.failed("store", "call", "store call failed", fields)
             if code is not None and code & 0xFF in _DOWN:
                 raise StoreDown(name) from None
             raise StoreUnavailable from None
+        self.episodes.succeeded("store")
 
     async def ping(self) -> None:
         # A write, not SELECT 1: a full disk or a read-only file still answers reads.

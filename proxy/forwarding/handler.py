@@ -26,6 +26,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config import Config
+from proxy.config.memo import Memo
 from proxy.errors import BadRequest, MethodNotAllowed, PayloadTooLarge, RequestTimeout
 from proxy.forwarding.body import SMALL_BODY, STREAM_CHUNK, read_bounded, read_paced
 from proxy.forwarding.relay import Miss, Relay
@@ -40,9 +41,6 @@ if TYPE_CHECKING:
 
 # TRACE would echo the injected credentials back to the caller; CONNECT would open a tunnel.
 REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
-
-
-_URL_MEMO = 1024  # request targets whose upstream URL is remembered
 
 
 class Forwarder:
@@ -62,7 +60,7 @@ class Forwarder:
         self.base = config.upstream.pay_api
         base = URL(self.base)
         self._origin = (base.scheme, base.raw_host, base.port)
-        self._urls: dict[str, URL] = {}  # validated upstream URLs of recent request targets
+        self._urls: Memo[str, URL] = Memo("upstream_urls")  # validated, of recent targets
         self.basic = basic_auth(config.client.id, config.client.secret.value)
         # Called when Gini answers 401 to our client credentials (a rotation may be due).
         self.on_client_refused: Callable[[], None] | None = None
@@ -100,11 +98,8 @@ class Forwarder:
         if (url.scheme, url.raw_host, url.port) != self._origin:  # belt and braces
             raise BadRequest
         # Remembered because parsing it is 1.2 % of a request (callgrind), and callers repeat
-        # targets (listings, a document polled until it is processed); oldest out first.
-        if len(self._urls) >= _URL_MEMO:
-            del self._urls[next(iter(self._urls))]
-        self._urls[raw_target] = url
-        return url
+        # targets (listings, a document polled until it is processed).
+        return self._urls.remember(raw_target, url)
 
     def upstream_headers(
         self, request: web.Request, ctx: RequestContext, identifier: str

@@ -22,7 +22,7 @@ from proxy.errors import ProxyError
 from proxy.metrics import Metrics
 from proxy.transport.deadlines import Deadline, Deadlines
 from proxy.transport.failures import PERMANENT_REASONS, classify
-from proxy.transport.interim import GuardedConnector
+from proxy.transport.interim import guarded_connector
 from proxy.transport.tls import TlsContext
 
 log = logging.getLogger("proxy.upstream")
@@ -90,7 +90,7 @@ class Upstream:
             self.proxy_headers = {"Proxy-Authorization": credentials}
 
     async def start(self) -> None:
-        connector = GuardedConnector(
+        connector = guarded_connector(
             limit=0,  # concurrency is bounded by callers, not by a hidden queue in the pool
             ttl_dns_cache=60,
             keepalive_timeout=30,

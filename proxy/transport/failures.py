@@ -13,6 +13,7 @@ import ssl
 import aiohttp
 
 from proxy.errors import BadGateway, ProxyError, UpstreamTimeout, UpstreamUnavailable
+from proxy.transport.aiohttp_client import connecting_over_tls
 
 # Failures a retry cannot fix (a configuration or trust problem): reported at once.
 PERMANENT_REASONS = frozenset(
@@ -87,8 +88,7 @@ def _tls_error() -> ProxyError:
 
 def _reset_in_tls_handshake(exc: aiohttp.ClientConnectorError) -> bool:
     """A reset while connecting to an https origin: TCP was up, so the handshake was refused."""
-    key = getattr(exc, "_conn_key", None)
-    return bool(getattr(key, "is_ssl", False)) and isinstance(exc.os_error, ConnectionResetError)
+    return connecting_over_tls(exc) and isinstance(exc.os_error, ConnectionResetError)
 
 
 def _ssl_reason(exc: BaseException) -> str:
@@ -104,9 +104,8 @@ def _ssl_cause(exc: BaseException) -> str | None:
         seen.add(id(current))
         if isinstance(current, ssl.SSLError):
             return str(current.reason or current.strerror or type(current).__name__)
-        for attr in ("os_error", "_os_error"):
-            inner = getattr(current, attr, None)
-            if isinstance(inner, ssl.SSLError):
-                return str(inner.reason or inner.strerror or type(inner).__name__)
+        inner = getattr(current, "os_error", None)  # aiohttp's connector errors wrap it there
+        if isinstance(inner, ssl.SSLError):
+            return str(inner.reason or inner.strerror or type(inner).__name__)
         current = current.__cause__ or current.__context__
     return None

@@ -11,8 +11,9 @@ header filtering, one memoised HMAC and the relay itself.
 Timeouts: `upstream.timeout_seconds` bounds the wait for response headers and for each body
 chunk. A request whose body is in memory runs under one deadline (one timer) that covers the
 headers and, for answers read whole, their body too; streamed answers move it on per chunk.
-A streamed upload uses aiohttp's per-read timeout instead, which only starts once the body is
-sent. The benchmark showed aiohttp's per-read timer costing more than the one deadline.
+For a streamed upload that deadline starts once the body is sent, and aiohttp's per-read timeout
+covers an answer that starts earlier. The benchmark showed aiohttp's per-read timer costing more
+than the one deadline.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ class Forwarder:
                 url,
                 headers=headers,
                 data=data,
-                deadline=None if streamed else self.timeout,
+                deadline=self.timeout,  # for a streamed upload, from its end on
                 read_timeout=self._upload_timeout if streamed else None,
                 skip_auto_headers=None if typed else _NO_CONTENT_TYPE,
                 call=call,

@@ -72,7 +72,7 @@ class IdentifierDeriver:
 
     def __call__(self, user_id: str) -> str:
         """The identifier for a user id as sent; InvalidUser if it is not acceptable."""
-        found = self._memo.get(user_id)
+        found = self._memo.entries.get(user_id)
         if found is None:
             found = self._memo.remember(
                 user_id, derive_identifier(self._key, validate_user_id(user_id))

@@ -23,13 +23,14 @@ def test_a_memo_keeps_the_newest_entries_up_to_its_size(size: int, keys: list[in
     memo: Memo[int, str] = Memo("upstream_urls", size)
     model: OrderedDict[int, str] = OrderedDict()  # first stored, first out; a hit moves nothing
     for key in keys:
-        if memo.get(key) is None:
+        if memo.entries.get(key) is None:
             assert memo.remember(key, f"v{key}") == f"v{key}"
             model[key] = f"v{key}"
             if len(model) > size:
                 model.popitem(last=False)
         assert len(memo) <= size
-        assert list(memo.items()) == list(model.items())
+        assert memo.items() == list(model.items())
+        assert memo.entries == dict(model)
 
 
 def test_storing_a_key_again_evicts_nothing() -> None:
@@ -37,7 +38,9 @@ def test_storing_a_key_again_evicts_nothing() -> None:
     memo.remember("a", 1)
     memo.remember("b", 2)
     memo.remember("a", 3)
-    assert dict(memo) == {"a": 3, "b": 2}
+    assert memo.items() == [("a", 3), ("b", 2)]
+    memo.remember("c", 4)
+    assert memo.items() == [("b", 2), ("c", 4)]
 
 
 def test_sizes_come_from_the_table() -> None:

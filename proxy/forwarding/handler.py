@@ -90,7 +90,7 @@ class Forwarder:
         The target is appended to the base as text, never resolved against it, so `//host`,
         `@host`, `%2F` or `..` can only ever name a path on the configured upstream.
         """
-        url = self._urls.get(raw_target)
+        url = self._urls.entries.get(raw_target)
         if url is not None:
             return url
         if not raw_target.startswith("/"):

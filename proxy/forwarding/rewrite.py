@@ -93,7 +93,7 @@ class HeaderFilter:
     def __call__(self, headers: Mapping[str, str]) -> CIMultiDict[str]:
         kept: CIMultiDict[str] = CIMultiDict()
         add = kept.add
-        verdicts = self._verdicts
+        verdicts = self._verdicts.entries
         listed: list[str] | None = None
         for name, value in headers.items():
             verdict = verdicts.get(name)

@@ -75,7 +75,7 @@ class AccessLog:
             chosen = f"{request_id}\n{gini_id}"  # a newline: no secret spans the two
         else:
             gini = "null"
-        route = self._routes.get(ctx.route) or self._route(ctx.route)
+        route = self._routes.entries.get(ctx.route) or self._route(ctx.route)
         upstream = ctx.upstream_seconds
         bytes_in = request.content_length
         line = (

@@ -58,7 +58,7 @@ class RouteTable:
 
     def match(self, path: str) -> str:
         """The template for `path` (a trailing slash is ignored), or `other`."""
-        found = self._memo.get(path)
+        found = self._memo.entries.get(path)
         if found is None:
             found = self._memo.remember(path, self._match(path))
         return found

@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 
 from proxy.app import Services
 from proxy.config import build_config
+from proxy.config.memo import SIZES
 from proxy.errors import BadRequest
-from proxy.forwarding.handler import _URL_MEMO, Forwarder
+from proxy.forwarding.handler import Forwarder
 from proxy.forwarding.target import has_dot_segment
 from proxy.sandbox import GiniSimulator
 
@@ -498,11 +499,12 @@ def test_upstream_url_keeps_the_configured_origin(target: str) -> None:
 
 def test_upstream_url_memo_is_bounded_and_answers_like_a_fresh_parse() -> None:
     forwarder = _forwarder()
-    targets = [f"/documents/{n}?page={n % 7}" for n in range(3 * _URL_MEMO)]
+    size = SIZES["upstream_urls"]
+    targets = [f"/documents/{n}?page={n % 7}" for n in range(3 * size)]
     for target in targets:
         assert forwarder.upstream_url(target) == forwarder.upstream_url(target)
         assert str(forwarder.upstream_url(target)) == "https://pay-api.gini.net" + target
-    assert len(forwarder._urls) == _URL_MEMO
+    assert len(forwarder._urls) == size
     assert targets[-1] in forwarder._urls
     assert targets[0] not in forwarder._urls
     with pytest.raises(BadRequest):  # refused targets are never remembered

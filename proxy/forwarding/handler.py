@@ -12,8 +12,9 @@ HMAC and the relay itself.
 Timeouts: `upstream.timeout_seconds` bounds the wait for response headers and for each body
 chunk. A request whose body is in memory runs under one deadline (one timer) that covers the
 headers and, for answers read whole, their body too; streamed answers move it on per chunk.
-A streamed upload uses aiohttp's per-read timeout instead, which only starts once the body is
-sent. The benchmark showed aiohttp's per-read timer costing more than the one deadline.
+For a streamed upload that deadline starts once the body is sent, and aiohttp's per-read timeout
+covers an answer that starts earlier. The benchmark showed aiohttp's per-read timer costing more
+than the one deadline.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config import Config
+from proxy.config.memo import Memo
 from proxy.credentials import Authorizer
 from proxy.errors import (
     BadRequest,
@@ -52,9 +54,6 @@ REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
 DOT_SEGMENT_MESSAGE = "The request path has a `.` or `..` segment; it is never forwarded."
 
 
-_URL_MEMO = 1024  # request targets whose upstream URL is remembered
-
-
 class Forwarder:
     """The flow-1 handler: one instance per app, called for every Pay API request."""
 
@@ -73,7 +72,7 @@ class Forwarder:
         self.base = config.upstream.pay_api
         base = URL(self.base)
         self._origin = (base.scheme, base.raw_host, base.port)
-        self._urls: dict[str, URL] = {}  # validated upstream URLs of recent request targets
+        self._urls: Memo[str, URL] = Memo("upstream_urls")  # validated, of recent targets
         self.authorizer = authorizer  # Basic + X-User-Identifier, or a per-user JWT
         drop = set(NEVER_FORWARD) | {caller.header.lower(), "accept-encoding"}
         if config.inbound_auth is not None:
@@ -105,7 +104,7 @@ class Forwarder:
         The target is appended to the base as text, never resolved against it, so `//host`,
         `@host`, `%2F` or `..` can only ever name a path on the configured upstream.
         """
-        url = self._urls.get(raw_target)
+        url = self._urls.entries.get(raw_target)
         if url is not None:
             return url
         if not raw_target.startswith("/"):
@@ -116,11 +115,8 @@ class Forwarder:
         if (url.scheme, url.raw_host, url.port) != self._origin:  # belt and braces
             raise BadRequest
         # Remembered because parsing it is 1.2 % of a request (callgrind), and callers repeat
-        # targets (listings, a document polled until it is processed); oldest out first.
-        if len(self._urls) >= _URL_MEMO:
-            del self._urls[next(iter(self._urls))]
-        self._urls[raw_target] = url
-        return url
+        # targets (listings, a document polled until it is processed).
+        return self._urls.remember(raw_target, url)
 
     def upstream_headers(
         self, request: web.Request, ctx: RequestContext, identifier: str
@@ -167,7 +163,7 @@ class Forwarder:
                 url,
                 headers=headers,
                 data=data,
-                deadline=None if streamed else self.timeout,
+                deadline=self.timeout,  # for a streamed upload, from its end on
                 read_timeout=self._upload_timeout if streamed else None,
                 skip_auto_headers=None if typed else _NO_CONTENT_TYPE,
                 call=call,

@@ -14,6 +14,7 @@ import ssl
 import aiohttp
 
 from proxy.errors import BadGateway, ProxyError, UpstreamTimeout, UpstreamUnavailable
+from proxy.transport.aiohttp_client import connecting_over_tls
 from proxy.transport.client_cert import take_refusal
 
 # Failures a retry cannot fix (a configuration or trust problem): reported at once.
@@ -160,8 +161,7 @@ def _tls_error() -> ProxyError:
 
 def _reset_in_tls_handshake(exc: aiohttp.ClientConnectorError) -> bool:
     """A reset while connecting to an https origin: TCP was up, so the handshake was refused."""
-    key = getattr(exc, "_conn_key", None)
-    return bool(getattr(key, "is_ssl", False)) and isinstance(exc.os_error, ConnectionResetError)
+    return connecting_over_tls(exc) and isinstance(exc.os_error, ConnectionResetError)
 
 
 def _ssl_reason(exc: BaseException) -> str:
@@ -177,7 +177,7 @@ def _ssl_cause(exc: BaseException) -> str | None:
         seen.add(id(current))
         # aiohttp's own SSL errors subclass ssl.SSLError without OpenSSL's reason: the one
         # they wrap (`os_error`) has it.
-        inner = getattr(current, "os_error", None) or getattr(current, "_os_error", None)
+        inner = getattr(current, "os_error", None)
         for candidate in (inner, current):
             if isinstance(candidate, ssl.SSLError) and not isinstance(
                 candidate, aiohttp.ClientError

@@ -37,7 +37,12 @@ class ProtectionConfig:
 
 def parse_protection(r: Reader, upstream: Mapping[str, Any]) -> ProtectionConfig:
     """Read `upstream.protection` (the defaults when absent); every problem is recorded."""
-    keys = ("max_in_flight", "queue_seconds", "honor_retry_after", "max_pause_seconds")
+    keys: tuple[str, ...] = (
+        "max_in_flight",
+        "queue_seconds",
+        "honor_retry_after",
+        "max_pause_seconds",
+    )
     keys += ("retry_budget_ratio", "breaker")
     d = r.section(upstream, "protection", PATH, keys) or {}
     base = ProtectionConfig()

@@ -115,6 +115,11 @@ class Upstream:
             # for https); the environment's *_PROXY variables are not read implicitly.
             proxy=self.proxy,
         )
+        # aiohttp resends a GET, PUT or DELETE once when its connection drops: that would repeat
+        # PUTs behind the caller's back and outside the retry budget. Flow 1 resends bodiless
+        # GET/HEAD/OPTIONS itself (`forwarding/handler`); tests/test_protection_flows.py checks
+        # this private switch still exists.
+        self._session._retry_connection = False
 
     @property
     def session(self) -> aiohttp.ClientSession:

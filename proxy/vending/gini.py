@@ -1,7 +1,8 @@
 """The proxy's own calls to Gini: `/login`, User Center tokens and user creation.
 
 Each call has bounded retries with full-jitter exponential backoff on connect failures,
-timeouts, 429 and 5xx. They are safe to repeat: a second `/login` or password grant only
+timeouts, 429 and 5xx, within the upstream's retry budget and never into a pause Gini asked
+for (`transport/protection`). They are safe to repeat: a second `/login` or password grant only
 yields another token, and a repeated user creation answers 400 "exists", which the anonymous
 flow already treats as "created" for credentials it stored first.
 """

@@ -40,9 +40,19 @@ class Retry(Exception):
     """An attempt made with `retry=True` failed in a way another attempt may fix (already
     counted, not logged). `error` is what the caller gets when no other attempt is made."""
 
-    def __init__(self, reason: str, error: ProxyError):
+    def __init__(self, name: str, reason: str, error: ProxyError, cause: BaseException):
         super().__init__(reason)
-        self.reason, self.error = reason, error
+        self.name, self.reason, self.error, self.cause = name, reason, error, type(cause).__name__
+
+    def give_up(self) -> ProxyError:
+        """No other attempt: log the failure as a call without `retry` would, and return the
+        error its caller gets."""
+        log.warning(
+            "upstream call failed: %s",
+            self.error.detail,
+            extra={"upstream": self.name, "reason": self.reason, "error": self.cause},
+        )
+        return self.error
 
 
 class AnswerBroken(Exception):
@@ -194,7 +204,7 @@ class Upstream:
         self.guards[name].failed(reason)
         error.detail = cause
         if retry and reason not in PERMANENT_REASONS:
-            return Retry(reason, error)
+            return Retry(name, reason, error, exc)
         if not quiet:
             log.warning(
                 "upstream call failed: %s",

@@ -18,7 +18,6 @@ sent. The benchmark showed aiohttp's per-read timer costing more than the one de
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -56,7 +55,6 @@ REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
 # idempotent.
 RESENDABLE = frozenset({"GET", "HEAD", "OPTIONS"})
 RESEND_REASONS = frozenset({"connect", "disconnect"})
-log = logging.getLogger("proxy.forwarding")
 DOT_SEGMENT_MESSAGE = "The request path has a `.` or `..` segment; it is never forwarded."
 
 
@@ -195,7 +193,7 @@ class Forwarder:
                         return await self.relay.answer(request, ctx, call, miss)
                 except Retry as failed:
                     if not (resend and self._may_resend(failed)):
-                        raise failed.error from None
+                        raise failed.give_up() from None
                     resend = False
         except AnswerBroken as broken:
             return self.relay.abort(request, ctx, broken)
@@ -206,14 +204,7 @@ class Forwarder:
     def _may_resend(self, failed: Retry) -> bool:
         """Whether a bodiless GET/HEAD/OPTIONS whose call failed before any answer byte goes
         out once more: only for a failed connection, and within the retry budget."""
-        if failed.reason in RESEND_REASONS and self.upstream.guards[PAY_API].spend_retry():
-            return True
-        log.warning(
-            "upstream call failed: %s",
-            failed.error.detail,
-            extra={"upstream": PAY_API, "reason": failed.reason},
-        )
-        return False
+        return failed.reason in RESEND_REASONS and self.upstream.guards[PAY_API].spend_retry()
 
     async def _request_body(
         self, request: web.Request, headers: CIMultiDict[str], call: Call

@@ -113,7 +113,7 @@ class Guard:
         self.pause_status = 429
         self.state = CLOSED
         self.open_until = 0.0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._queue: deque[asyncio.Future[None]] = deque()
 
     # -- admission -----------------------------------------------------------------------
 
@@ -128,11 +128,11 @@ class Guard:
         """Take a slot, waiting at most `queue_seconds` behind earlier callers; or raise the
         contract error the caller gets instead (the call is then counted as shed)."""
         self._admit(self.clock(), breaker=True)
-        if self.free > 0 and not self._waiters:
+        if self.free > 0 and not self._queue:
             self.free -= 1
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        self._queue.append(waiter)
         try:
             async with asyncio.timeout(self.queue_seconds):
                 await waiter
@@ -140,7 +140,7 @@ class Guard:
             handed = waiter.done() and not waiter.cancelled()
             if not handed:
                 waiter.cancel()
-                self._waiters.remove(waiter)  # a caller that went away leaves at once
+                self._queue.remove(waiter)  # a caller that went away leaves at once
                 if isinstance(exc, TimeoutError):
                     raise self._shed("busy", UpstreamBusy, 1) from None
                 raise
@@ -159,9 +159,9 @@ class Guard:
         if self.state is PROBING:
             # Left without an outcome (its caller went away): the next caller probes instead.
             self.state, self.open_until = OPEN, 0.0
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
+        queue = self._queue
+        while queue:
+            waiter = queue.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return
@@ -268,5 +268,5 @@ class Guard:
             "paused_seconds": math.ceil(self.pause_left()),
             "breaker": self.state,
             "in_flight": self.limit - self.free,
-            "queued": sum(not waiter.done() for waiter in self._waiters),
+            "queued": sum(not waiter.done() for waiter in self._queue),
         }

@@ -210,8 +210,7 @@ class GiniClient:
             if not guard.spend_retry():
                 if failure is None:
                     return answer
-                log.warning("upstream call failed, retry over budget", extra={"upstream": upstream})
-                raise failure.error
+                raise failure.give_up()
             attempt += 1
             # Full jitter: concurrent retries spread out instead of arriving together.
             await self.sleep(random.uniform(0, BACKOFF_BASE * 2**attempt))  # noqa: S311

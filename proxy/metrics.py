@@ -261,14 +261,17 @@ class Metrics:
             ("upstream", "result"),
             registry=r,
         )
+        # Children bound once: a shed answer must cost no more than the cheapest refusal.
+        self._shed_children: dict[tuple[str, str], Callable[[], None]] = {}
         for upstream in ("pay_api", "user_center"):
             for reason in ("paused", "busy", "breaker"):
-                self.upstream_shed_calls.labels(upstream, reason)
+                child = self.upstream_shed_calls.labels(upstream, reason)
+                self._shed_children[(upstream, reason)] = child.inc
             for result in ("sent", "over_budget"):
                 self.upstream_retries.labels(upstream, result)
 
     def upstream_shed(self, upstream: str, reason: str) -> None:
-        self.upstream_shed_calls.labels(upstream, reason).inc()
+        self._shed_children[(upstream, reason)]()
 
     def upstream_retry(self, upstream: str, result: str) -> None:
         self.upstream_retries.labels(upstream, result).inc()

@@ -19,7 +19,7 @@ from proxy.errors import (
     UpstreamThrottledUnavailable,
     UpstreamUnavailable,
 )
-from proxy.transport.protection import BUDGET_FLOOR, Guard
+from proxy.transport.protection import BUDGET_FLOOR, Guard, Window
 from proxy.transport.retry_after import retry_after_seconds
 
 NOW = 1_700_000_000.0
@@ -261,3 +261,42 @@ def test_errors_are_contract_errors() -> None:
     for error in (UpstreamThrottled, UpstreamThrottledUnavailable, UpstreamBusy):
         assert issubclass(error, ProxyError)
     assert UpstreamThrottledUnavailable.code == UpstreamThrottled.code == "upstream_throttled"
+
+
+@given(
+    st.lists(
+        st.tuples(st.floats(min_value=0, max_value=4), st.integers(0, 3), st.integers(0, 3)),
+        max_size=60,
+    )
+)
+def test_a_window_counts_what_its_last_ten_buckets_saw(steps: list[tuple[float, int, int]]) -> None:
+    window, now, seen = Window(10), 1000.0, []
+    for gap, a, b in steps:
+        now += gap
+        window.add(now, a, b)
+        seen.append((int(now), a, b))  # buckets of 1 s
+        tick = int(now)
+        expected = [(a_, b_) for t, a_, b_ in seen if tick - t < 10]
+        assert window.totals(now) == (sum(x for x, _ in expected), sum(y for _, y in expected))
+
+
+async def test_a_pause_is_told_to_the_board_and_one_heard_elsewhere_is_obeyed() -> None:
+    told: list[tuple[str, float, int]] = []
+
+    class Recorder:
+        def heard(self, upstream: str, until: float, status: int) -> None:
+            told.append((upstream, until, status))
+
+    clock = Clock()
+    config = ProtectionConfig(max_pause_seconds=30)
+    g = Guard("user_center", config, Counts(), clock=clock, wall=lambda: NOW, board=Recorder())
+    g.answered(503, {"Retry-After": "120"})
+    assert told == [("user_center", NOW + 30, 503)]  # capped before it is shared
+    other = Guard("user_center", config, Counts(), clock=clock, wall=lambda: NOW)
+    other.pause_heard_elsewhere(NOW + 5, 429)
+    with pytest.raises(UpstreamThrottled) as caught:
+        await other.enter()
+    assert caught.value.headers["Retry-After"] == "5"
+    other.pause_heard_elsewhere(NOW - 1, 429)  # already over: nothing changes
+    other.pause_heard_elsewhere(NOW + 3600, 429)
+    assert other.pause_left() == 30  # capped here too

@@ -54,35 +54,45 @@ class PauseBoard(Protocol):
 
 
 class Window:
-    """Two counts over the last `seconds`, in ten buckets: cheap to add to, summed on demand."""
+    """Two counts over the last `seconds`, in ten buckets. The current bucket is two plain
+    attributes (`a`, `b`) that a caller may add to directly while `now < edge`; past buckets
+    are summed on demand."""
 
-    __slots__ = ("_a", "_b", "_stamps", "_width")
+    __slots__ = ("_past_a", "_past_b", "_stamps", "_tick", "_width", "a", "b", "edge")
 
     def __init__(self, seconds: float):
         self._width = seconds / _BUCKETS
-        self._stamps = [-_BUCKETS] * _BUCKETS
-        self._a = [0] * _BUCKETS
-        self._b = [0] * _BUCKETS
+        self.clear()
 
     def add(self, now: float, a: int, b: int) -> None:
-        tick = int(now / self._width)
-        i = tick % _BUCKETS
-        if self._stamps[i] != tick:
-            self._stamps[i], self._a[i], self._b[i] = tick, 0, 0
-        self._a[i] += a
-        self._b[i] += b
+        if now >= self.edge:
+            self._roll(now)
+        self.a += a
+        self.b += b
 
     def totals(self, now: float) -> tuple[int, int]:
-        tick = int(now / self._width)
-        a = b = 0
+        if now >= self.edge:
+            self._roll(now)
+        a, b, tick = self.a, self.b, self._tick
         for i in range(_BUCKETS):
-            if tick - self._stamps[i] < _BUCKETS:
-                a += self._a[i]
-                b += self._b[i]
+            if 0 < tick - self._stamps[i] < _BUCKETS:
+                a += self._past_a[i]
+                b += self._past_b[i]
         return a, b
 
     def clear(self) -> None:
-        self._stamps = [-_BUCKETS] * _BUCKETS
+        self._stamps = [-(2 * _BUCKETS)] * _BUCKETS
+        self._past_a = [0] * _BUCKETS
+        self._past_b = [0] * _BUCKETS
+        self._tick, self.edge, self.a, self.b = -(2 * _BUCKETS), float("-inf"), 0, 0
+
+    def _roll(self, now: float) -> None:
+        """Keep the current bucket among the past ones and start the one `now` falls in."""
+        i = self._tick % _BUCKETS
+        self._stamps[i], self._past_a[i], self._past_b[i] = self._tick, self.a, self.b
+        self._tick = int(now / self._width)
+        self.edge = (self._tick + 1) * self._width
+        self.a = self.b = 0
 
 
 class Guard:
@@ -198,7 +208,12 @@ class Guard:
         """Gini answered with `status` (its headers are read only for a 429 or 5xx)."""
         now = self.clock()
         if status < 500 and status != 429:
-            self._record(now, failed=False)
+            calls, budget = self.calls, self.budget
+            if now < calls.edge and now < budget.edge and self.state is CLOSED:
+                calls.a += 1  # the common case, inlined: one more call in both windows
+                budget.a += 1
+            else:
+                self._record(now, failed=False)
             return
         value = headers.get("Retry-After")
         seconds = None if value is None else retry_after_seconds(value, self.wall())

@@ -241,6 +241,15 @@ async def test_token_retries_stay_within_the_budget(
     assert over > 0
 
 
+async def test_30_failing_token_fetches_make_at_most_40_calls(
+    proxy: RunningProxy, sim: GiniSimulator
+) -> None:
+    sim.state.fail_next(10**6, status=503, app="pay")
+    answers = await asyncio.gather(*(derived(proxy, f"user-{n}@example.com") for n in range(30)))
+    assert {status for status, _ in answers} == {503}
+    assert 30 <= len(pay_calls(sim, "/login")) <= 40
+
+
 async def test_a_token_fetch_does_not_retry_into_a_pause(
     proxy: RunningProxy, sim: GiniSimulator
 ) -> None:

@@ -63,7 +63,7 @@ async def test_nothing_reaches_gini_during_a_pause(proxy: RunningProxy, sim: Gin
 
     # Concurrent callers in the window: each answered at once, Gini gets nothing.
     seen: list[tuple[float, int, dict[str, str], Any]] = []
-    while time.monotonic() - heard < 2.5:
+    while time.monotonic() - heard < 2.3:  # the last batch, at most 0.5 s, ends before 3 s
         seen += await asyncio.gather(*(timed(proxy, f"/documents?n={n}") for n in range(10)))
     for seconds, status, headers, body in seen:
         assert status == 429
@@ -182,7 +182,6 @@ async def test_the_breaker_opens_probes_once_and_closes(
     )
     # It opened again; once Gini is back, the next probe closes it.
     sim.state.fail_next(0)
-    await asyncio.sleep(0)
 
     async def closed() -> bool:
         return (await get(proxy, "/documents"))[0] == 200

@@ -83,6 +83,10 @@ async def status(request: web.Request) -> web.Response:
                     config.upstream.egress_proxy.url if config.upstream.egress_proxy else None
                 ),
             },
+            # Per upstream: seconds left of a Retry-After pause, breaker state, calls in flight.
+            "upstream_protection": {
+                name: guard.status() for name, guard in services.upstream.guards.items()
+            },
             "identifier_cache_entries": len(services.deriver),
             "identity_key_id": services.identity_key_id,
             "token_caches": {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -23,9 +23,11 @@ from proxy.credentials import Credentials
 from proxy.errors import ProxyError
 from proxy.metrics import Metrics
 from proxy.reporting.episodes import Episodes
+from proxy.transport.aiohttp_client import no_silent_resend
 from proxy.transport.deadlines import Deadline, Deadlines
 from proxy.transport.failures import PERMANENT_REASONS, classify
 from proxy.transport.interim import guarded_connector
+from proxy.transport.protection import Guard
 from proxy.transport.tls import TlsContext
 
 log = logging.getLogger("proxy.upstream")
@@ -38,7 +40,17 @@ USER_AGENT = f"gini-auth-proxy/{__version__}"
 
 class Retry(Exception):
     """An attempt made with `retry=True` failed in a way another attempt may fix (already
-    counted, not logged)."""
+    counted, not logged). `error` is what the caller gets when no other attempt is made."""
+
+    def __init__(self, reason: str, error: ProxyError, report: Callable[[], None]):
+        super().__init__(reason)
+        self.reason, self.error, self._report = reason, error, report
+
+    def give_up(self) -> ProxyError:
+        """No other attempt: log the failure as a call without `retry` would, and return the
+        error its caller gets."""
+        self._report()
+        return self.error
 
 
 class AnswerBroken(Exception):
@@ -79,6 +91,8 @@ class Upstream:
         )
         self._session: aiohttp.ClientSession | None = None
         self.deadlines = Deadlines()
+        # `upstream.protection`: a pause, a bound on calls in flight and a breaker per upstream.
+        self.guards = {n: Guard(n, config.protection, metrics) for n in (PAY_API, USER_CENTER)}
         self.tls = TlsContext(config.tls)
         self.episodes = Episodes(log)
         self.addresses = {
@@ -114,6 +128,7 @@ class Upstream:
             # for https); the environment's *_PROXY variables are not read implicitly.
             proxy=self.proxy,
         )
+        no_silent_resend(self._session)  # no PUT sent twice; flow 1 resends GETs itself
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -200,14 +215,19 @@ class Upstream:
             return call.refusal
         error, reason, cause = classify(exc, self.tls.get())
         self.metrics.upstream_error(name, reason)
-        if retry and reason not in PERMANENT_REASONS:
-            return Retry(reason)
-        if not quiet:  # an outage logs its start, a line a minute, and its end
-            fields = {"upstream": name, "reason": reason, "error": type(exc).__name__}
-            fields["address"] = self.addresses[name]
-            self.episodes.failed(name, reason, f"upstream call failed: {cause}", fields)
+        self.guards[name].failed(reason)
         error.detail = cause
+        if retry and reason not in PERMANENT_REASONS:
+            return Retry(reason, error, lambda: self._report(name, reason, cause, exc))
+        if not quiet:
+            self._report(name, reason, cause, exc)
         return error
+
+    def _report(self, name: str, reason: str, cause: str, exc: BaseException) -> None:
+        """Log a failed call; an outage logs its start, a line a minute, and its end."""
+        fields = {"upstream": name, "reason": reason, "error": type(exc).__name__}
+        fields["address"] = self.addresses[name]
+        self.episodes.failed(name, reason, f"upstream call failed: {cause}", fields)
 
 
 class Exchange:
@@ -216,16 +236,9 @@ class Exchange:
     1 % of a flow-1 request."""
 
     __slots__ = (
-        "_answered",
-        "_call",
-        "_deadline",
-        "_name",
-        "_quiet",
-        "_request",
-        "_retry",
-        "_timer",
-        "_up",
-    )
+        "_answered", "_call", "_deadline", "_guard", "_name", "_quiet",
+        "_request", "_retry", "_timer", "_up"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -241,6 +254,7 @@ class Exchange:
         self._deadline, self._call, self._retry, self._quiet = deadline, call, retry, quiet
         self._timer: Deadline | None = None
         self._answered = False
+        self._guard: Guard | None = None
 
     async def timed_upload(
         self, body: AsyncIterable[bytes], seconds: float
@@ -254,6 +268,9 @@ class Exchange:
             self._timer.reschedule(asyncio.get_running_loop().time() + seconds)
 
     async def __aenter__(self) -> Call:
+        guard = self._guard = self._up.guards[self._name]
+        if not guard.try_enter():  # paused, breaker open or every slot taken
+            await self._queue(guard)
         timer = self._timer = self._up.deadlines.start(self._deadline)
         started = time.perf_counter()
         try:
@@ -269,6 +286,7 @@ class Exchange:
                 aiohttp.ClientHttpProxyError(response.request_info, (), status=407)
             )
         self._answered = True
+        guard.answered(response.status, response.headers)
         call = self._call
         self._up.episodes.succeeded(self._name)
         call.seconds = time.perf_counter() - started
@@ -288,6 +306,22 @@ class Exchange:
             self._raise_translated(exc)
         assert self._timer is not None
         self._up.deadlines.stop(self._timer)
+        self._release()
+
+    async def _queue(self, guard: Guard) -> None:
+        try:
+            await guard.enter()
+        except BaseException:
+            self._guard = None
+            self._request.close()  # never sent: no "coroutine was never awaited"
+            raise
+
+    def _release(self) -> None:
+        """Give the call's slot back, once."""
+        guard = self._guard
+        if guard is not None:
+            self._guard = None
+            guard.leave()
 
     def _raise_translated(self, exc: BaseException) -> None:
         """Stop the deadline; raise what `exc` means for the caller, or return to let it pass
@@ -295,6 +329,7 @@ class Exchange:
         timer = self._timer
         assert timer is not None
         self._up.deadlines.stop(timer)
+        self._release()
         if isinstance(exc, asyncio.CancelledError):
             if not timer.ours():
                 return  # the caller went away, or shutdown

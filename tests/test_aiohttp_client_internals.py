@@ -22,6 +22,7 @@ from proxy.transport.aiohttp_client import (
     InterimCheckingConnector,
     InterimCheckingHandler,
     connecting_over_tls,
+    no_silent_resend,
 )
 
 
@@ -159,4 +160,20 @@ async def test_connector_errors_tell_whether_the_origin_was_https(scheme: str) -
             await session.get(f"{scheme}://127.0.0.1:{_closed_port()}/")
     assert connecting_over_tls(failed.value) is (scheme == "https"), moved(
         "ClientConnectorError._conn_key.is_ssl", f"it no longer says whether {scheme} is TLS"
+    )
+
+
+async def test_client_session_retry_connection_is_the_silent_resend_switch() -> None:
+    """`no_silent_resend` sets `ClientSession._retry_connection`, which aiohttp reads before
+    resending a request whose connection dropped."""
+    async with aiohttp.ClientSession() as session:
+        assert getattr(session, "_retry_connection", None) is True, (
+            f"aiohttp internal ClientSession._retry_connection changed ({aiohttp.__version__})"
+        )
+        no_silent_resend(session)
+        assert session._retry_connection is False
+    source = inspect.getsource(aiohttp.ClientSession._request)
+    assert "self._retry_connection" in source, (
+        "aiohttp internal ClientSession._retry_connection is no longer read by _request "
+        f"({aiohttp.__version__})"
     )

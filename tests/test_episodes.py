@@ -85,7 +85,10 @@ async def test_an_unreachable_gini_is_one_episode_naming_its_address(
     gate = Relay(target.hostname or "127.0.0.1", target.port or 80)
     await gate.start()
     try:
-        proxy = await start_proxy(upstream={"pay_api": f"http://127.0.0.1:{gate.port}"})
+        # The breaker is kept shut: this test is about the log lines of an outage.
+        breaker = {"breaker": {"min_calls": 1000}}
+        upstream = {"pay_api": f"http://127.0.0.1:{gate.port}", "protection": breaker}
+        proxy = await start_proxy(upstream=upstream)
         await gate.refuse()  # Gini is down
         for _ in range(20):
             async with proxy.client.get(proxy.url + "/documents", headers=USER) as response:
@@ -107,7 +110,7 @@ async def test_an_unreachable_gini_is_one_episode_naming_its_address(
     errors = proxy.metrics.registry.get_sample_value(
         "gini_proxy_upstream_errors_total", {"upstream": "pay_api", "reason": "connect"}
     )
-    assert errors == 20  # every failure is still counted
+    assert errors >= 20  # every attempt is still counted (a GET may be resent once)
 
 
 @pytest.fixture

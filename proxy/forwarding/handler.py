@@ -43,7 +43,7 @@ from proxy.forwarding.relay import Miss, Relay
 from proxy.forwarding.rewrite import NEVER_FORWARD, HeaderFilter, UrlRewriter, is_json_type
 from proxy.forwarding.target import has_dot_segment
 from proxy.identity import CallerIdentity
-from proxy.upstream import PAY_API, AnswerBroken, Call, Upstream
+from proxy.upstream import PAY_API, AnswerBroken, Call, Retry, Upstream
 from proxy.web.context import RequestContext
 
 if TYPE_CHECKING:
@@ -51,6 +51,12 @@ if TYPE_CHECKING:
 
 # TRACE would echo the injected credentials back to the caller; CONNECT would open a tunnel.
 REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
+# Sent again once, within the retry budget, when the connection failed before any answer byte
+# (refused, reset, a stale keep-alive connection): nothing reached Gini's application, and these
+# carry no body. Every other method is sent once, since Gini's uploads are not known to be
+# idempotent.
+RESENDABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+RESEND_REASONS = frozenset({"connect", "disconnect"})
 DOT_SEGMENT_MESSAGE = "The request path has a `.` or `..` segment; it is never forwarded."
 
 
@@ -131,7 +137,7 @@ class Forwarder:
         headers["X-Request-Id"] = ctx.request_id
         return headers
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:  # noqa: PLR0912 - in order
         """The flow-1 handler."""
         ctx = RequestContext.of(request)
         if request.method in REFUSED_METHODS:
@@ -156,31 +162,45 @@ class Forwarder:
                 raise self._body_timeout() from None
         streamed = data is not None and not isinstance(data, bytes)
         typed = data is None or "Content-Type" in headers
+        resend = data is None and request.method in RESENDABLE
         try:
-            async with self.upstream.call(
-                PAY_API,
-                request.method,
-                url,
-                headers=headers,
-                data=data,
-                deadline=self.timeout,  # for a streamed upload, from its end on
-                read_timeout=self._upload_timeout if streamed else None,
-                skip_auto_headers=None if typed else _NO_CONTENT_TYPE,
-                call=call,
-            ):
-                ctx.upstream_seconds = call.seconds
-                status = call.response.status
-                ctx.gini_request_id = call.response.headers.get("X-Request-Id")
-                if status >= 500:
-                    self.upstream.metrics.upstream_error(PAY_API, "status_5xx")
-                elif status == 401:  # Gini refused our credentials: a rotation may be due
-                    self.authorizer.refused(identifier, headers)
-                return await self.relay.answer(request, ctx, call, miss)
+            while True:
+                try:
+                    async with self.upstream.call(
+                        PAY_API,
+                        request.method,
+                        url,
+                        headers=headers,
+                        data=data,
+                        deadline=self.timeout,  # for a streamed upload, from its end on
+                        read_timeout=self._upload_timeout if streamed else None,
+                        skip_auto_headers=None if typed else _NO_CONTENT_TYPE,
+                        call=call,
+                        retry=resend,
+                    ):
+                        resend = False  # an answer has begun: never sent again from here
+                        ctx.upstream_seconds = call.seconds
+                        status = call.response.status
+                        ctx.gini_request_id = call.response.headers.get("X-Request-Id")
+                        if status >= 500:
+                            self.upstream.metrics.upstream_error(PAY_API, "status_5xx")
+                        elif status == 401:  # Gini refused our credentials: a rotation may be due
+                            self.authorizer.refused(identifier, headers)
+                        return await self.relay.answer(request, ctx, call, miss)
+                except Retry as failed:
+                    if not (resend and self._may_resend(failed)):
+                        raise failed.give_up() from None
+                    resend = False
         except AnswerBroken as broken:
             return self.relay.abort(request, ctx, broken)
         finally:
             if held:
                 self.budget.give(held)
+
+    def _may_resend(self, failed: Retry) -> bool:
+        """Whether a bodiless GET/HEAD/OPTIONS whose call failed before any answer byte goes
+        out once more: only for a failed connection, and within the retry budget."""
+        return failed.reason in RESEND_REASONS and self.upstream.guards[PAY_API].spend_retry()
 
     async def _request_body(
         self, request: web.Request, headers: CIMultiDict[str], call: Call

@@ -11,6 +11,8 @@ passed on).
 - `TCPConnector._factory` and `TCPConnector._loop`: how a connector makes that protocol.
 - `ClientConnectorError._conn_key.is_ssl`: whether a failed connection was to an https origin
   (the public `ssl` property gives the `ssl=` argument, which is a context for http too).
+- `ClientSession._retry_connection`: aiohttp resends a GET, PUT or DELETE once when its
+  connection drops; `no_silent_resend` turns that off.
 """
 
 from __future__ import annotations
@@ -63,3 +65,12 @@ def connecting_over_tls(exc: aiohttp.ClientConnectorError) -> bool:
     """Whether the connection that failed was to an https origin (TLS over TCP)."""
     key = getattr(exc, "_conn_key", None)
     return bool(getattr(key, "is_ssl", False))
+
+
+def no_silent_resend(session: aiohttp.ClientSession) -> None:
+    """Stop `session` from resending a request whose connection dropped: that would repeat PUTs
+    behind the caller's back and outside the retry budget (flow 1 resends bodiless
+    GET/HEAD/OPTIONS itself, within it)."""
+    if not hasattr(session, "_retry_connection"):
+        raise RuntimeError("aiohttp internal ClientSession._retry_connection is gone")
+    session._retry_connection = False

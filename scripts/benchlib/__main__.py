@@ -5,7 +5,7 @@ Sections (`--only`, comma-separated; all by default): flow1 (GET /documents: the
 the lean and the bare forwarder, alternating; direct; memory), tokens (token vending against
 flow 1, alternating on one proxy; upstream fetches), cache (response cache), tls (flow 1 from
 nginx over HTTPS: proxy, lean and bare alternating, TLS handshakes per 1,000 requests), jwt
-(client.auth jwt against basic).
+(client.auth jwt against basic), shed (an answer shed during a Retry-After pause against a 400).
 See docs/performance.md for the method. Exit codes: 0 every target met, 3 a target missed,
 1 the bench itself failed, 130 interrupted. Every process it starts is stopped on the way out.
 """
@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from types import FrameType
 
-from . import instructions
+from . import instructions, shed
 from .procs import Processes
 from .report import SECTIONS, Results, machine_info
 from .sections import ROOT, Bench, Timing
@@ -90,8 +90,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="run only these sections, comma-separated: flow1 (GET /documents: proxy, lean and "
         "bare alternating; direct; memory), tokens (token vending against flow 1; upstream "
         "fetches), cache (response cache), tls (proxy, lean and bare alternating to nginx over "
-        "HTTPS, handshakes per 1,000 requests), jwt (client.auth jwt against basic); default: "
-        "all (with --profile: flow1)",
+        "HTTPS, handshakes per 1,000 requests), jwt (client.auth jwt against basic), shed (CPU "
+        "of an answer shed during a pause against a 400 for a bad user id); default: all "
+        "(with --profile: flow1)",
     )
     parser.add_argument(
         "--rounds",
@@ -217,6 +218,8 @@ def run(args: argparse.Namespace, procs: Processes, tmp: Path) -> Results:
         bench.tls(nginx_path or ensure_tool("nginx", "nginx-light", NGINX_PATHS))
     if "jwt" in sections:
         bench.jwt()
+    if "shed" in sections:
+        shed.section(bench)
     return results
 
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from .compare import Comparison
 from .footprint import ENTRIES
+from .shed import table as shed_table
 from .transfer import MIB
 from .upstream import DOCUMENTS
 from .wrk import WrkResult
@@ -210,6 +211,8 @@ def render(results: Results) -> str:
         lines += _tls(results)
     if "jwt" in results.sections:
         lines += _jwt(results)
+    if results.shed is not None:
+        lines += shed_table(results.shed)
     lines += ["", *results.notes] if results.notes else []
     lines += [
         "",

@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .compare import Comparison
+from .fleet import FleetResult
 from .loop import uses_uvloop
 from .shed import ShedResult
 from .tables import render
@@ -20,7 +21,7 @@ from .vending import VendRun
 from .verdict import verdict_rows
 from .wrk import WrkResult
 
-SECTIONS = ("flow1", "tokens", "cache", "tls", "jwt", "shed")
+SECTIONS = ("flow1", "tokens", "cache", "tls", "jwt", "shed", "fleet")
 
 
 def _version(package: str) -> str:
@@ -84,6 +85,9 @@ class Results:
     jwt_sign_us: float = 0.0
     # upstream protection: a shed answer's CPU against a 400's, on one paused proxy
     shed: ShedResult | None = None
+    # fleet: Gini calls per user at N replicas, a Redis hit against a local one (its vending
+    # comparison is compare["fleet/32"])
+    fleet: FleetResult | None = None
     notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:

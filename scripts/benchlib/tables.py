@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .compare import Comparison
+from .fleet import table as fleet_table
 from .footprint import ENTRIES
 from .shed import table as shed_table
 from .transfer import MIB
@@ -213,6 +214,10 @@ def render(results: Results) -> str:
         lines += _jwt(results)
     if results.shed is not None:
         lines += shed_table(results.shed)
+    if results.fleet is not None:
+        found = results.compare.get("fleet/32")
+        lines += fleet_table(results.fleet)
+        lines += comparison_table("vending from a warm local cache", found) if found else []
     lines += ["", *results.notes] if results.notes else []
     lines += [
         "",

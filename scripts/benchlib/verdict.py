@@ -26,6 +26,8 @@ TARGET_JWT_RATIO = 0.95
 # An answer shed by upstream protection costs no more CPU than a 400 for a bad user id; the
 # 5 % margin is the noise of CPU per request between two alternating wrk loads.
 TARGET_SHED_CPU_RATIO = 1.05
+TARGET_FLEET_RATIO = 0.95  # vending from a warm local cache, fleet on >= this x fleet off
+TARGET_FLEET_REDIS_MS = 1.0  # a token from Redis adds at most this to p50 over a local one
 
 Row = tuple[str, str, str]
 VARIANTS = (("plain", ""), ("tls", "TLS: "))
@@ -208,9 +210,53 @@ def _shed(results: Results) -> list[Row]:
     ]
 
 
+def _fleet(results: Results) -> list[Row]:
+    rows: list[Row] = []
+    vending = results.compare.get("fleet/32")
+    if vending is not None:
+        rows += _ratio_row(
+            vending,
+            "fleet",
+            "local",
+            f"token vending, fleet on >= {TARGET_FLEET_RATIO} x off (warm cache)",
+            TARGET_FLEET_RATIO,
+        )
+    fleet = results.fleet
+    if fleet is None:
+        return rows
+    if fleet.latency_users:
+        measured = f"{fleet.added_ms:+.3f} ms ({fleet.redis_p50_ms:.3f} - {fleet.local_p50_ms:.3f})"
+        clean = fleet.latency_errors == 0 and fleet.from_fleet == fleet.latency_users
+        if not clean:
+            measured += f", {fleet.from_fleet} from Redis, {fleet.latency_errors} errors"
+        rows.append(
+            (
+                f"token p50, Redis - local memory <= {TARGET_FLEET_REDIS_MS:.0f} ms",
+                measured,
+                _ok(fleet.added_ms <= TARGET_FLEET_REDIS_MS and clean),
+            )
+        )
+    for s in fleet.spreads:
+        rows.append(
+            (
+                f"  /login per user, {s.replicas} replica(s), fleet {'on' if s.fleet else 'off'}",
+                f"{s.per_user:.2f} ({s.logins} for {s.users}, {s.errors} errors)",
+                "info",
+            )
+        )
+    return rows
+
+
 def verdict_rows(results: Results) -> list[Row]:
     """(target, measured, PASS|FAIL|info|n/a) for each target, in a fixed order."""
     rows: list[Row] = []
     for variant, prefix in VARIANTS:
         rows += _flow1(results, variant, prefix)
-    return rows + _memory(results) + _tokens(results) + _cache_and_jwt(results) + _shed(results)
+    return (
+        rows
+        + _memory(results)
+        + _tokens(results)
+        + _cache_and_jwt(results)
+        + _shed(results)
+        + _fleet(results)
+    )

@@ -7,7 +7,8 @@ flow 1, alternating on one proxy; upstream fetches), cache (response cache), tls
 nginx over HTTPS: proxy, lean and bare alternating, TLS handshakes per 1,000 requests), jwt
 (client.auth jwt against basic), shed (an answer shed during a Retry-After pause against a 400),
 fleet (token vending with tokens shared through Redis: on against off, Redis against memory,
-Gini calls at N replicas).
+Gini calls at N replicas), tracing (flow 1 at sample ratios 0, 0.05 and 1, and at 0.05 with the
+audit log, against the lean forwarder).
 See docs/performance.md for the method. Exit codes: 0 every target met, 3 a target missed,
 1 the bench itself failed, 130 interrupted. Every process it starts is stopped on the way out.
 """
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from . import fleet, instructions, shed
+from . import fleet, instructions, shed, tracing
 from .procs import Processes
 from .report import SECTIONS, Results, machine_info
 from .sections import ROOT, Bench, Timing
@@ -38,6 +39,7 @@ NGINX_PATHS = ("/usr/sbin/nginx",)
 MODULE_SECTIONS: dict[str, Callable[[Bench], None]] = {
     "shed": shed.section,
     "fleet": fleet.section,
+    "tracing": tracing.section,
 }
 
 
@@ -101,7 +103,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "HTTPS, handshakes per 1,000 requests), jwt (client.auth jwt against basic), shed (CPU "
         "of an answer shed during a pause against a 400 for a bad user id), fleet (token vending "
         "with the fleet section: on vs off, a Redis hit vs a local one, Gini calls per user "
-        "at 1-8 replicas); default: all "
+        "at 1-8 replicas), tracing (flow 1 at sample ratios 0, 0.05 and 1, and 0.05 with the "
+        "audit log, against lean); default: all "
         "(with --profile: flow1)",
     )
     parser.add_argument(

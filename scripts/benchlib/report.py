@@ -16,12 +16,13 @@ from .fleet import FleetResult
 from .loop import uses_uvloop
 from .shed import ShedResult
 from .tables import render
+from .tracing import TracingResult
 from .transfer import TransferResult
 from .vending import VendRun
 from .verdict import verdict_rows
 from .wrk import WrkResult
 
-SECTIONS = ("flow1", "tokens", "cache", "tls", "jwt", "shed", "fleet")
+SECTIONS = ("flow1", "tokens", "cache", "tls", "jwt", "shed", "fleet", "tracing")
 
 
 def _version(package: str) -> str:
@@ -88,6 +89,9 @@ class Results:
     # fleet: Gini calls per user at N replicas, a Redis hit against a local one (its vending
     # comparison is compare["fleet/32"])
     fleet: FleetResult | None = None
+    # tracing: what the OTLP sink received and the audit proxies wrote (the comparison of the
+    # sample ratios, the audit log and the lean forwarder is compare["tracing/32"])
+    tracing: TracingResult | None = None
     notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:

@@ -28,6 +28,7 @@ TARGET_JWT_RATIO = 0.95
 TARGET_SHED_CPU_RATIO = 1.05
 TARGET_FLEET_RATIO = 0.95  # vending from a warm local cache, fleet on >= this x fleet off
 TARGET_FLEET_REDIS_MS = 1.0  # a token from Redis adds at most this to p50 over a local one
+TARGET_AUDIT_LEAN_RATIO = 0.80  # tracing at 0.05 plus the audit log >= this x lean, 32 conns
 
 Row = tuple[str, str, str]
 VARIANTS = (("plain", ""), ("tls", "TLS: "))
@@ -247,16 +248,30 @@ def _fleet(results: Results) -> list[Row]:
     return rows
 
 
+def _tracing(results: Results) -> list[Row]:
+    traced = results.compare.get("tracing/32")
+    if traced is None:
+        return []
+    rows = _ratio_row(
+        traced,
+        "audit",
+        "lean",
+        f"tracing 0.05 + audit req/s >= {TARGET_AUDIT_LEAN_RATIO:.2f} x lean (32 conns)",
+        TARGET_AUDIT_LEAN_RATIO,
+    )
+    for key in ("off", "ratio0", "ratio005", "ratio1", "audit"):
+        side = traced.sides.get(key)
+        if side is not None:
+            rows.append(
+                (f"  CPU per request, {side.label}", f"{side.cpu_us_per_request:.0f} us", "info")
+            )
+    return rows
+
+
 def verdict_rows(results: Results) -> list[Row]:
     """(target, measured, PASS|FAIL|info|n/a) for each target, in a fixed order."""
     rows: list[Row] = []
     for variant, prefix in VARIANTS:
         rows += _flow1(results, variant, prefix)
-    return (
-        rows
-        + _memory(results)
-        + _tokens(results)
-        + _cache_and_jwt(results)
-        + _shed(results)
-        + _fleet(results)
-    )
+    rows += _memory(results) + _tokens(results) + _cache_and_jwt(results)
+    return rows + _shed(results) + _fleet(results) + _tracing(results)

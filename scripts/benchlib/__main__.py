@@ -218,8 +218,8 @@ def run(args: argparse.Namespace, procs: Processes, tmp: Path) -> Results:
         sections=sections,
     )
     bench = Bench(args, procs, tmp, wrk, results, aio, upstream, timing)
-    if args.profile:
-        bench.profiles(sections)
+    if args.profile:  # the module sections have no profile of their own
+        bench.profiles(tuple(name for name in sections if name not in MODULE_SECTIONS))
         return results
     if "flow1" in sections:
         bench.flow1()

@@ -80,7 +80,7 @@ def demo(port: int, admin_port: int) -> int:
                 client_id=DEMO_CLIENT_ID, client_secret=secrets.token_urlsafe(24)
             ) as sim:
                 config = demo_config(sim, port, admin_port, Path(folder))
-                configure_logging("info", Redactor(config.secrets()), sys.stderr)
+                configure_logging("info", Redactor(config.secrets()), sys.stderr, fmt="text")
                 return await run(
                     Services(config), on_ready=lambda: print(banner(config, sim), flush=True)
                 )

@@ -283,20 +283,23 @@ def _inbound_auth(r: Reader, data: Mapping[str, Any]) -> InboundAuthConfig | Non
 
 
 def _logging(r: Reader, data: Mapping[str, Any]) -> LoggingConfig:
-    d = (
-        r.section(data, "logging", "logging", ("level", "access_log", "access_log_sample_rate"))
-        or {}
-    )
+    keys = ("level", "format", "access_log", "access_log_sample_rate")
+    d = r.section(data, "logging", "logging", keys) or {}
     level = r.string(d, "level", "logging.level", "info").lower()
     if level not in ("debug", "info", "warning", "error"):
         r.problem("logging.level", "must be one of debug, info, warning, error")
         level = "info"
+    fmt = r.string(d, "format", "logging.format", "json").lower()
+    if fmt not in ("json", "text"):
+        r.problem("logging.format", f"must be json or text, got {fmt!r}")
+        fmt = "json"
     return LoggingConfig(
         level=level,
         access_log=r.boolean(d, "access_log", "logging.access_log", True),
         access_log_sample_rate=r.number(
             d, "access_log_sample_rate", "logging.access_log_sample_rate", 1.0, 0, 1
         ),
+        format=fmt,
     )
 
 

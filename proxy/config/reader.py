@@ -146,6 +146,7 @@ class Reader:
         if spec is None:
             self.problem(path, "is required (a string, {env: NAME} or {file: PATH})")
             return _PLACEHOLDER
+        before = len(self.problems)
         if isinstance(spec, str):
             spec = self.expand(spec, path)
         elif isinstance(spec, Mapping) and len(spec) == 1:
@@ -153,6 +154,8 @@ class Reader:
             ((kind, name),) = spec.items()
             if isinstance(name, str):
                 spec = {kind: self.expand(name, path)}
+        if len(self.problems) > before:  # an unset variable: "is empty" would say it twice
+            return _PLACEHOLDER
         try:
             return resolve_secret(spec, self.env, self.base_dir)
         except SecretSourceError as exc:

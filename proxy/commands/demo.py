@@ -96,6 +96,7 @@ def busy_port_hint(message: str, port: int, admin_port: int) -> str:
     """A taken port is the demo's most likely failure, and the fix is a flag away."""
     if not message.startswith("cannot listen on"):
         return message
+
     def other(p: int) -> int:
         return p + 100 if p + 100 <= 65535 else p - 100
 

@@ -205,3 +205,11 @@ async def test_first_run_init_check_serve_forwards_flow_1_to_the_simulator(tmp_p
             if proc is not None and proc.process.returncode is None:
                 proc.process.kill()
                 await proc.process.wait()
+
+
+def test_an_unwritable_folder_is_an_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("not a folder\n")
+    assert main(["init", str(tmp_path / "file")]) == exitcodes.CONFIG
+    assert f"cannot write {tmp_path / 'file'}" in capsys.readouterr().err

@@ -167,12 +167,18 @@ def init(folder: str, pay_api: str, user_center: str, *, force: bool) -> int:
             file=sys.stderr,
         )
         return exitcodes.CONFIG
-    _private_dir(plan.folder)
-    _private_dir(plan.secrets_dir)
-    _private_dir(plan.data_dir)
-    _write_private(plan.hmac_key, new_hmac_key() + "\n")
-    _write_private(plan.store_key, new_store_key() + "\n")
-    _write_private(plan.config, render_config(plan, pay_api, user_center))
+    try:
+        _private_dir(plan.folder)
+        _private_dir(plan.secrets_dir)
+        _private_dir(plan.data_dir)
+        _write_private(plan.hmac_key, new_hmac_key() + "\n")
+        _write_private(plan.store_key, new_store_key() + "\n")
+        _write_private(plan.config, render_config(plan, pay_api, user_center))
+    except OSError as exc:
+        print(
+            f"error: cannot write {exc.filename or folder}: {exc.strerror or exc}", file=sys.stderr
+        )
+        return exitcodes.CONFIG
     verb = "Replaced" if existing else "Wrote"
     print(f"{verb} {plan.config}")
     print(f"{verb} {plan.hmac_key} and {plan.store_key} (mode 0600)")

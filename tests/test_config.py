@@ -29,6 +29,7 @@ from proxy.config import (
     config_path,
     load_config,
 )
+from proxy.config.model import InboundKey
 from proxy.config.reader import ConfigError
 from proxy.config.secret import Secret, resolve_secret
 
@@ -470,7 +471,7 @@ def test_network_listen_with_inbound_auth_is_accepted() -> None:
     )
     config = build(data)
     assert config.inbound_auth is not None
-    assert config.inbound_auth.keys == (Secret(INBOUND_KEY, "inline#1"),)
+    assert config.inbound_auth.keys == (InboundKey(INBOUND_KEY, "inline#1"),)
 
 
 def test_network_listen_allowed_explicitly() -> None:

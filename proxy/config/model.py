@@ -75,9 +75,16 @@ class TokensConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class InboundKey(Secret):
+    """One inbound key and the name of the caller it belongs to (None for a bare key)."""
+
+    caller: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class InboundAuthConfig:
     header: str
-    keys: tuple[Secret, ...]
+    keys: tuple[InboundKey, ...]
 
 
 @dataclass(frozen=True, slots=True)

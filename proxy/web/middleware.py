@@ -72,19 +72,21 @@ def _as_proxy_error(exc: web.HTTPException) -> ProxyError:
 
 
 class InboundKeys:
-    """The inbound keys in force. A reload replaces `keys` whole (one attribute store), so a
-    request reads either the old tuple or the new one, never a mix, and takes no lock."""
+    """The inbound keys in force, each with its caller name (None for a bare key). A reload
+    replaces `keys` whole (one attribute store), so a request reads either the old tuple or
+    the new one, never a mix, and takes no lock."""
 
     __slots__ = ("keys",)
 
     def __init__(self, auth: InboundAuthConfig):
-        self.keys = tuple(key.encode() for key in auth.keys)
+        self.keys = tuple((key.encode(), key.caller) for key in auth.keys)
 
 
 def inbound_check(
     auth: InboundAuthConfig | None, current: InboundKeys | None = None
-) -> Callable[[web.Request], bool] | None:
+) -> Callable[[web.Request], bool | str] | None:
     """A predicate for `inbound_auth` (None when not configured): does the caller hold a key?
+    The answer is the key's caller name when it has one, else a bool.
 
     `current` holds the keys (reloadable); without it they are fixed at build time.
     """
@@ -95,8 +97,9 @@ def inbound_check(
     underscored = header.replace("-", "_")
     holder = current if current is not None else InboundKeys(auth)
 
-    def authenticated(request: web.Request) -> bool:
-        """True with exactly one key header holding a key; raises `BadRequest` for two."""
+    def authenticated(request: web.Request) -> bool | str:
+        """The caller's name, or True, with exactly one key header holding a key; raises
+        `BadRequest` for two."""
         headers = request.headers
         values = headers.getall(header, ())
         copies = len(values)
@@ -107,12 +110,30 @@ def inbound_check(
             raise BadRequest(DUPLICATE_KEY)
         offered = (values[0] if values else "").encode("utf-8", "surrogateescape")
         # Compare against every key, always: timing must not reveal which one (or none) matched.
-        matched = False
-        for key in holder.keys:
-            matched |= hmac.compare_digest(offered, key)
-        return matched and bool(offered)
+        matched: bool | str = False
+        for key, name in holder.keys:
+            if hmac.compare_digest(offered, key) and offered:
+                matched = name or True
+        return matched
 
     return authenticated
+
+
+def _admitter(
+    authenticated: Callable[[web.Request], bool | str] | None,
+) -> Callable[[web.Request], str | None] | None:
+    """The inbound check as the observer runs it: the caller's name (None for a bare key), or
+    `Unauthenticated` raised."""
+    if authenticated is None:
+        return None
+
+    def admit(request: web.Request) -> str | None:
+        verdict = authenticated(request)
+        if not verdict:
+            raise Unauthenticated
+        return None if verdict is True else verdict
+
+    return admit
 
 
 def observer(
@@ -136,7 +157,7 @@ def observer(
         caller = CallerIdentity(
             config.identity.header, IdentifierDeriver(config.identity.hmac_key.encode())
         )
-    authenticated = inbound_check(config.inbound_auth, inbound_keys)
+    admit = _admitter(inbound_check(config.inbound_auth, inbound_keys))
     log_every = config.logging.access_log and config.logging.access_log_sample_rate >= 1.0
     sample_rate = config.logging.access_log_sample_rate if config.logging.access_log else 0.0
 
@@ -155,8 +176,8 @@ def observer(
             status = CLIENT_CLOSED
             try:
                 try:
-                    if authenticated is not None and not authenticated(request):
-                        raise Unauthenticated
+                    if admit is not None:
+                        ctx.caller = admit(request)
                     if lifecycle.refusing:
                         raise lifecycle.draining_error()
                     response = await handler(request)

@@ -16,8 +16,9 @@ from proxy.forwarding.handler import Forwarder
 from proxy.identity import CallerIdentity, IdentifierDeriver, identity_key_id
 from proxy.lifecycle import Lifecycle
 from proxy.log import register_secrets
-from proxy.metrics import TOKEN_FLOWS, Metrics, store_up_gauge
+from proxy.metrics import TOKEN_FLOWS, Metrics, audit_counters, store_up_gauge
 from proxy.reloading import Owners, register_sources
+from proxy.telemetry.audit import AuditLog
 from proxy.upstream import Upstream
 from proxy.vending.anonymous import AnonymousUsers
 from proxy.vending.endpoints import PROXY_ENDPOINTS, TokenEndpoints
@@ -30,6 +31,7 @@ from proxy.web.accesslog import AccessLog
 from proxy.web.expect import expect_handler
 from proxy.web.middleware import InboundKeys, inbound_check, observer
 from proxy.web.routes import GINI_TEMPLATES, RouteTable
+from proxy.web.telemetry import RequestTelemetry
 
 if TYPE_CHECKING:
     from proxy.forwarding.cache import ResponseCache
@@ -64,6 +66,8 @@ class Services:
     inbound_keys: InboundKeys | None = field(init=False)
     reloader: Reloader = field(init=False)
     jwt_signer: JwtSigner | None = field(init=False)
+    audit: AuditLog | None = field(init=False)
+    telemetry: RequestTelemetry | None = field(init=False)
 
     def __post_init__(self) -> None:
         config = self.config
@@ -102,6 +106,11 @@ class Services:
             authorizer=self.credentials.flow1,
         )
         self.access_log = AccessLog(tuple(config.secrets()))
+        self.audit = None
+        if config.audit is not None:
+            self.audit = AuditLog(config.audit, *audit_counters(self.metrics.registry))
+            self.audit.secrets = self.access_log.secrets
+        self.telemetry = RequestTelemetry(self.audit, self.caller) if self.audit else None
         self.routes = RouteTable(GINI_TEMPLATES + tuple(PROXY_ENDPOINTS))
         self.gini = GiniClient(self.upstream, self.credentials)
         self.token_caches = {flow: self._token_cache(flow) for flow in TOKEN_FLOWS}
@@ -141,12 +150,16 @@ class Services:
             self.jwt_signer,
         )
         register_sources(self.reloader, self.config, owners)
+        if self.audit is not None:
+            self.reloader.on_result = self.audit.reloaded
 
     def _remember_secrets(self, values: Iterable[str]) -> None:
         """Values read on reload join the log redactor and the access log's list."""
         fresh = [value for value in values if len(value) >= 4]
         register_secrets(fresh)
         self.access_log.secrets = tuple(dict.fromkeys((*self.access_log.secrets, *fresh)))
+        if self.audit is not None:
+            self.audit.secrets = self.access_log.secrets
 
     def _store(self) -> tuple[CredentialStore | None, StoreHealth | None]:
         """The store as requests use it (deadlines, fail-fast) and its background check."""
@@ -187,6 +200,7 @@ def build_proxy_app(services: Services) -> web.Application:
         services.access_log,
         services.inbound_keys,
         services.caller,
+        services.telemetry,
     )
     app = web.Application(client_max_size=services.config.max_body_bytes)
     app[SERVICES] = services
@@ -203,6 +217,8 @@ def build_proxy_app(services: Services) -> web.Application:
                 await services.store.close()
                 raise
         await services.upstream.start()
+        if services.audit is not None:
+            services.audit.open()
         if services.response_cache is not None:
             await services.response_cache.start()
         services.reloader.start()
@@ -211,6 +227,8 @@ def build_proxy_app(services: Services) -> web.Application:
         finally:
             await services.reloader.close()
             services.access_log.flush()
+            if services.audit is not None:
+                services.audit.close()
             if services.response_cache is not None:
                 await services.response_cache.close()
             for cache in services.token_caches.values():

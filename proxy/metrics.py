@@ -242,3 +242,19 @@ def store_up_gauge(registry: CollectorRegistry) -> Gauge:
         "1 when the credential store answered its last background check, 0 when not.",
         registry=registry,
     )
+
+
+def audit_counters(registry: CollectorRegistry) -> tuple[Counter, Counter]:
+    """Audit records written (by action) and lost, registered only with an `audit` section."""
+    records = Counter(
+        "gini_proxy_audit_records_total",
+        "Audit records written, by action.",
+        ("action",),
+        registry=registry,
+    )
+    errors = Counter(
+        "gini_proxy_audit_errors_total",
+        "Audit records that could not be written.",
+        registry=registry,
+    )
+    return records, errors

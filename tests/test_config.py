@@ -998,13 +998,14 @@ def test_the_example_lists_every_key() -> None:
     # inbound_auth and jwt are there as comments (tests above and in test_jwt_config.py).
     # source_file is where the config was read from, not a key.
     keys = {f.name for f in dataclasses.fields(Config)} - {"source_file"}
-    assert set(data) | {"inbound_auth", "jwt"} == keys
+    assert set(data) | {"inbound_auth", "jwt", "tracing", "audit"} == keys
     data["inbound_auth"] = {"header": "", "keys": ""}
-    data["jwt"] = commented_section(EXAMPLE, "jwt")
+    for commented in ("jwt", "tracing", "audit"):
+        data[commented] = commented_section(EXAMPLE, commented)
     sections = _sections(Config)
     assert set(sections) == {
         "upstream", "client", "identity", "anonymous", "store", "tokens", "inbound_auth",
-        "response_cache", "logging", "client_timeouts", "jwt",
+        "response_cache", "logging", "client_timeouts", "jwt", "tracing", "audit",
     }  # fmt: skip
     for name, section_cls in sections.items():
         assert set(data[name]) == {f.name for f in dataclasses.fields(section_cls)}, name

@@ -35,6 +35,7 @@ from proxy.metrics import Metrics
 from proxy.web.accesslog import AccessLog
 from proxy.web.context import CONTEXT, REQUEST_ID, RequestContext
 from proxy.web.routes import RouteTable
+from proxy.web.telemetry import RequestTelemetry
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -136,7 +137,7 @@ def _admitter(
     return admit
 
 
-def observer(
+def observer(  # noqa: PLR0915 - the one wrapper's statements (see below)
     config: Config,
     metrics: Metrics,
     routes: RouteTable,
@@ -144,6 +145,7 @@ def observer(
     access: AccessLog,
     inbound_keys: InboundKeys | None = None,
     caller: CallerIdentity | None = None,
+    telemetry: RequestTelemetry | None = None,
 ) -> Callable[[Handler], Handler]:
     """`wrap(handler)`: the handler inside the request id, inbound auth, draining, the error
     answer, metrics, the access log and the log scope. Every config-dependent choice is made
@@ -162,7 +164,9 @@ def observer(
     sample_rate = config.logging.access_log_sample_rate if config.logging.access_log else 0.0
 
     def wrap(handler: Handler) -> Handler:
-        async def observed(request: web.Request) -> web.StreamResponse:
+        # One frame on purpose (see above): the branches are the concerns it folds together.
+        async def observed(request: web.Request) -> web.StreamResponse:  # noqa: PLR0912
+            observation = None
             started = time.perf_counter()
             request_id = request.headers.get("X-Request-Id")
             if request_id is None or not REQUEST_ID.fullmatch(request_id):
@@ -180,6 +184,8 @@ def observer(
                         ctx.caller = admit(request)
                     if lifecycle.refusing:
                         raise lifecycle.draining_error()
+                    if telemetry is not None:
+                        observation = telemetry.begin(request, ctx)
                     response = await handler(request)
                 except ProxyError as exc:
                     response = error_response(exc, request_id)
@@ -204,6 +210,8 @@ def observer(
                 metrics.observe_request(request.method, ctx.route, status, seconds)
                 if log_every or (sample_rate and random.random() < sample_rate):  # noqa: S311
                     access.write(request, ctx, status, seconds)
+                if observation is not None:
+                    observation.end(request, status, seconds)
                 end_request_scope(scope)
 
         return observed

@@ -16,9 +16,16 @@ from proxy.forwarding.handler import Forwarder
 from proxy.identity import CallerIdentity, IdentifierDeriver, identity_key_id
 from proxy.lifecycle import Lifecycle
 from proxy.log import register_secrets
-from proxy.metrics import TOKEN_FLOWS, Metrics, audit_counters, store_up_gauge
+from proxy.metrics import (
+    TOKEN_FLOWS,
+    Metrics,
+    audit_counters,
+    spans_dropped_counter,
+    store_up_gauge,
+)
 from proxy.reloading import Owners, register_sources
 from proxy.telemetry.audit import AuditLog
+from proxy.telemetry.tracing import Tracing
 from proxy.upstream import Upstream
 from proxy.vending.anonymous import AnonymousUsers
 from proxy.vending.endpoints import PROXY_ENDPOINTS, TokenEndpoints
@@ -67,6 +74,7 @@ class Services:
     reloader: Reloader = field(init=False)
     jwt_signer: JwtSigner | None = field(init=False)
     audit: AuditLog | None = field(init=False)
+    tracing: Tracing | None = field(init=False)
     telemetry: RequestTelemetry | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -110,7 +118,13 @@ class Services:
         if config.audit is not None:
             self.audit = AuditLog(config.audit, *audit_counters(self.metrics.registry))
             self.audit.secrets = self.access_log.secrets
-        self.telemetry = RequestTelemetry(self.audit, self.caller) if self.audit else None
+        self.tracing = None
+        if config.tracing is not None:
+            self.tracing = Tracing(config.tracing, spans_dropped_counter(self.metrics.registry))
+            self.upstream.tracing = self.tracing
+        self.telemetry = None
+        if self.audit is not None or self.tracing is not None:
+            self.telemetry = RequestTelemetry(self.audit, self.tracing, self.caller)
         self.routes = RouteTable(GINI_TEMPLATES + tuple(PROXY_ENDPOINTS))
         self.gini = GiniClient(self.upstream, self.credentials)
         self.token_caches = {flow: self._token_cache(flow) for flow in TOKEN_FLOWS}
@@ -152,6 +166,19 @@ class Services:
         register_sources(self.reloader, self.config, owners)
         if self.audit is not None:
             self.reloader.on_result = self.audit.reloaded
+
+    def start_telemetry(self) -> None:
+        """Open the audit log and start the trace exporter (in the running loop)."""
+        if self.audit is not None:
+            self.audit.open()
+        if self.tracing is not None:
+            self.tracing.start()
+
+    async def close_telemetry(self) -> None:
+        if self.audit is not None:
+            self.audit.close()
+        if self.tracing is not None:
+            await self.tracing.close()
 
     def _remember_secrets(self, values: Iterable[str]) -> None:
         """Values read on reload join the log redactor and the access log's list."""
@@ -217,8 +244,7 @@ def build_proxy_app(services: Services) -> web.Application:
                 await services.store.close()
                 raise
         await services.upstream.start()
-        if services.audit is not None:
-            services.audit.open()
+        services.start_telemetry()
         if services.response_cache is not None:
             await services.response_cache.start()
         services.reloader.start()
@@ -227,8 +253,7 @@ def build_proxy_app(services: Services) -> web.Application:
         finally:
             await services.reloader.close()
             services.access_log.flush()
-            if services.audit is not None:
-                services.audit.close()
+            await services.close_telemetry()
             if services.response_cache is not None:
                 await services.response_cache.close()
             for cache in services.token_caches.values():

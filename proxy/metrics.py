@@ -258,3 +258,12 @@ def audit_counters(registry: CollectorRegistry) -> tuple[Counter, Counter]:
         registry=registry,
     )
     return records, errors
+
+
+def spans_dropped_counter(registry: CollectorRegistry) -> Counter:
+    """Spans that never reached the collector, registered only with a `tracing` section."""
+    return Counter(
+        "gini_proxy_trace_spans_dropped_total",
+        "Spans dropped: the collector refused or could not be reached, or the queue was full.",
+        registry=registry,
+    )

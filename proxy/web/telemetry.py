@@ -1,8 +1,9 @@
-"""What the observer adds to a request for the audit log (and traces): decided once per
+"""What the observer adds to a request for the audit log and for traces: decided once per
 request after inbound auth, finished once its answer is known.
 
 Nothing here runs when neither is configured: the observer holds None instead of a
-`RequestTelemetry` and checks only that.
+`RequestTelemetry` and checks only that. With tracing on, an unsampled request costs the
+`traceparent` check and one random draw.
 """
 
 from __future__ import annotations
@@ -22,29 +23,36 @@ from proxy.telemetry.audit import (
     AuditUnavailable,
     outcome,
 )
+from proxy.telemetry.tracing import CURRENT, RequestTrace, Tracing, decide, parse_traceparent
 from proxy.web.context import RequestContext
 
 
 class Observation:
     """One request's telemetry in progress; `end` once its answer is known."""
 
-    __slots__ = ("caller", "scope", "token")
+    __slots__ = ("caller", "scope", "scope_token", "trace", "trace_token")
 
-    def __init__(
-        self,
-        caller: CallerIdentity,
-        scope: AuditScope | None,
-        token: Token[AuditScope | None] | None,
-    ):
+    def __init__(self, caller: CallerIdentity):
         self.caller = caller
-        self.scope = scope
-        self.token = token
+        self.scope: AuditScope | None = None
+        self.scope_token: Token[AuditScope | None] | None = None
+        self.trace: RequestTrace | None = None
+        self.trace_token: Token[RequestTrace | None] | None = None
+
+    @property
+    def trace_id(self) -> str | None:
+        """The sampled request's trace id (for exemplars), else None."""
+        return self.trace.trace_id if self.trace is not None else None
 
     def end(self, request: web.Request, status: int, seconds: float) -> None:
+        if self.trace is not None:
+            assert self.trace_token is not None
+            CURRENT.reset(self.trace_token)
+            self.trace.end(status)
         scope = self.scope
-        if self.token is not None:
-            SCOPE.reset(self.token)
         if scope is not None:
+            assert self.scope_token is not None
+            SCOPE.reset(self.scope_token)
             try:
                 user: str | None = self.caller.identifier(request.headers)  # memoised
             except ProxyError:
@@ -53,27 +61,48 @@ class Observation:
 
 
 class RequestTelemetry:
-    """`begin` once the caller is admitted (may refuse: `AuditUnavailable`), `end` always."""
+    """`begin` once the caller is admitted (may refuse: `AuditUnavailable`), then `end`."""
 
-    def __init__(self, audit: AuditLog | None, caller: CallerIdentity):
+    def __init__(self, audit: AuditLog | None, tracing: Tracing | None, caller: CallerIdentity):
         self.audit = audit
+        self.tracing = tracing
         self.caller = caller
 
     def begin(self, request: web.Request, ctx: RequestContext) -> Observation | None:
-        audit = self.audit
-        if audit is None:
-            return None
         method = request.method
-        if request.path.startswith("/_proxy/"):
-            action = ENDPOINT_ACTIONS.get((method, ctx.route))
-            if action is None:
-                return None  # not an action on an account: an unknown endpoint, a 405
-        else:
-            action = "forward"
-        if audit.required and not audit.ready():
+        action = self._action(request, ctx)
+        audit = self.audit
+        if action is not None and audit is not None and audit.required and not audit.ready():
             raise AuditUnavailable  # before anything reaches Gini
-        scope = AuditScope(
-            audit, action, ctx.request_id, method if method in METHODS else "other", ctx.route
-        )
-        scope.caller = ctx.caller
-        return Observation(self.caller, scope, SCOPE.set(scope))
+        observation = None
+        trace_id = None
+        tracing = self.tracing
+        if tracing is not None:
+            parent = parse_traceparent(request.headers.getall("traceparent", ()))
+            if parent is not None:
+                trace_id = parent[0]  # the caller's trace, sampled or not, for the audit record
+            if decide(parent, tracing.ratio):
+                observation = Observation(self.caller)
+                trace = tracing.begin(method if method in METHODS else "_OTHER", ctx.route, parent)
+                observation.trace, observation.trace_token = trace, CURRENT.set(trace)
+                trace_id = trace.trace_id
+        if action is not None and self.audit is not None:
+            observation = observation or Observation(self.caller)
+            scope = AuditScope(
+                self.audit,
+                action,
+                ctx.request_id,
+                method if method in METHODS else "other",
+                ctx.route,
+            )
+            scope.caller, scope.trace_id = ctx.caller, trace_id
+            observation.scope, observation.scope_token = scope, SCOPE.set(scope)
+        return observation
+
+    def _action(self, request: web.Request, ctx: RequestContext) -> str | None:
+        """The audited action a request is, or None (an unknown endpoint, a 405)."""
+        if self.audit is None:
+            return None
+        if request.path.startswith("/_proxy/"):
+            return ENDPOINT_ACTIONS.get((request.method, ctx.route))
+        return "forward"

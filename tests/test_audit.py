@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 
+from proxy.commands.rotate_key import rotate_store_key
 from proxy.config import build_config
 from proxy.config.reader import ConfigError
+from proxy.errors import StartupError
 from proxy.identity import derive_identifier
 from proxy.sandbox import GiniSimulator
 
-from .conftest import CLIENT_SECRET, HMAC_KEY, RunningProxy, StartProxy, eventually
+from .conftest import CLIENT_SECRET, HMAC_KEY, STORE_KEY, RunningProxy, StartProxy, eventually
 
 KEY = "billing:audit-test-key-0123456789"
 HEADERS = {"X-Proxy-Key": "audit-test-key-0123456789"}
@@ -257,3 +259,26 @@ async def test_secret_reloads_are_recorded(start_proxy: StartProxy, tmp_path: Pa
     ]
     assert all(list(r) == FIELDS for r in found)
     assert "second-audit-key" not in path.read_text()
+
+
+def test_a_store_key_rotation_is_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    data: dict[str, Any] = {
+        "client": {"id": "c", "secret": CLIENT_SECRET},
+        "identity": {"hmac_key": HMAC_KEY},
+        "store": {"url": f"sqlite:///{tmp_path}/store.db", "encryption_key": STORE_KEY},
+        "audit": {"path": str(path), "required": True},
+    }
+    config = build_config(data, {}, tmp_path)
+    rotate_store_key(config)
+    (record,) = records(path)
+    assert list(record) == FIELDS
+    assert (record["action"], record["outcome"], record["user"]) == ("store.rotate", "ok", None)
+    # Required and unwritable: the rotation does not start.
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(StartupError, match="audit"):
+        rotate_store_key(config)
+    assert "re-encrypted" in capsys.readouterr().out  # the first run only

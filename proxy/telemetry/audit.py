@@ -151,21 +151,27 @@ class AuditLog:
     def reloaded(self, config_key: str, result: str, seconds: float) -> None:
         """A `secret.reload` record for a new value applied or refused by Gini (a file that
         cannot be read, or holds no change, acts on nothing: the reload metrics count those).
-        `route` names the config key; there is no request, user or status."""
-        if result not in ("applied", "rejected"):
-            return
+        `route` names the config key."""
+        if result in ("applied", "rejected"):
+            self.unrequested(
+                "secret.reload", config_key, "ok" if result == "applied" else "refused", seconds
+            )
+
+    def unrequested(self, action: str, route: str | None, result: str, seconds: float) -> None:
+        """A record of an action no request asked for (`secret.reload`, `store.rotate`): no
+        request id, caller, user, method or status."""
         self.write(
             {
-                "action": "secret.reload",
+                "action": action,
                 "request_id": None,
                 "trace_id": None,
                 "caller": None,
                 "user": None,
                 "method": None,
-                "route": config_key,
+                "route": route,
                 "status": None,
                 "source": None,
-                "outcome": "ok" if result == "applied" else "refused",
+                "outcome": result,
                 "duration_ms": round(seconds * 1000, 3),
             }
         )

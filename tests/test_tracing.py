@@ -4,6 +4,7 @@ exported to a real OTLP/HTTP receiver on loopback, through real requests to the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import time
@@ -15,6 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.commands.doctor import Doctor
+from proxy.config import build_config
+from proxy.config.reader import ConfigError
 from proxy.identity import derive_identifier
 from proxy.sandbox import GiniSimulator
 from proxy.telemetry.tracing import decide, parse_traceparent
@@ -240,3 +244,63 @@ def test_any_header_parses_or_is_ignored_and_sampling_follows_the_parent(
     else:
         assert text.strip()[3:35] == parent[0]
         assert decide(parent, ratio, lambda: draw) == parent[2]
+
+
+async def test_doctor_reaches_the_collector(
+    start_proxy: StartProxy, receiver: Receiver, unused_tcp_port: int
+) -> None:
+    proxy = await traced(start_proxy, receiver)
+    lines: list[str] = []
+    assert await Doctor(proxy.config, lines.append).run(), lines
+    (line,) = [line for line in lines if "trace collector" in line]
+    assert line.startswith("[ ok ]")
+    assert "answered 200" in line
+    assert receiver.headers[-1]["Authorization"] == COLLECTOR_TOKEN
+    assert receiver.spans == []  # an empty export: nothing shows up as a span
+    tracing = proxy.config.tracing
+    assert tracing is not None
+    down = f"http://127.0.0.1:{unused_tcp_port}/v1/traces"
+    config = dataclasses.replace(
+        proxy.config, tracing=dataclasses.replace(tracing, otlp_endpoint=down)
+    )
+    lines.clear()
+    assert not await Doctor(config, lines.append).run()
+    (line,) = [line for line in lines if "trace collector" in line]
+    assert line.startswith("[FAIL]")
+    assert "cannot be reached" in line
+    assert COLLECTOR_TOKEN not in "\n".join(lines)
+
+
+def test_check_config_validates_tracing() -> None:
+    base = {"client": {"id": "c", "secret": CLIENT_SECRET}, "identity": {"hmac_key": HMAC_KEY}}
+    good = "http://collector:4318/v1/traces"
+    for tracing, path, words in (
+        ({}, "tracing.otlp_endpoint", "is required"),
+        ({"otlp_endpoint": "collector:4318"}, "tracing.otlp_endpoint", "http://"),
+        ({"otlp_endpoint": "http://u:p@c:4318/"}, "tracing.otlp_endpoint", "credentials"),
+        ({"otlp_endpoint": good, "sample_ratio": 1.5}, "tracing.sample_ratio", "between"),
+        ({"otlp_endpoint": good, "headers": {"Bad Name": "x"}}, "tracing.headers.Bad Name", ""),
+        (
+            {"otlp_endpoint": good, "headers": {"X-Key": {"env": "NOPE"}}},
+            "tracing.headers.X-Key",
+            "NOPE",
+        ),
+        ({"otlp_endpoint": good, "service_name": "a b"}, "tracing.service_name", "A-Z"),
+        ({"otlp_endpoint": good, "propagate_to_gini": "yes"}, "tracing.propagate_to_gini", "true"),
+        ({"otlp_endpoint": good, "extra": 1}, "tracing.extra", "unknown"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            build_config({**base, "tracing": tracing}, {}, Path("/"))
+        assert any(p.startswith(f"{path}:") and words in p for p in caught.value.problems), (
+            tracing,
+            caught.value.problems,
+        )
+    config = build_config(
+        {**base, "tracing": {"otlp_endpoint": good, "headers": {"X-Key": {"env": "K"}}}},
+        {"K": "collector-secret-value"},
+        Path("/"),
+    )
+    assert config.tracing is not None
+    assert (config.tracing.sample_ratio, config.tracing.propagate_to_gini) == (0.05, False)
+    assert config.tracing.service_name == "gini-auth-proxy"
+    assert "collector-secret-value" in config.secrets()  # redacted from every log line

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import aiohttp
+
 from proxy.config import Config
 from proxy.credentials import PROBE_IDENTIFIER, Credentials
 from proxy.errors import ProxyError
@@ -71,6 +73,7 @@ class Doctor:
             self.reachable[name] = await self.origin(name, url)
         await self.credentials()
         await self.store()
+        await self.collector()
         failed = sum(1 for step in self.steps if step.ok is False)
         self.report("all checks passed" if self.ok else f"{failed} check(s) failed")
         return self.ok
@@ -255,6 +258,29 @@ class Doctor:
             self.add("store", True, f"reachable, encryption key accepted, {users} user(s)")
         finally:
             await store.close()
+
+    async def collector(self) -> None:
+        """`tracing`: an empty OTLP/HTTP export (valid protobuf: no spans) must be accepted."""
+        tracing = self.config.tracing
+        if tracing is None:
+            return
+        endpoint = tracing.otlp_endpoint  # holds no credentials (check-config refuses them)
+        headers = {name: secret.value for name, secret in tracing.headers}
+        headers["Content-Type"] = "application/x-protobuf"
+        timeout = aiohttp.ClientTimeout(total=self.timeout + 5)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.post(endpoint, data=b"", headers=headers) as answer,
+            ):
+                status = answer.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.add("trace collector", False, f"{endpoint} cannot be reached: {_why(exc)}; "
+                     "spans would be dropped (requests are not affected)")  # fmt: skip
+            return
+        hint = {401: "; check tracing.headers", 403: "; check tracing.headers"}.get(status, "")
+        ok = 200 <= status < 300
+        self.add("trace collector", ok, f"{endpoint} answered {status}" + ("" if ok else hint))
 
 
 def _name(rdns: object) -> str:

@@ -83,6 +83,10 @@ async def status(request: web.Request) -> web.Response:
                     config.upstream.egress_proxy.url if config.upstream.egress_proxy else None
                 ),
             },
+            # Per upstream: seconds left of a Retry-After pause, breaker state, calls in flight.
+            "upstream_protection": {
+                name: guard.status() for name, guard in services.upstream.guards.items()
+            },
             "identifier_cache_entries": len(services.deriver),
             "identity_key_id": services.identity_key_id,
             "token_caches": {
@@ -135,7 +139,11 @@ def _store_health(services: Services) -> dict[str, object] | None:
     health = services.store_health
     if health is None:
         return None
+    origin = health.store.origin
     return {
+        # A store this process created empty: expected on a deployment's first start only.
+        "created_fresh": origin.created_fresh if origin else None,
+        "created_at": _iso(origin.created_at if origin else None),
         "up": health.up,
         "since": _iso(health.since),
         "last_check_at": _iso(health.last_check_at),

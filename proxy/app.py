@@ -106,6 +106,9 @@ class Services:
             )
         self.credentials = Credentials(config, self.jwt_signer)
         self.upstream = Upstream(config.upstream, self.metrics, self.credentials)
+        for name, guard in self.upstream.guards.items():
+            self.metrics.upstream_pause.labels(name).set_function(guard.pause_left)
+            self.metrics.upstream_breaker.labels(name).set_function(guard.breaker_open)
         self.forwarder = Forwarder(
             config,
             self.upstream,

@@ -106,6 +106,30 @@ class UpstreamUnavailable(ProxyError):
     default_message = "Gini cannot be reached right now; try again later."
 
 
+class UpstreamThrottled(ProxyError):
+    """Gini asked for a pause (429 with `Retry-After`): answered with the seconds left, without
+    calling Gini. Raised with a `Retry-After` header (`transport/protection`)."""
+
+    status = 429
+    code = "upstream_throttled"
+    default_message = "Gini asked for a pause in calls; retry after the time given."
+
+
+class UpstreamThrottledUnavailable(UpstreamThrottled):
+    """The same pause, asked for by a 503 with `Retry-After`: the caller sees Gini's status."""
+
+    status = 503
+
+
+class UpstreamBusy(ProxyError):
+    """Every call slot to this upstream stayed taken for `queue_seconds`; raised with
+    `Retry-After`."""
+
+    status = 503
+    code = "upstream_busy"
+    default_message = "Too many calls to Gini are in flight; retry shortly."
+
+
 class StoreUnavailable(ProxyError):
     """The credential store does not answer (flow 4 and erasure only; flows 1-3 never need it)."""
 

@@ -13,6 +13,7 @@ import re
 
 from multidict import MultiMapping
 
+from proxy.config.memo import Memo
 from proxy.errors import InvalidUser, MissingUser
 
 MAX_USER_ID_BYTES = 256
@@ -58,28 +59,24 @@ def user_id_from(headers: MultiMapping[str], name: str) -> str:
 class IdentifierDeriver:
     """Maps internal user ids to `X-User-Identifier` values, remembering recent ones.
 
-    The memo is a bounded dict evicting the oldest entry: cheaper per hit than an LRU, and a
-    miss only costs one validation and one HMAC. Only valid ids are remembered, so a hit
+    A miss only costs one validation and one HMAC. Only valid ids are remembered, so a hit
     skips the validation too (with the log scope taking the header values as they come:
     -6.7k instructions per flow-1 request, 1.1 %, callgrind).
     """
 
-    __slots__ = ("_key", "_max_entries", "_memo")
+    __slots__ = ("_key", "_memo")
 
-    def __init__(self, key: bytes, max_entries: int = 65_536):
+    def __init__(self, key: bytes, max_entries: int | None = None):
         self._key = key
-        self._max_entries = max_entries
-        self._memo: dict[str, str] = {}
+        self._memo: Memo[str, str] = Memo("user_identifiers", max_entries)
 
     def __call__(self, user_id: str) -> str:
         """The identifier for a user id as sent; InvalidUser if it is not acceptable."""
-        memo = self._memo
-        found = memo.get(user_id)
+        found = self._memo.entries.get(user_id)
         if found is None:
-            found = derive_identifier(self._key, validate_user_id(user_id))
-            if len(memo) >= self._max_entries:
-                del memo[next(iter(memo))]
-            memo[user_id] = found
+            found = self._memo.remember(
+                user_id, derive_identifier(self._key, validate_user_id(user_id))
+            )
         return found
 
     def __len__(self) -> int:

@@ -125,8 +125,8 @@ class Metrics:
         self.upstream_errors = Counter(
             "gini_proxy_upstream_errors_total",
             "Upstream calls that failed, by reason (connect, dns, timeout, tls_certificate, "
-            "tls_hostname, tls_handshake, proxy_auth, proxy_refused, proxy_connect, bad_response, "
-            "disconnect, "
+            "tls_hostname, tls_handshake, tls_client_certificate, proxy_auth, proxy_refused, "
+            "proxy_connect, bad_response, disconnect, "
             "status_5xx, throttled).",
             ("upstream", "reason"),
             registry=r,
@@ -182,6 +182,7 @@ class Metrics:
             self.token_cache_entries.labels(flow).set(0)
         self._token_children: dict[tuple[str, bool], Callable[[], None]] = {}
         self._init_connection_metrics(r)
+        self._init_protection_metrics(r)
 
     def set_build_info(self, identity_key_id: str) -> None:
         """Publish the build: replicas with different key ids alert (never the key itself)."""
@@ -233,6 +234,47 @@ class Metrics:
     def client_timeout(self, reason: str) -> None:
         """Count one caller connection cut by `client_timeouts` (reason: CLIENT_TIMEOUT_REASONS)."""
         self.client_timeouts.labels(reason).inc()
+
+    def _init_protection_metrics(self, r: CollectorRegistry) -> None:
+        """`upstream.protection`: pauses, breakers, shed calls and automatic retries."""
+        self.upstream_pause = Gauge(
+            "gini_proxy_upstream_pause_seconds",
+            "Seconds left of the pause Gini asked for with Retry-After; 0 when not paused.",
+            ("upstream",),
+            registry=r,
+        )  # fed by `set_function` from each upstream's guard
+        self.upstream_breaker = Gauge(
+            "gini_proxy_upstream_breaker_open",
+            "1 while the upstream's breaker is open (or probing), else 0.",
+            ("upstream",),
+            registry=r,
+        )
+        self.upstream_shed_calls = Counter(
+            "gini_proxy_upstream_shed_total",
+            "Calls answered without calling Gini, by reason (paused, busy, breaker).",
+            ("upstream", "reason"),
+            registry=r,
+        )
+        self.upstream_retries = Counter(
+            "gini_proxy_upstream_retries_total",
+            "Automatic retries of calls to Gini, by result (sent, over_budget).",
+            ("upstream", "result"),
+            registry=r,
+        )
+        # Children bound once: a shed answer must cost no more than the cheapest refusal.
+        self._shed_children: dict[tuple[str, str], Callable[[], None]] = {}
+        for upstream in ("pay_api", "user_center"):
+            for reason in ("paused", "busy", "breaker"):
+                child = self.upstream_shed_calls.labels(upstream, reason)
+                self._shed_children[(upstream, reason)] = child.inc
+            for result in ("sent", "over_budget"):
+                self.upstream_retries.labels(upstream, result)
+
+    def upstream_shed(self, upstream: str, reason: str) -> None:
+        self._shed_children[(upstream, reason)]()
+
+    def upstream_retry(self, upstream: str, result: str) -> None:
+        self.upstream_retries.labels(upstream, result).inc()
 
 
 def store_up_gauge(registry: CollectorRegistry) -> Gauge:

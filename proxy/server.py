@@ -18,10 +18,11 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy import exitcodes
+from proxy import __version__, exitcodes
 from proxy.admin import Connections, build_admin_app, json_errors
 from proxy.app import Services, build_proxy_app
 from proxy.config import Address, Config
+from proxy.config.summary import startup_summary
 from proxy.errors import StartupError
 from proxy.lifecycle import Lifecycle
 from proxy.log import Redactor, configure_logging
@@ -129,6 +130,7 @@ def make_runners(services: Services) -> tuple[ListenerRunner, ListenerRunner]:
 async def run(services: Services, on_ready: Callable[[], None] | None = None) -> int:
     """Serve until a signal arrives, then drain; returns the process exit code."""
     config = services.config
+    log.info("starting", extra=startup_summary(config, __version__, services.identity_key_id))
     proxy_runner, admin_runner = make_runners(services)
     stop = asyncio.Event()
     force = asyncio.Event()

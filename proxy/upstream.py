@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -22,10 +22,13 @@ from proxy.config import UpstreamConfig
 from proxy.credentials import Credentials
 from proxy.errors import ProxyError
 from proxy.metrics import Metrics
-from proxy.telemetry.tracing import CURRENT, Tracing, end_span
+from proxy.reporting.episodes import Episodes
+from proxy.telemetry.tracing import CURRENT, TracedCall, Tracing
+from proxy.transport.aiohttp_client import no_silent_resend
 from proxy.transport.deadlines import Deadline, Deadlines
 from proxy.transport.failures import PERMANENT_REASONS, classify
-from proxy.transport.interim import GuardedConnector
+from proxy.transport.interim import guarded_connector
+from proxy.transport.protection import Guard
 from proxy.transport.tls import TlsContext
 
 log = logging.getLogger("proxy.upstream")
@@ -38,7 +41,17 @@ USER_AGENT = f"gini-auth-proxy/{__version__}"
 
 class Retry(Exception):
     """An attempt made with `retry=True` failed in a way another attempt may fix (already
-    counted, not logged)."""
+    counted, not logged). `error` is what the caller gets when no other attempt is made."""
+
+    def __init__(self, reason: str, error: ProxyError, report: Callable[[], None]):
+        super().__init__(reason)
+        self.reason, self.error, self._report = reason, error, report
+
+    def give_up(self) -> ProxyError:
+        """No other attempt: log the failure as a call without `retry` would, and return the
+        error its caller gets."""
+        self._report()
+        return self.error
 
 
 class AnswerBroken(Exception):
@@ -80,7 +93,14 @@ class Upstream:
         self._session: aiohttp.ClientSession | None = None
         self.tracing: Tracing | None = None  # set by the composition root with `tracing`
         self.deadlines = Deadlines()
+        # `upstream.protection`: a pause, a bound on calls in flight and a breaker per upstream.
+        self.guards = {n: Guard(n, config.protection, metrics) for n in (PAY_API, USER_CENTER)}
         self.tls = TlsContext(config.tls)
+        self.episodes = Episodes(log)
+        self.addresses = {
+            PAY_API: _address(config.pay_api),
+            USER_CENTER: _address(config.user_center),
+        }
         egress = config.egress_proxy
         self.proxy = egress.url if egress is not None else None
         # Plain-HTTP upstreams behind the egress proxy: no CONNECT carries the proxy's
@@ -92,7 +112,7 @@ class Upstream:
         )
 
     async def start(self) -> None:
-        connector = GuardedConnector(
+        connector = guarded_connector(
             limit=0,  # concurrency is bounded by callers, not by a hidden queue in the pool
             ttl_dns_cache=60,
             keepalive_timeout=30,
@@ -110,6 +130,7 @@ class Upstream:
             # for https); the environment's *_PROXY variables are not read implicitly.
             proxy=self.proxy,
         )
+        no_silent_resend(self._session)  # no PUT sent twice; flow 1 resends GETs itself
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -136,17 +157,20 @@ class Upstream:
         call: Call | None = None,
         retry: bool = False,
         quiet: bool = False,
-    ) -> Exchange:
+    ) -> Exchange | TracedCall[Call]:
         """`async with upstream.call(...) as call`: send one request to the upstream `name`
         (PAY_API or USER_CENTER); the block runs once the answer's head is in and reads the
         body from `call.response`.
 
-        `deadline` bounds the whole block, in seconds (None: no overall bound, e.g. a streamed
-        upload, which uses `read_timeout` per read instead). A failure, in the request or while
-        the block reads the answer, is counted under its reason and raised as the contract's
-        ProxyError, logged once with its cause unless `quiet`; with `retry`, a failure that is
-        not permanent raises Retry instead, unlogged. See `Call` for what the caller's side
-        can note on `call` to change that answer.
+        `deadline` bounds the whole block, in seconds (None: no overall bound). For a streamed
+        upload (`data` an async iterable) it starts when the upload ends: however long the
+        caller takes to send it, Gini's answer head must arrive within `deadline` of its end (an
+        answer that starts before then runs under `read_timeout` alone).
+
+        A failure, in the request or while the block reads the answer, is counted under its
+        reason and raised as the contract's ProxyError, logged once with its cause unless
+        `quiet`; with `retry`, a failure that is not permanent raises Retry instead, unlogged.
+        See `Call` for what the caller's side can note on `call` to change that answer.
         """
         proxy_headers = self.credentials.proxy_headers
         if proxy_headers is not None:
@@ -154,13 +178,22 @@ class Upstream:
             if name in self._plain_proxied:
                 headers = CIMultiDict(headers)
                 headers.update(proxy_headers)
-        span = None
-        if self.tracing is not None and (trace := CURRENT.get()) is not None:  # sampled only
-            span = trace.client(name, method, URL(url).host)
-            if self.tracing.propagate:
-                headers = CIMultiDict(headers)
-                headers["traceparent"] = trace.traceparent(span)
-        request = self.session.request(
+        traced = None  # a sampled request's call: a CLIENT span, and `traceparent` if propagated
+        if self.tracing is not None and (trace := CURRENT.get()) is not None:
+            traced, headers = trace.client_call(name, method, url, headers)
+        streamed = (
+            data is not None
+            and deadline is not None
+            and not isinstance(data, bytes)  # the common case, before the ABC check
+            and isinstance(data, AsyncIterable)
+        )
+        exchange = Exchange(
+            self, name, None if streamed else deadline, call or Call(), retry, quiet
+        )
+        if streamed:
+            assert deadline is not None
+            data = exchange.timed_upload(data, deadline)
+        exchange._request = self.session.request(
             method,
             url,
             headers=headers,
@@ -171,7 +204,7 @@ class Upstream:
             ssl=self.tls.get(),
             proxy_headers=proxy_headers,
         )
-        return Exchange(self, name, request, deadline, call or Call(), retry, quiet, span)
+        return exchange if traced is None else traced.around(exchange)
 
     def _failed(
         self, name: str, call: Call, exc: BaseException, retry: bool, quiet: bool
@@ -185,18 +218,21 @@ class Upstream:
             return AnswerBroken(gone, type(exc).__name__)
         if call.refusal is not None:
             return call.refusal
-        error, reason, cause = classify(exc)
+        error, reason, cause = classify(exc, self.tls.get())
         self.metrics.upstream_error(name, reason)
-        if retry and reason not in PERMANENT_REASONS:
-            return Retry(reason)
-        if not quiet:
-            log.warning(
-                "upstream call failed: %s",
-                cause,
-                extra={"upstream": name, "reason": reason, "error": type(exc).__name__},
-            )
+        self.guards[name].failed(reason)
         error.detail = cause
+        if retry and reason not in PERMANENT_REASONS:
+            return Retry(reason, error, lambda: self._report(name, reason, cause, exc))
+        if not quiet:
+            self._report(name, reason, cause, exc)
         return error
+
+    def _report(self, name: str, reason: str, cause: str, exc: BaseException) -> None:
+        """Log a failed call; an outage logs its start, a line a minute, and its end."""
+        fields = {"upstream": name, "reason": reason, "error": type(exc).__name__}
+        fields["address"] = self.addresses[name]
+        self.episodes.failed(name, reason, f"upstream call failed: {cause}", fields)
 
 
 class Exchange:
@@ -205,34 +241,41 @@ class Exchange:
     1 % of a flow-1 request."""
 
     __slots__ = (
-        "_call",
-        "_deadline",
-        "_name",
-        "_quiet",
-        "_request",
-        "_retry",
-        "_span",
-        "_timer",
-        "_up",
-    )
+        "_answered", "_call", "_deadline", "_guard", "_name", "_quiet",
+        "_request", "_retry", "_timer", "_up"
+    )  # fmt: skip
 
     def __init__(
         self,
         upstream: Upstream,
         name: str,
-        request: Any,  # aiohttp's request context manager, not yet entered
         deadline: float | None,
         call: Call,
         retry: bool,
         quiet: bool,
-        span: Any = None,  # the CLIENT span of a sampled request's call
     ):
-        self._up, self._name, self._request = upstream, name, request
+        self._up, self._name = upstream, name
+        self._request: Any = None  # aiohttp's request context manager, set by `Upstream.call`
         self._deadline, self._call, self._retry, self._quiet = deadline, call, retry, quiet
         self._timer: Deadline | None = None
-        self._span = span
+        self._answered = False
+        self._guard: Guard | None = None
+
+    async def timed_upload(
+        self, body: AsyncIterable[bytes], seconds: float
+    ) -> AsyncIterator[bytes]:
+        """`body` as aiohttp sends it; once it is all sent, the deadline of `seconds` starts
+        (unless the answer's head came first). Runs in aiohttp's upload task: moving the
+        deadline from there is fine, the sweep cancels the request's own task."""
+        async for chunk in body:
+            yield chunk
+        if not self._answered and self._timer is not None:
+            self._timer.reschedule(asyncio.get_running_loop().time() + seconds)
 
     async def __aenter__(self) -> Call:
+        guard = self._guard = self._up.guards[self._name]
+        if not guard.try_enter():  # paused, breaker open or every slot taken
+            await self._queue(guard)
         timer = self._timer = self._up.deadlines.start(self._deadline)
         started = time.perf_counter()
         try:
@@ -247,7 +290,10 @@ class Exchange:
             self._raise_translated(
                 aiohttp.ClientHttpProxyError(response.request_info, (), status=407)
             )
+        self._answered = True
+        guard.answered(response.status, response.headers)
         call = self._call
+        self._up.episodes.succeeded(self._name)
         call.seconds = time.perf_counter() - started
         self._up.metrics.observe_upstream(self._name, call.seconds)
         call.response, call.deadline = response, timer
@@ -256,9 +302,6 @@ class Exchange:
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._span is not None:
-            end_span(self._span, None if exc is not None else self._call.response.status)
-            self._span = None
         try:
             await self._request.__aexit__(kind, exc, tb)  # releases or closes the connection
         except BaseException as late:
@@ -268,6 +311,22 @@ class Exchange:
             self._raise_translated(exc)
         assert self._timer is not None
         self._up.deadlines.stop(self._timer)
+        self._release()
+
+    async def _queue(self, guard: Guard) -> None:
+        try:
+            await guard.enter()
+        except BaseException:
+            self._guard = None
+            self._request.close()  # never sent: no "coroutine was never awaited"
+            raise
+
+    def _release(self) -> None:
+        """Give the call's slot back, once."""
+        guard = self._guard
+        if guard is not None:
+            self._guard = None
+            guard.leave()
 
     def _raise_translated(self, exc: BaseException) -> None:
         """Stop the deadline; raise what `exc` means for the caller, or return to let it pass
@@ -275,9 +334,7 @@ class Exchange:
         timer = self._timer
         assert timer is not None
         self._up.deadlines.stop(timer)
-        if self._span is not None:
-            end_span(self._span, None)
-            self._span = None
+        self._release()
         if isinstance(exc, asyncio.CancelledError):
             if not timer.ours():
                 return  # the caller went away, or shutdown
@@ -285,3 +342,9 @@ class Exchange:
         elif not isinstance(exc, aiohttp.ClientError | TimeoutError):
             return
         raise self._up._failed(self._name, self._call, exc, self._retry, self._quiet) from exc
+
+
+def _address(url: str) -> str:
+    """host:port of an upstream base URL, as failure lines name it."""
+    parts = URL(url)
+    return f"{parts.host}:{parts.port}"

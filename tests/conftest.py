@@ -31,6 +31,8 @@ settings.register_profile("gini-auth-proxy", deadline=None, print_blob=True)
 settings.load_profile("gini-auth-proxy")
 
 FAST = os.environ.get("GINI_PROXY_TEST_FAST") == "1"
+# The documented Redis service (each test keeps to keys of its own).
+REDIS_URL = os.environ.get("GINI_PROXY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 """Set by `scripts/test --fast`: the inner loop, where the heaviest property tests run fewer
 examples. The full run (CI) always runs the counts written in the tests."""
 
@@ -176,6 +178,17 @@ async def start_proxy(
 async def proxy(start_proxy: StartProxy) -> RunningProxy:
     """A proxy with the default test config."""
     return await start_proxy()
+
+
+@pytest.fixture
+async def postgres_dsn() -> AsyncIterator[str]:
+    """A PostgreSQL URL whose `search_path` is a schema of this test's own, dropped afterwards
+    (the server comes from GINI_PROXY_TEST_POSTGRES_DSN: see tests/stores_support.py). Ask for
+    it before `start_proxy`, so the proxy stops before its schema goes."""
+    from .stores_support import postgres_schema  # here: only PostgreSQL tests load asyncpg
+
+    async with postgres_schema() as dsn:
+        yield dsn
 
 
 USER = {"X-User-Id": "alice@example.com"}

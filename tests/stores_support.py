@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, closing
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -219,3 +221,48 @@ async def opened(store: CredentialStore) -> AsyncIterator[CredentialStore]:
         yield store
     finally:
         await store.close()
+
+
+@contextmanager
+def small_volume(where: Path, size: str = "2m") -> Iterator[Path]:
+    """A real filesystem of `size` (tmpfs) mounted at `where`, unmounted afterwards.
+
+    Needs root and a kernel that allows the mount (a privileged container, a CI runner): skipped
+    with the reason otherwise, and failed instead under `CI=true`, where it must run.
+    """
+    where.mkdir()
+    if shutil.which("mount") is None:
+        _no_volume("no mount command")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        _no_volume(mounted.stderr.strip() or f"mount exited {mounted.returncode}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _no_volume(reason: str) -> NoReturn:
+    message = f"cannot mount a small tmpfs here ({reason}; needs root)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message} (CI=true: failing instead of skipping)", pytrace=False)
+    pytest.skip(message)
+
+
+def fill(volume: Path) -> Path:
+    """Fill `volume` to the last byte with one file (delete it to give the space back)."""
+    filler = volume / "filler"
+    chunk = b"\0" * 4096
+    with filler.open("wb", buffering=0) as out:
+        with suppress(OSError):  # ENOSPC: full
+            while True:
+                out.write(chunk)
+        with suppress(OSError):
+            while True:  # the last partial block
+                out.write(b"\0")
+    return filler

@@ -277,7 +277,7 @@ def test_property_the_budget_never_overflows_and_returns_to_zero(
                 return
             peak = max(peak, budget.used)
             try:
-                await asyncio.sleep(0.03 if how == "timeout" else 0)
+                await asyncio.sleep(0.03 if how == "timeout" else 0)  # slow peer: holds its bytes
             finally:
                 budget.give(size)
 

@@ -21,9 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis.asyncio
 
-from tests.conftest import RunningProxy, StartProxy
-
-REDIS_URL = os.environ.get("GINI_PROXY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+from tests.conftest import REDIS_URL, RunningProxy, StartProxy
 
 
 async def _raw_status(url: str, head: str) -> int:

@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "proxy.exitcodes": 0,
     "proxy.log": 0,
     "proxy.lifecycle": 0,
+    "proxy.reporting": 0,
     # 1. Facts
     "proxy.metrics": 1,
     "proxy.identity": 1,

@@ -337,13 +337,14 @@ async def test_a_changed_hmac_key_is_logged_as_needing_a_restart_and_ignored(
     )  # restart-only values are not a reload
 
 
+@pytest.mark.postgres
 async def test_store_password_applies_to_new_connections(
-    start_proxy: StartProxy, volume: SecretVolume
+    postgres_dsn: str, start_proxy: StartProxy, volume: SecretVolume
 ) -> None:
-    volume.write(password="first-password")
+    volume.write(password="first-password")  # the test server trusts loopback and ignores it
     proxy = await start_proxy(
         store={
-            "url": "postgresql://postgres@127.0.0.1:5432/test",
+            "url": postgres_dsn,  # the test's own schema, never the database's `public`
             "password": {"file": str(volume.path("password"))},
         },
         reload_interval_seconds=0,

@@ -20,9 +20,8 @@ import redis.asyncio
 from proxy.forwarding.cache import SystemClock
 from proxy.sandbox import GiniSimulator
 
-from .conftest import USER, RunningProxy, StartProxy
+from .conftest import REDIS_URL, USER, RunningProxy, StartProxy
 
-REDIS_URL = os.environ.get("GINI_PROXY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 BOB = {"X-User-Id": "bob@example.com"}
 
 
@@ -283,6 +282,7 @@ async def test_redis_outage_degrades_to_pass_through(
     assert results(proxy, "/paymentProviders")["error"] >= 5
     warnings = [r for r in caplog.records if r.name == "proxy.response_cache"]
     assert len(warnings) == 1  # one line per outage, not one per request
+    assert warnings[0].__dict__["address"] == url.split("//", 1)[1].split("/", 1)[0]  # host:port
 
 
 @pytest.mark.redis

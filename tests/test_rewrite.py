@@ -15,6 +15,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+from proxy.config.memo import SIZES
 from proxy.forwarding.body import read_bounded, recode_json
 from proxy.forwarding.rewrite import (
     HOP_BY_HOP,
@@ -755,7 +756,7 @@ def test_header_filter_memory_is_bounded_and_stays_right() -> None:
             (f"X-Name-{n}", "v"),
             ("Connection", "x-kept"),
         ]
-        assert len(keep._verdicts) <= 512
+        assert len(keep._verdicts) <= SIZES["header_verdicts"]
     assert list(keep(CIMultiDict([("X-Name-0", "v"), ("X-SECRET", "s")])).items()) == [
         ("X-Name-0", "v")
     ]

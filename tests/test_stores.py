@@ -522,8 +522,8 @@ async def test_postgres_unreachable_server_fails_open_fast() -> None:  # needs n
 @pytest.mark.parametrize(
     "dsn",
     [
-        "postgresql://postgres:pa/ss-w0rd@127.0.0.1:5432/test",
-        "postgresql://postgres:pa#ss-w0rd@127.0.0.1:5432/test",
+        "postgresql://postgres:pa/ss-w0rd@db.invalid:5432/test",
+        "postgresql://postgres:pa#ss-w0rd@db.invalid:5432/test",
         "postgresql://postgres:pass-w0rd@[::1/test",
         "postgresql://postgres:pass-w0rd@127.0.0.1:99999/test",
     ],

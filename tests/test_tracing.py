@@ -254,7 +254,7 @@ async def test_doctor_reaches_the_collector(
     assert await Doctor(proxy.config, lines.append).run(), lines
     (line,) = [line for line in lines if "trace collector" in line]
     assert line.startswith("[ ok ]")
-    assert "answered 200" in line
+    assert "accepts an export (200)" in line
     assert receiver.headers[-1]["Authorization"] == COLLECTOR_TOKEN
     assert receiver.spans == []  # an empty export: nothing shows up as a span
     tracing = proxy.config.tracing

@@ -9,6 +9,7 @@ else a `/login` for the fixed identifier `PROBE_IDENTIFIER`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import email.utils
 import ssl
@@ -16,18 +17,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import aiohttp
-
+from proxy.commands import doctor_checks as checks
 from proxy.config import Config
 from proxy.credentials import PROBE_IDENTIFIER, Credentials
 from proxy.errors import ProxyError
 from proxy.metrics import Metrics
+from proxy.transport.client_cert import ClientCertificateWatch
+from proxy.transport.failures import client_certificate_refusal, client_certificate_sentence
 from proxy.transport.tls import build_context
 from proxy.upstream import PAY_API, USER_CENTER, Upstream
 
 __all__ = ["PROBE_IDENTIFIER", "Doctor", "doctor"]
 MAX_CLOCK_SKEW_SECONDS = 30
-CERT_WARN_DAYS = 14
+TLS_CLIENT_CERTIFICATE = "tls_client_certificate"  # the failure reason `serve` logs and counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,8 @@ class Doctor:
         self.egress = config.upstream.egress_proxy
         self.held = Credentials(config)  # what the proxy would present
         self.context = build_context(config.upstream.tls)
+        # A watch that stays for every origin (serve's retires after the first handshake).
+        ClientCertificateWatch(retire=False).install(self.context)
         self.reachable: dict[str, bool] = {}
 
     @property
@@ -67,23 +71,27 @@ class Doctor:
         upstream = self.config.upstream
         via = f"via egress proxy {self.egress.url}" if self.egress else "direct"
         self.add("config", True, f"valid; calls to Gini go {via}")
+        if upstream.tls is not None and upstream.tls.client_cert_file is not None:
+            self.add(
+                "client certificate", *checks.client_certificate(upstream.tls.client_cert_file)
+            )
         if self.egress is not None:
-            await self.dns("dns egress proxy", self.egress.host, self.egress.port)
+            hint = "check the host in upstream.egress_proxy.url"
+            await self.dns("dns egress proxy", self.egress.host, self.egress.port, hint)
         for name, url in ((PAY_API, upstream.pay_api), (USER_CENTER, upstream.user_center)):
             self.reachable[name] = await self.origin(name, url)
         await self.credentials()
-        await self.store()
-        await self.collector()
+        await self.services()
         failed = sum(1 for step in self.steps if step.ok is False)
         self.report("all checks passed" if self.ok else f"{failed} check(s) failed")
         return self.ok
 
-    async def dns(self, name: str, host: str, port: int) -> bool:
+    async def dns(self, name: str, host: str, port: int, dns_hint: str) -> bool:
         try:
             async with asyncio.timeout(self.timeout):
                 infos = await asyncio.get_running_loop().getaddrinfo(host, port)
         except (OSError, TimeoutError) as exc:
-            self.add(name, False, f"{host} does not resolve ({_why(exc)})")
+            self.add(name, False, f"{host} does not resolve ({checks.why(exc)}): {dns_hint}.")
             return False
         addresses = sorted({str(info[4][0]) for info in infos})
         self.add(name, True, f"{host} -> {', '.join(addresses[:4])}")
@@ -96,7 +104,8 @@ class Doctor:
         tls = parts.scheme == "https"
         port = parts.port or (443 if tls else 80)
         if self.egress is None:
-            if not await self.dns(f"dns {name}", host, port):
+            hint = f"check the host in upstream.{name} and the pod's DNS"
+            if not await self.dns(f"dns {name}", host, port, hint):
                 return False
         else:
             self.add(f"dns {name}", True, f"{host}: resolved by the egress proxy")
@@ -106,12 +115,10 @@ class Doctor:
         reader, writer = opened
         try:
             if not tls:
-                self.add(f"tls {name}", True, "plain http: no TLS (only for test setups)")
-                return True
-            return await self.handshake(name, host, writer)
+                return await self.plain(name, host, port, writer)
+            return await self.handshake(name, host, reader, writer)
         finally:
             writer.close()
-            del reader
 
     async def connect(
         self, name: str, host: str, port: int
@@ -128,16 +135,24 @@ class Doctor:
                 status = await self.tunnel(reader, writer, target)
         except (OSError, TimeoutError) as exc:
             where = f"egress proxy {self.egress.url}" if self.egress else target
-            self.add(step, False, f"cannot connect to {where} ({_why(exc)})")
+            self.add(
+                step,
+                False,
+                f"cannot connect to {where} ({checks.why(exc)}): check that the port is right "
+                "and that the firewall or network policy lets this pod out.",
+            )
             return None
         if status == 200:
             self.add(step, True, f"CONNECT {target} through {self.egress.url}")
             return reader, writer
         writer.close()
         if status == 407:
-            why = "refused the proxy credentials (407): check upstream.egress_proxy"
+            why = (
+                "refused the proxy credentials (407): check upstream.egress_proxy's "
+                "username and password."
+            )
         else:
-            why = f"refused CONNECT {target} (status {status}): is the host allowed?"
+            why = f"refused CONNECT {target} (status {status}): does it allow this host?"
         self.add(step, False, f"egress proxy {why}")
         return None
 
@@ -157,7 +172,20 @@ class Doctor:
         except (IndexError, ValueError):
             return 0
 
-    async def handshake(self, name: str, host: str, writer: asyncio.StreamWriter) -> bool:
+    async def plain(self, name: str, host: str, port: int, writer: asyncio.StreamWriter) -> bool:
+        """An http:// upstream: does it speak TLS instead? Only a handshake is tried, so no
+        request reaches Gini."""
+        if await checks.speaks_tls(writer, host, min(self.timeout, 3.0)):
+            self.add(
+                f"tls {name}", False, f"{host}:{port} speaks TLS: use https:// in upstream.{name}."
+            )
+            return False
+        self.add(f"tls {name}", True, "plain http: no TLS (only for test setups)")
+        return True
+
+    async def handshake(
+        self, name: str, host: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         step = f"tls {name}"
         try:
             async with asyncio.timeout(self.timeout):
@@ -168,27 +196,49 @@ class Doctor:
                 step,
                 False,
                 f"certificate {hint}: {exc.verify_message}; "
-                "a private or intercepting CA goes in upstream.tls.ca_file",
+                "a private or intercepting CA goes in upstream.tls.ca_file.",
             )
             return False
         except (OSError, TimeoutError) as exc:
-            self.add(step, False, f"handshake failed ({_why(exc)}); client certificate required?")
+            refused = client_certificate_refusal(exc, self.context)
+            if refused is not None:
+                self.add(step, False, f"{TLS_CLIENT_CERTIFICATE}: {refused}")
+                return False
+            self.add(
+                step,
+                False,
+                f"the TLS handshake failed ({checks.why(exc)}): is this Gini's HTTPS port?",
+            )
             return False
-        ssl_object = writer.get_extra_info("ssl_object")
-        cert = ssl_object.getpeercert() if ssl_object is not None else None
-        if not cert:
-            self.add(step, True, "handshake ok")
-            return True
-        issuer = _name(cert.get("issuer", ()))
-        expires = ssl.cert_time_to_seconds(str(cert["notAfter"]))
-        until = datetime.datetime.fromtimestamp(expires, datetime.UTC)
-        days = int((expires - datetime.datetime.now(datetime.UTC).timestamp()) // 86400)
-        version = ssl_object.version() if ssl_object is not None else "?"
-        detail = f"{version}, issuer {issuer}, expires {until:%Y-%m-%d} ({days} days left)"
-        if days < CERT_WARN_DAYS:
-            detail += " - expires soon"
-        self.add(step, True, detail)
+        refused = await self.after_handshake(reader, writer)
+        if refused is not None:
+            self.add(step, False, f"{TLS_CLIENT_CERTIFICATE}: {refused}")
+            return False
+        self.add(step, True, checks.server_certificate(writer.get_extra_info("ssl_object")))
         return True
+
+    async def after_handshake(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> str | None:
+        """Under TLS 1.3 a server that asked for our certificate judges it after the handshake:
+        wait until it takes it (a session ticket) or refuses it (an alert, a close)."""
+        conn = writer.get_extra_info("ssl_object")
+        watch = getattr(self.context, "client_certificate_watch", None)
+        if not isinstance(watch, ClientCertificateWatch):
+            return None
+        try:
+            async with asyncio.timeout(self.timeout):
+                while watch.waiting(conn):
+                    with contextlib.suppress(TimeoutError):
+                        if await asyncio.wait_for(reader.read(1), 0.1) == b"":
+                            break  # closed: refused
+        except (OSError, TimeoutError) as exc:
+            if not isinstance(exc, TimeoutError):
+                return client_certificate_refusal(exc, self.context)
+        if not watch.waiting(conn):
+            return None
+        asked = watch.take_refusal()
+        return client_certificate_sentence(None, asked.sent_certificate if asked else None)
 
     async def credentials(self) -> None:
         """Client credentials accepted, and Gini's clock against ours (from its Date header)."""
@@ -213,7 +263,8 @@ class Doctor:
                 status, date = call.response.status, call.response.headers.get("Date")
                 await call.response.read()  # the token is read and dropped, never shown
         except ProxyError as exc:
-            self.add("client credentials", False, f"{what}: {exc.detail}")
+            detail = exc.detail.rstrip(".") if exc.detail else exc.message.rstrip(".")
+            self.add("client credentials", False, f"{what}: {detail}.")
             self.add("clock skew", None, "no answer from Gini")
             return
         finally:
@@ -221,9 +272,17 @@ class Doctor:
         if status == 200:
             self.add("client credentials", True, f"accepted ({what})")
         elif status in (400, 401, 403):
-            self.add("client credentials", False, f"refused with {status} ({what}): check client")
+            self.add(
+                "client credentials",
+                False,
+                f"Gini refused them with {status} ({what}): check client.id and client.secret.",
+            )
         else:
-            self.add("client credentials", False, f"unexpected status {status} ({what})")
+            self.add(
+                "client credentials",
+                False,
+                f"unexpected status {status} ({what}): is Gini having trouble? Try again later.",
+            )
         self.clock_skew(date)
 
     def clock_skew(self, date: str | None) -> None:
@@ -237,63 +296,20 @@ class Doctor:
             return
         skew = (datetime.datetime.now(datetime.UTC) - theirs).total_seconds()
         ok = abs(skew) <= MAX_CLOCK_SKEW_SECONDS
-        advice = "" if ok else f" (more than {MAX_CLOCK_SKEW_SECONDS} s: check NTP on the node)"
+        advice = "" if ok else f": more than {MAX_CLOCK_SKEW_SECONDS} s, check NTP on the node."
         self.add("clock skew", ok, f"{skew:+.0f} s against Gini's Date header{advice}")
 
-    async def store(self) -> None:
+    async def services(self) -> None:
+        """The credential store and the response cache's Redis, as `serve` would use them."""
         if self.config.store is None:
             self.add("store", True, "none configured (flows 1-3 only)")
-            return
-        from proxy.vending.stores import StoreOpenError, make_store  # noqa: PLC0415 - loads a driver
-
-        store = make_store(self.config.store)
-        try:
-            async with asyncio.timeout(max(self.timeout, 10)):
-                await store.open()  # also checks store.encryption_key against the stored data
-                await store.ping()
-                users = await store.count()
-        except (StoreOpenError, ProxyError, OSError, TimeoutError) as exc:
-            self.add("store", False, _why(exc))
         else:
-            self.add("store", True, f"reachable, encryption key accepted, {users} user(s)")
-        finally:
-            await store.close()
-
-    async def collector(self) -> None:
-        """`tracing`: an empty OTLP/HTTP export (valid protobuf: no spans) must be accepted."""
-        tracing = self.config.tracing
-        if tracing is None:
-            return
-        endpoint = tracing.otlp_endpoint  # holds no credentials (check-config refuses them)
-        headers = {name: secret.value for name, secret in tracing.headers}
-        headers["Content-Type"] = "application/x-protobuf"
-        timeout = aiohttp.ClientTimeout(total=self.timeout + 5)
-        try:
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
-                session.post(endpoint, data=b"", headers=headers) as answer,
-            ):
-                status = answer.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self.add("trace collector", False, f"{endpoint} cannot be reached: {_why(exc)}; "
-                     "spans would be dropped (requests are not affected)")  # fmt: skip
-            return
-        hint = {401: "; check tracing.headers", 403: "; check tracing.headers"}.get(status, "")
-        ok = 200 <= status < 300
-        self.add("trace collector", ok, f"{endpoint} answered {status}" + ("" if ok else hint))
-
-
-def _name(rdns: object) -> str:
-    parts = {k: v for rdn in rdns for k, v in rdn} if isinstance(rdns, tuple) else {}
-    return str(parts.get("organizationName") or parts.get("commonName") or "?")
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, ProxyError):
-        return exc.message
-    return str(exc) or type(exc).__name__
+            self.add("store", *await checks.store(self.config.store, max(self.timeout, 10)))
+        cache = self.config.response_cache
+        if cache is not None and cache.backend.startswith(("redis://", "rediss://")):
+            self.add("response cache", *await checks.redis(cache.backend, self.timeout))
+        if self.config.tracing is not None:
+            self.add("trace collector", *await checks.collector(self.config.tracing, self.timeout))
 
 
 def doctor(config: Config) -> bool:

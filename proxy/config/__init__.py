@@ -3,6 +3,7 @@
 Sections with rules of their own have their own module (`egress`, `tls`, `store`, `jwt`);
 `model` holds the rest of the dataclasses, `parse` reads the file, `reader` is the validating
 reader both use, `secret` resolves `{env:}`/`{file:}` sources and `reload` re-reads them.
+`memo` is the fixed tuning beside them: the hot path's bounded memo type and its size table.
 """
 
 from proxy.config.model import (

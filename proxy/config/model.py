@@ -4,12 +4,13 @@ keys in docs/configuration.md. Reading and validating the YAML is `proxy.config.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from proxy.config.audit import AuditConfig
 from proxy.config.egress import EgressProxyConfig
 from proxy.config.jwt import JwtConfig
+from proxy.config.protection import ProtectionConfig
 from proxy.config.response_cache import ResponseCacheConfig
 from proxy.config.secret import Secret
 from proxy.config.store import StoreConfig, url_password
@@ -49,6 +50,7 @@ class UpstreamConfig:
     max_retries: int
     tls: TlsConfig | None = None
     egress_proxy: EgressProxyConfig | None = None
+    protection: ProtectionConfig = field(default_factory=ProtectionConfig)  # on by default
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from proxy.config.model import (
     TokensConfig,
     UpstreamConfig,
 )
+from proxy.config.protection import parse_protection
 from proxy.config.reader import ConfigError, Reader
 from proxy.config.response_cache import parse_response_cache
 from proxy.config.store import parse_store
@@ -188,6 +189,7 @@ def _public_url(r: Reader, data: Mapping[str, Any], listen: Address) -> str:
 def _upstream(r: Reader, data: Mapping[str, Any]) -> UpstreamConfig:
     keys: tuple[str, ...] = ("pay_api", "user_center", "connect_timeout_seconds", "timeout_seconds")
     keys += ("max_retries", "tls", "egress_proxy")
+    keys += ("protection",)
     d = r.section(data, "upstream", "upstream", keys) or {}
     return UpstreamConfig(
         pay_api=_base_url(
@@ -207,6 +209,7 @@ def _upstream(r: Reader, data: Mapping[str, Any]) -> UpstreamConfig:
         max_retries=r.integer(d, "max_retries", "upstream.max_retries", 2, 0, 10),
         tls=parse_tls(r, d),
         egress_proxy=parse_egress_proxy(r, d),
+        protection=parse_protection(r, d),
     )
 
 

@@ -270,6 +270,9 @@ class ResponseCache:
             if template is not None:
                 self.count(template, "error")
             extra = {"error": type(exc).__name__, "backend": self._kind()}
+            if self._kind().startswith("redis"):  # the address, never the URL's password
+                redis_url = URL(self.config.backend)
+                extra["address"] = f"{redis_url.host}:{redis_url.explicit_port or 6379}"
             if not isinstance(exc, _OUTAGES):
                 # One bad entry (corrupt, tampered, unreadable): skip it, keep using the cache.
                 if now - self._last_entry_warning > OUTAGE_PAUSE:

@@ -12,8 +12,9 @@ HMAC and the relay itself.
 Timeouts: `upstream.timeout_seconds` bounds the wait for response headers and for each body
 chunk. A request whose body is in memory runs under one deadline (one timer) that covers the
 headers and, for answers read whole, their body too; streamed answers move it on per chunk.
-A streamed upload uses aiohttp's per-read timeout instead, which only starts once the body is
-sent. The benchmark showed aiohttp's per-read timer costing more than the one deadline.
+For a streamed upload that deadline starts once the body is sent, and aiohttp's per-read timeout
+covers an answer that starts earlier. The benchmark showed aiohttp's per-read timer costing more
+than the one deadline.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config import Config
+from proxy.config.memo import Memo
 from proxy.credentials import Authorizer
 from proxy.errors import (
     BadRequest,
@@ -41,7 +43,7 @@ from proxy.forwarding.relay import Miss, Relay
 from proxy.forwarding.rewrite import NEVER_FORWARD, HeaderFilter, UrlRewriter, is_json_type
 from proxy.forwarding.target import has_dot_segment
 from proxy.identity import CallerIdentity
-from proxy.upstream import PAY_API, AnswerBroken, Call, Upstream
+from proxy.upstream import PAY_API, AnswerBroken, Call, Retry, Upstream
 from proxy.web.context import RequestContext
 
 if TYPE_CHECKING:
@@ -49,10 +51,13 @@ if TYPE_CHECKING:
 
 # TRACE would echo the injected credentials back to the caller; CONNECT would open a tunnel.
 REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
+# Sent again once, within the retry budget, when the connection failed before any answer byte
+# (refused, reset, a stale keep-alive connection): nothing reached Gini's application, and these
+# carry no body. Every other method is sent once, since Gini's uploads are not known to be
+# idempotent.
+RESENDABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+RESEND_REASONS = frozenset({"connect", "disconnect"})
 DOT_SEGMENT_MESSAGE = "The request path has a `.` or `..` segment; it is never forwarded."
-
-
-_URL_MEMO = 1024  # request targets whose upstream URL is remembered
 
 
 class Forwarder:
@@ -73,7 +78,7 @@ class Forwarder:
         self.base = config.upstream.pay_api
         base = URL(self.base)
         self._origin = (base.scheme, base.raw_host, base.port)
-        self._urls: dict[str, URL] = {}  # validated upstream URLs of recent request targets
+        self._urls: Memo[str, URL] = Memo("upstream_urls")  # validated, of recent targets
         self.authorizer = authorizer  # Basic + X-User-Identifier, or a per-user JWT
         # The caller's trace context stops here: Gini gets ours, and only with
         # `tracing.propagate_to_gini` (added per call by `Upstream.call`).
@@ -108,7 +113,7 @@ class Forwarder:
         The target is appended to the base as text, never resolved against it, so `//host`,
         `@host`, `%2F` or `..` can only ever name a path on the configured upstream.
         """
-        url = self._urls.get(raw_target)
+        url = self._urls.entries.get(raw_target)
         if url is not None:
             return url
         if not raw_target.startswith("/"):
@@ -119,11 +124,8 @@ class Forwarder:
         if (url.scheme, url.raw_host, url.port) != self._origin:  # belt and braces
             raise BadRequest
         # Remembered because parsing it is 1.2 % of a request (callgrind), and callers repeat
-        # targets (listings, a document polled until it is processed); oldest out first.
-        if len(self._urls) >= _URL_MEMO:
-            del self._urls[next(iter(self._urls))]
-        self._urls[raw_target] = url
-        return url
+        # targets (listings, a document polled until it is processed).
+        return self._urls.remember(raw_target, url)
 
     def upstream_headers(
         self, request: web.Request, ctx: RequestContext, identifier: str
@@ -138,7 +140,7 @@ class Forwarder:
         headers["X-Request-Id"] = ctx.request_id
         return headers
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:  # noqa: PLR0912 - in order
         """The flow-1 handler."""
         ctx = RequestContext.of(request)
         if request.method in REFUSED_METHODS:
@@ -163,31 +165,45 @@ class Forwarder:
                 raise self._body_timeout() from None
         streamed = data is not None and not isinstance(data, bytes)
         typed = data is None or "Content-Type" in headers
+        resend = data is None and request.method in RESENDABLE
         try:
-            async with self.upstream.call(
-                PAY_API,
-                request.method,
-                url,
-                headers=headers,
-                data=data,
-                deadline=None if streamed else self.timeout,
-                read_timeout=self._upload_timeout if streamed else None,
-                skip_auto_headers=None if typed else _NO_CONTENT_TYPE,
-                call=call,
-            ):
-                ctx.upstream_seconds = call.seconds
-                status = call.response.status
-                ctx.gini_request_id = call.response.headers.get("X-Request-Id")
-                if status >= 500:
-                    self.upstream.metrics.upstream_error(PAY_API, "status_5xx")
-                elif status == 401:  # Gini refused our credentials: a rotation may be due
-                    self.authorizer.refused(identifier, headers)
-                return await self.relay.answer(request, ctx, call, miss)
+            while True:
+                try:
+                    async with self.upstream.call(
+                        PAY_API,
+                        request.method,
+                        url,
+                        headers=headers,
+                        data=data,
+                        deadline=self.timeout,  # for a streamed upload, from its end on
+                        read_timeout=self._upload_timeout if streamed else None,
+                        skip_auto_headers=None if typed else _NO_CONTENT_TYPE,
+                        call=call,
+                        retry=resend,
+                    ):
+                        resend = False  # an answer has begun: never sent again from here
+                        ctx.upstream_seconds = call.seconds
+                        status = call.response.status
+                        ctx.gini_request_id = call.response.headers.get("X-Request-Id")
+                        if status >= 500:
+                            self.upstream.metrics.upstream_error(PAY_API, "status_5xx")
+                        elif status == 401:  # Gini refused our credentials: a rotation may be due
+                            self.authorizer.refused(identifier, headers)
+                        return await self.relay.answer(request, ctx, call, miss)
+                except Retry as failed:
+                    if not (resend and self._may_resend(failed)):
+                        raise failed.give_up() from None
+                    resend = False
         except AnswerBroken as broken:
             return self.relay.abort(request, ctx, broken)
         finally:
             if held:
                 self.budget.give(held)
+
+    def _may_resend(self, failed: Retry) -> bool:
+        """Whether a bodiless GET/HEAD/OPTIONS whose call failed before any answer byte goes
+        out once more: only for a failed connection, and within the retry budget."""
+        return failed.reason in RESEND_REASONS and self.upstream.guards[PAY_API].spend_retry()
 
     async def _request_body(
         self, request: web.Request, headers: CIMultiDict[str], call: Call

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
+from proxy.config.memo import Memo
+
 # RFC 9110 section 7.6.1, plus the non-standard ones still seen in the wild.
 HOP_BY_HOP = frozenset(
     {
@@ -63,7 +65,6 @@ NEVER_RETURN = (
 
 
 _KEEP, _DROP, _LISTS_KEEP, _LISTS_DROP = 0, 1, 2, 3  # what a filter does with a header name
-_VERDICTS = 512  # header spellings a filter remembers; callers choose names, so it is bounded
 
 
 class HeaderFilter:
@@ -80,22 +81,19 @@ class HeaderFilter:
 
     def __init__(self, drop: frozenset[str]):
         self.drop = frozenset(_canonical(name) for name in drop)
-        self._verdicts: dict[str, int] = {}
+        self._verdicts: Memo[str, int] = Memo("header_verdicts")  # callers choose names
 
     def _verdict(self, name: str) -> int:
         lower = _canonical(name)
         verdict = (_DROP if lower in self.drop else _KEEP) + (
             _LISTS_KEEP if lower == "connection" else 0
         )
-        if len(self._verdicts) >= _VERDICTS:
-            self._verdicts.clear()
-        self._verdicts[name] = verdict
-        return verdict
+        return self._verdicts.remember(name, verdict)
 
     def __call__(self, headers: Mapping[str, str]) -> CIMultiDict[str]:
         kept: CIMultiDict[str] = CIMultiDict()
         add = kept.add
-        verdicts = self._verdicts
+        verdicts = self._verdicts.entries
         listed: list[str] | None = None
         for name, value in headers.items():
             verdict = verdicts.get(name)

@@ -44,12 +44,16 @@ def make_middleware(app_name: AppName) -> Middleware:
         request[RECORD_KEY] = record
         request[REQUEST_ID_KEY] = request_id
         state.requests.append(record)
+        state.in_flight += 1
+        state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
             response = await _answer(request, handler, app_name, state)
         except asyncio.CancelledError:
             # With handler_cancellation on, this is how a vanished client shows up.
             state.cancelled_requests += 1
             raise
+        finally:
+            state.in_flight -= 1
         record.status = response.status
         return response
 
@@ -81,9 +85,13 @@ async def _answer(
         delay = state.pay_api_delay if app_name == "pay" else state.user_center_delay
         if delay > 0:
             await asyncio.sleep(delay)
-        status = state.take_failure(app_name)
-        if status is not None:
-            return error_response(request, app_name, SimError(status, "Injected failure"))
+        fault = state.take_failure(app_name)
+        if fault is not None:
+            if fault.drop and request.transport is not None:
+                request.transport.abort()  # no answer byte: a reset, as a dying server gives
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+            error = SimError(fault.status, "Injected failure", headers=headers)
+            return error_response(request, app_name, error)
     try:
         return await handler(request)
     except SimError as error:

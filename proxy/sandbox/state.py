@@ -18,6 +18,16 @@ from proxy.sandbox.models import Document, PaymentRequest, Token, TokenKind, Use
 MAX_RECORDED_REQUESTS = 1000
 
 
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One injected failure: the status to answer (with `Retry-After` when set), or, with
+    `drop`, a connection closed before any answer byte."""
+
+    status: int
+    retry_after: str | None = None
+    drop: bool = False
+
+
 @dataclass
 class RecordedRequest:
     """One request as received by the Pay API ("pay") or the User Center ("uc")."""
@@ -30,6 +40,7 @@ class RecordedRequest:
     query_string: str = ""
     request_id: str | None = None  # the X-Request-Id the simulator answered with (Pay API)
     status: int | None = None  # None while in flight or when the client went away
+    at: float = field(default_factory=time.monotonic)  # when it arrived
     peer: str | None = None  # the client's address:port: one value per TCP connection
     client_cert: str | None = None  # subject CN of the TLS client certificate, if one was shown
 
@@ -64,22 +75,38 @@ class SimulatorState:
     _fail_remaining: int = field(default=0, init=False, repr=False)
     _fail_status: int = field(default=503, init=False, repr=False)
     _fail_app: str | None = field(default=None, init=False, repr=False)
+    _fail_retry_after: str | None = field(default=None, init=False, repr=False)
+    _fail_drop: bool = field(default=False, init=False, repr=False)
+    # Requests being answered right now (sandbox routes included), and the most seen at once.
+    in_flight: int = 0
+    max_in_flight: int = 0
     _clock_offset: float = field(default=0.0, init=False, repr=False)
 
     # -- fault injection -------------------------------------------------------------------
 
-    def fail_next(self, n: int, status: int = 503, app: Literal["pay", "uc"] | None = None) -> None:
-        """Make the next ``n`` non-sandbox requests (of ``app``, or of both) answer ``status``."""
+    def fail_next(
+        self,
+        n: int,
+        status: int = 503,
+        app: Literal["pay", "uc"] | None = None,
+        *,
+        retry_after: str | None = None,
+        drop: bool = False,
+    ) -> None:
+        """Make the next ``n`` non-sandbox requests (of ``app``, or of both) answer ``status``,
+        with ``Retry-After: retry_after`` when given (seconds or an HTTP-date, sent as is); with
+        ``drop`` they get no answer at all: the connection is closed as the request arrives."""
         if n < 0 or not 400 <= status <= 599:
             raise ValueError("fail_next needs n >= 0 and an error status")
         self._fail_remaining, self._fail_status, self._fail_app = n, status, app
+        self._fail_retry_after, self._fail_drop = retry_after, drop
 
-    def take_failure(self, app: str) -> int | None:
-        """Consume one injected failure for ``app``; the status to answer, or None."""
+    def take_failure(self, app: str) -> Fault | None:
+        """Consume one injected failure for ``app``; what to do instead of answering, or None."""
         if self._fail_remaining <= 0 or self._fail_app not in (None, app):
             return None
         self._fail_remaining -= 1
-        return self._fail_status
+        return Fault(self._fail_status, self._fail_retry_after, self._fail_drop)
 
     # -- clock and tokens ------------------------------------------------------------------
 

@@ -22,11 +22,15 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
-from typing import Any
+from types import TracebackType
+from typing import Any, Generic, Protocol, TypeVar
 
+from multidict import CIMultiDict
 from prometheus_client import Counter
+from yarl import URL
 
 from proxy.config.tracing import TracingConfig
 
@@ -79,14 +83,22 @@ class RequestTrace:
         self.context = context  # the OpenTelemetry context with `server` as current span
         self.trace_id = f"{server.get_span_context().trace_id:032x}"
 
-    def client(self, upstream: str, method: str, host: str | None) -> Any:
-        """A CLIENT span for one call to Gini, started now."""
+    def client_call(
+        self, upstream: str, method: str, url: str | URL, headers: Mapping[str, str]
+    ) -> tuple[TracedCall[Any], Mapping[str, str]]:
+        """A CLIENT span for one call to Gini, started now, and the headers to send: with
+        `propagate_to_gini`, a copy adding our `traceparent` (naming this span)."""
         attributes = {"http.request.method": method, "gini.upstream": upstream}
+        host = URL(url).host
         if host:
             attributes["server.address"] = host
-        return self.tracing.tracer.start_span(
+        span = self.tracing.tracer.start_span(
             method, self.context, self.tracing.kinds.CLIENT, attributes
         )
+        if self.tracing.propagate:
+            headers = CIMultiDict(headers)
+            headers["traceparent"] = self.traceparent(span)
+        return TracedCall(span), headers
 
     def internal(self, name: str) -> Any:
         """An INTERNAL span (a store operation), started now; `name` is a fixed string."""
@@ -98,6 +110,50 @@ class RequestTrace:
 
     def end(self, status: int) -> None:
         end_span(self.server, status)
+
+
+class Answered(Protocol):
+    response: Any  # an aiohttp ClientResponse, once the answer's head is in
+
+
+A = TypeVar("A", bound=Answered)
+
+
+class TracedCall(Generic[A]):
+    """Wraps `Upstream.call`'s context manager: the CLIENT span ends with the call, ERROR when
+    it failed (no answer, or the block raised) or the answer was a 5xx."""
+
+    __slots__ = ("inner", "span", "status")
+
+    def __init__(self, span: Any):
+        self.span = span
+        self.status: int | None = None
+        self.inner: AbstractAsyncContextManager[A]
+
+    def around(self, inner: AbstractAsyncContextManager[A]) -> TracedCall[A]:
+        self.inner = inner
+        return self
+
+    async def __aenter__(self) -> A:
+        try:
+            call = await self.inner.__aenter__()
+        except BaseException:
+            end_span(self.span, None)
+            raise
+        self.status = call.response.status
+        return call
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        failed = exc is not None
+        try:
+            return await self.inner.__aexit__(kind, exc, tb)
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            end_span(self.span, None if failed else self.status)
 
 
 def end_span(span: Any, status: int | None) -> None:

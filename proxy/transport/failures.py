@@ -8,24 +8,53 @@ everything above sees `ProxyError`s, never aiohttp exceptions.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ssl
 
 import aiohttp
 
 from proxy.errors import BadGateway, ProxyError, UpstreamTimeout, UpstreamUnavailable
+from proxy.transport.aiohttp_client import connecting_over_tls
+from proxy.transport.client_cert import take_refusal
 
 # Failures a retry cannot fix (a configuration or trust problem): reported at once.
 PERMANENT_REASONS = frozenset(
-    {"tls_certificate", "tls_hostname", "tls_handshake", "proxy_auth", "proxy_refused"}
+    {
+        "tls_certificate",
+        "tls_hostname",
+        "tls_handshake",
+        "tls_client_certificate",
+        "proxy_auth",
+        "proxy_refused",
+    }
 )
 
+# Alerts a server sends about the client's certificate (OpenSSL's reasons for them).
+CLIENT_CERTIFICATE_ALERTS = frozenset(
+    {
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "TLSV1_ALERT_ACCESS_DENIED",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+    }
+)
+_CLIENT_PAIR = "upstream.tls.client_cert_file and client_key_file"
 
-def classify(exc: BaseException) -> tuple[ProxyError, str, str]:  # noqa: PLR0911 - one per kind
+
+def classify(  # noqa: PLR0911, PLR0912 - one return per kind
+    exc: BaseException, context: ssl.SSLContext | None = None
+) -> tuple[ProxyError, str, str]:
     """The contract error, the bounded metric reason and a log sentence naming the cause.
 
-    Order matters: aiohttp's certificate, DNS and proxy errors are all ClientConnectorErrors.
-    The sentence may quote OpenSSL's reason (fixed texts such as "certificate has expired"),
-    never a URL or header that could hold a credential.
+    `context` is the SSL context of the call, whose client-certificate watch tells a refused
+    client certificate from other closed connections. Order matters: aiohttp's certificate,
+    DNS and proxy errors are all ClientConnectorErrors. The sentence may quote OpenSSL's reason
+    (fixed texts such as "certificate has expired"), never a URL or header that could hold a
+    credential.
     """
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         cert_error = exc.certificate_error
@@ -34,6 +63,9 @@ def classify(exc: BaseException) -> tuple[ProxyError, str, str]:  # noqa: PLR091
         if code in _HOSTNAME_CODES:
             return _tls_error(), "tls_hostname", f"TLS hostname mismatch: {detail}"
         return _tls_error(), "tls_certificate", f"TLS certificate not trusted: {detail}"
+    refused = client_certificate_refusal(exc, context)
+    if refused is not None:
+        return _tls_error(), "tls_client_certificate", refused
     if isinstance(exc, aiohttp.ClientConnectorSSLError):
         return _tls_error(), "tls_handshake", f"TLS handshake failed: {_ssl_reason(exc)}"
     if isinstance(exc, aiohttp.ClientHttpProxyError):
@@ -49,7 +81,8 @@ def classify(exc: BaseException) -> tuple[ProxyError, str, str]:  # noqa: PLR091
             f"egress proxy refused the tunnel to Gini (status {exc.status})",
         )
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
-        return UpstreamUnavailable(), "proxy_connect", "egress proxy cannot be reached"
+        where = _where(exc)
+        return UpstreamUnavailable(), "proxy_connect", f"egress proxy cannot be reached{where}"
     if isinstance(exc, aiohttp.ClientConnectorError) and _reset_in_tls_handshake(exc):
         return (
             _tls_error(),
@@ -58,15 +91,15 @@ def classify(exc: BaseException) -> tuple[ProxyError, str, str]:  # noqa: PLR091
             "(does it require a client certificate? see upstream.tls.client_cert_file)",
         )
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return UpstreamUnavailable(), "dns", "DNS lookup of the upstream host failed"
+        return UpstreamUnavailable(), "dns", f"DNS lookup of the upstream host failed{_where(exc)}"
     if isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError):
-        return UpstreamUnavailable(), "connect", "cannot connect to the upstream"
+        return UpstreamUnavailable(), "connect", f"cannot connect to the upstream{_where(exc)}"
     if isinstance(exc, asyncio.TimeoutError):  # includes aiohttp's socket read timeout
         return UpstreamTimeout(), "timeout", "no answer in time"
     ssl_error = _ssl_cause(exc)
     if ssl_error is not None:
-        # TLS 1.3 servers check the client certificate after the handshake: a missing or
-        # refused one shows up as an alert on the first read, not as a connect error.
+        # An alert on the first read after a TLS 1.3 handshake, about something other than
+        # our certificate (those were named above).
         return _tls_error(), "tls_handshake", f"TLS session refused by the server: {ssl_error}"
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
         return (
@@ -81,14 +114,54 @@ def classify(exc: BaseException) -> tuple[ProxyError, str, str]:  # noqa: PLR091
 _HOSTNAME_CODES = frozenset({62, 64})
 
 
+def client_certificate_sentence(alert: str | None, sent: bool | None) -> str:
+    """What to tell the operator about a refused client certificate (`sent`: None if unknown)."""
+    if alert == "TLSV13_ALERT_CERTIFICATE_REQUIRED" or sent is False:
+        why = f" ({alert})" if alert else ""
+        return (
+            f"Gini asked for a client certificate and got none{why}: "
+            f"set {_CLIENT_PAIR} to the pair Gini issued or registered."
+        )
+    why = f" ({alert})" if alert else " (the connection was closed right after the handshake)"
+    return (
+        f"Gini refused the client certificate{why}: check that {_CLIENT_PAIR} hold the pair "
+        "Gini registered, issued by a CA Gini trusts, and not expired."
+    )
+
+
+def client_certificate_refusal(exc: BaseException, context: ssl.SSLContext | None) -> str | None:
+    """The log sentence if `exc` is Gini refusing the client certificate, else None."""
+    alert = _ssl_cause(exc)
+    if alert in CLIENT_CERTIFICATE_ALERTS:
+        return client_certificate_sentence(alert, None)
+    # Closed without a word (or a bare handshake_failure in TLS 1.2): refused only if the
+    # server asked for a certificate on a connection it then said nothing more on.
+    inner = getattr(exc, "os_error", None)
+    closed = (
+        isinstance(exc, aiohttp.ServerDisconnectedError | ConnectionResetError | BrokenPipeError)
+        or isinstance(inner, ConnectionResetError | BrokenPipeError)
+        or (isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE))
+    )
+    if not (closed or alert == "SSLV3_ALERT_HANDSHAKE_FAILURE"):
+        return None
+    asked = take_refusal(context)
+    return None if asked is None else client_certificate_sentence(None, asked.sent_certificate)
+
+
+def _where(exc: BaseException) -> str:
+    """` (host:port)` of a connection attempt, when the exception knows it."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f" ({exc.host}:{exc.port})"
+    return ""
+
+
 def _tls_error() -> ProxyError:
     return BadGateway("The TLS connection to Gini could not be verified; see the proxy log.")
 
 
 def _reset_in_tls_handshake(exc: aiohttp.ClientConnectorError) -> bool:
     """A reset while connecting to an https origin: TCP was up, so the handshake was refused."""
-    key = getattr(exc, "_conn_key", None)
-    return bool(getattr(key, "is_ssl", False)) and isinstance(exc.os_error, ConnectionResetError)
+    return connecting_over_tls(exc) and isinstance(exc.os_error, ConnectionResetError)
 
 
 def _ssl_reason(exc: BaseException) -> str:
@@ -102,11 +175,14 @@ def _ssl_cause(exc: BaseException) -> str | None:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, ssl.SSLError):
-            return str(current.reason or current.strerror or type(current).__name__)
-        for attr in ("os_error", "_os_error"):
-            inner = getattr(current, attr, None)
-            if isinstance(inner, ssl.SSLError):
-                return str(inner.reason or inner.strerror or type(inner).__name__)
+        # aiohttp's own SSL errors subclass ssl.SSLError without OpenSSL's reason: the one
+        # they wrap (`os_error`) has it.
+        inner = getattr(current, "os_error", None)
+        for candidate in (inner, current):
+            if isinstance(candidate, ssl.SSLError) and not isinstance(
+                candidate, aiohttp.ClientError
+            ):
+                reason = candidate.reason or candidate.strerror
+                return str(reason or type(candidate).__name__)
         current = current.__cause__ or current.__context__
     return None

@@ -9,18 +9,16 @@ interim answers); any other 1xx closes the connection and fails the call, which
 `transport.failures.classify` maps to 502 `bad_gateway`.
 
 The check sits in the client's protocol, where each parsed answer head passes once: aiohttp has
-no public hook that sees the 1xx answers it skips.
+no public hook that sees the 1xx answers it skips (`transport.aiohttp_client` holds that part).
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.http import RawResponseMessage
-from aiohttp.streams import StreamReader
+
+from proxy.transport.aiohttp_client import InterimCheckingConnector, InterimCheckingHandler
 
 TOLERATED_INTERIM = frozenset({100, 103})
 
@@ -33,30 +31,13 @@ class InterimRefused(aiohttp.ClientError):
         self.status = status
 
 
-class GuardedResponseHandler(ResponseHandler):
+class GuardedResponseHandler(InterimCheckingHandler):
     """aiohttp's client protocol, failing the exchange on a refused 1xx answer head."""
 
-    def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
-        if self._exception is not None:
-            return  # refused already: nothing after it on this connection may be read as an answer
-        status = data[0].code
-        if status < 200 and status not in TOLERATED_INTERIM:
-            # Closed at once, as aiohttp does on a parser error: an unsolicited 1xx on an idle
-            # pooled connection must not be handed to the next request that takes it.
-            if self.transport is not None:
-                self.transport.close()
-            self.set_exception(InterimRefused(status))
-            return
-        super().feed_data(data, size)
+    def refusal(self, status: int) -> BaseException | None:
+        return None if status in TOLERATED_INTERIM else InterimRefused(status)
 
 
-class GuardedConnector(aiohttp.TCPConnector):
-    """A TCPConnector whose connections use `GuardedResponseHandler`."""
-
-    def __init__(self, **kwargs: Any):
-        super().__init__(**kwargs)
-        # partial[...] is invariant to mypy, although a subclass instance is what is made here.
-        self._factory = cast(
-            "functools.partial[ResponseHandler]",
-            functools.partial(GuardedResponseHandler, loop=self._loop),
-        )
+def guarded_connector(**kwargs: Any) -> aiohttp.TCPConnector:
+    """A TCPConnector (same arguments) whose connections refuse 1xx answers but 100 and 103."""
+    return InterimCheckingConnector(GuardedResponseHandler, **kwargs)

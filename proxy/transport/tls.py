@@ -21,6 +21,7 @@ from pathlib import Path
 from proxy.config.files import read_regular
 from proxy.config.pem import PemError, split_pem_bytes
 from proxy.config.tls import TlsConfig
+from proxy.transport.client_cert import watch
 
 log = logging.getLogger("proxy.tls")
 
@@ -51,7 +52,7 @@ def build_context(config: TlsConfig | None) -> ssl.SSLContext:
             _pem(config.client_cert_file)  # OpenSSL reads these by path only: checked first
             _pem(config.client_key_file)
             context.load_cert_chain(config.client_cert_file, config.client_key_file)
-    return context
+    return watch(context)  # tells a refused client certificate from a closed connection
 
 
 def _digest(paths: tuple[Path, ...]) -> bytes | None:

@@ -1,7 +1,8 @@
 """The proxy's own calls to Gini: `/login`, User Center tokens and user creation.
 
 Each call has bounded retries with full-jitter exponential backoff on connect failures,
-timeouts, 429 and 5xx. They are safe to repeat: a second `/login` or password grant only
+timeouts, 429 and 5xx, within the upstream's retry budget and never into a pause Gini asked
+for (`transport/protection`). They are safe to repeat: a second `/login` or password grant only
 yields another token, and a repeated user creation answers 400 "exists", which the anonymous
 flow already treats as "created" for credentials it stored first.
 """
@@ -174,8 +175,10 @@ class GiniClient:
         request_id = current_request_id()
         if request_id is not None:  # the request that needed this call, for Gini support
             headers["X-Request-Id"] = request_id
+        guard = self.upstream.guards[upstream]
         attempt = 0
         while True:
+            failure: Retry | None = None
             try:
                 async with self.upstream.call(
                     upstream,
@@ -187,8 +190,8 @@ class GiniClient:
                     retry=attempt < self.max_retries,
                 ) as call:
                     answer = Reply(call.response.status, await call.response.read())
-            except Retry:
-                pass
+            except Retry as failed:
+                failure = failed
             else:
                 if answer.status not in _RETRY_STATUSES:
                     if (
@@ -201,6 +204,13 @@ class GiniClient:
                 self.upstream.metrics.upstream_error(upstream, reason)
                 if attempt >= self.max_retries:
                     return answer
+            # Never retry into a pause Gini asked for (nor sleep through it while a caller
+            # waits), and only within the retry budget: past it the caller gets this failure.
+            guard.check_pause()
+            if not guard.spend_retry():
+                if failure is None:
+                    return answer
+                raise failure.give_up()
             attempt += 1
             # Full jitter: concurrent retries spread out instead of arriving together.
             await self.sleep(random.uniform(0, BACKOFF_BASE * 2**attempt))  # noqa: S311

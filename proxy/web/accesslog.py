@@ -18,6 +18,7 @@ import time
 
 from aiohttp import web
 
+from proxy.config.memo import Memo
 from proxy.log import REDACTED, access_stream
 from proxy.metrics import METHODS
 from proxy.web.context import REQUEST_ID, RequestContext
@@ -26,15 +27,12 @@ FLUSH_SECONDS = 0.1
 FLUSH_LINES = 256
 
 
-_ROUTES = 1024  # route templates remembered as JSON text: a bound; the table has far fewer
-
-
 class AccessLog:
     """Buffers access lines for one output stream."""
 
     def __init__(self, secrets: tuple[str, ...]):
         self._secrets: tuple[str, ...] = ()
-        self._routes: dict[str, str] = {}
+        self._routes: Memo[str, str] = Memo("access_log_routes")
         self.secrets = secrets
         self._lines: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -49,17 +47,14 @@ class AccessLog:
     @secrets.setter
     def secrets(self, values: tuple[str, ...]) -> None:
         self._secrets = tuple(s for s in values if len(s) >= 4)
-        self._routes = {}  # checked against the old values only
+        self._routes = Memo("access_log_routes")
 
     def _route(self, route: str) -> str:
         """`route` as a JSON string (templates come from config too: escaped, once each)."""
         text = json.dumps(route)
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
-        if len(self._routes) >= _ROUTES:
-            self._routes.clear()
-        self._routes[route] = text
-        return text
+        return self._routes.remember(route, text)
 
     def _timestamp(self, now: float) -> str:
         second = int(now)
@@ -80,7 +75,7 @@ class AccessLog:
             chosen = f"{request_id}\n{gini_id}"  # a newline: no secret spans the two
         else:
             gini = "null"
-        route = self._routes.get(ctx.route) or self._route(ctx.route)
+        route = self._routes.entries.get(ctx.route) or self._route(ctx.route)
         upstream = ctx.upstream_seconds
         bytes_in = request.content_length
         caller = "null" if ctx.caller is None else f'"{ctx.caller}"'  # CALLER_NAME: no escaping

@@ -6,8 +6,9 @@ known template (`/documents/{id}`) or to `other`, whatever a caller sends.
 
 from __future__ import annotations
 
+from proxy.config.memo import Memo
+
 OTHER = "other"
-MEMO_ENTRIES = 4096
 
 # Pay API (and Health API) resources a proxy sees, from the reference and the Gini SDKs.
 GINI_TEMPLATES = (
@@ -50,18 +51,16 @@ class RouteTable:
             segments = _segments(template)
             key = (segments[0] if segments else "", len(segments))
             self._by_shape.setdefault(key, []).append((segments, template))
-        self._memo: dict[str, str] = {}
+        self._memo: Memo[str, str] = Memo("route_templates")  # paths carry ids
         for candidates in self._by_shape.values():
             # Literal segments win over placeholders (`/extractions/feedback` before `/{name}`).
             candidates.sort(key=lambda c: sum(s.startswith("{") for s in c[0]))
 
     def match(self, path: str) -> str:
         """The template for `path` (a trailing slash is ignored), or `other`."""
-        found = self._memo.get(path)
+        found = self._memo.entries.get(path)
         if found is None:
-            if len(self._memo) >= MEMO_ENTRIES:
-                self._memo.clear()  # paths carry ids: the memo must stay bounded
-            found = self._memo[path] = self._match(path)
+            found = self._memo.remember(path, self._match(path))
         return found
 
     def _match(self, path: str) -> str:

@@ -35,6 +35,8 @@ async def diagnose(config_data: dict[str, Any], tmp_path: Path) -> tuple[bool, d
     config: Config = build_config(config_data, {}, tmp_path)
     ok = await Doctor(config, lines.append).run()
     steps = {line[7:29].strip(): line for line in lines if line.startswith("[")}
+    # Every failure says what to change, as a whole sentence.
+    assert all(line.endswith((".", "?")) for line in lines if line.startswith("[FAIL]")), lines
     return ok, steps
 
 
@@ -87,7 +89,8 @@ async def test_a_wrong_secret_fails_the_credentials_step(
     ok, steps = await diagnose(data(sim, pki, tmp_path, **wrong), tmp_path)
     assert not ok
     assert steps["client credentials"].startswith("[FAIL]")
-    assert "refused with 401" in steps["client credentials"]
+    assert "refused them with 401" in steps["client credentials"]
+    assert steps["client credentials"].endswith("check client.id and client.secret.")
     assert steps["tls user_center"].startswith("[ ok ]")
     assert steps["clock skew"].startswith("[ ok ]")  # Gini's Date comes with a refusal too
 
@@ -186,7 +189,7 @@ async def test_mtls_the_handshake_step_needs_the_client_certificate(
         ok, steps = await diagnose(without, tmp_path)
         assert not ok
         assert steps["tls pay_api"].startswith("[FAIL]")
-        assert "client certificate required?" in steps["tls pay_api"]
+        assert "tls_client_certificate" in steps["tls pay_api"]
         pair = {
             "client_cert_file": str(pki.client_cert_file),
             "client_key_file": str(pki.client_key_file),

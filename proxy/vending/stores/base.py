@@ -24,6 +24,24 @@ class StoreOpenError(Exception):
     """The store cannot be opened (unreachable, bad folder, wrong key): exit code 3."""
 
 
+class StoreDown(StoreUnavailable):
+    """The store answered but cannot do its job: disk full, read-only, an I/O error or a damaged
+    file. Unlike a timeout or a dropped connection this is not one unlucky call, so the store
+    counts as down at once (`gini_proxy_store_up` 0) until the check can write again."""
+
+    def __init__(self, reason: str):
+        super().__init__()
+        self.detail = reason  # an error class or code name, never a driver message
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOrigin:
+    """Where an opened store comes from, for the startup log and /status."""
+
+    created_fresh: bool  # this open created it: no key check and no user was there before
+    created_at: float | None  # when it was created; None for stores made before it was recorded
+
+
 @dataclass(frozen=True, slots=True)
 class StoredUser:
     """One anonymous user's credentials as stored (password decrypted)."""
@@ -48,6 +66,10 @@ class CredentialStore(Protocol):
 
     cipher: Cipher
 
+    @property
+    def origin(self) -> StoreOrigin | None:
+        """Set by `open()`: whether it created the store, and when the store was created."""
+
     async def open(self) -> None:
         """Connect, create or migrate the schema, and check the encryption key against it."""
 
@@ -55,7 +77,8 @@ class CredentialStore(Protocol):
         """Release connections; safe to call twice."""
 
     async def ping(self) -> None:
-        """Raise StoreUnavailable unless the store answers now (readiness)."""
+        """Raise StoreUnavailable unless the store accepts a write now: a heartbeat row is
+        updated, because a full disk or a read-only database still answers reads."""
 
     def use_password(self, password: str) -> None:
         """A reloaded `store.password`, for every new connection (SQLite has none)."""

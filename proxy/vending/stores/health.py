@@ -2,6 +2,10 @@
 fail-fast on every store call, so a dead or blackholed database costs flow 4 a quick 503
 `store_unavailable` and costs flows 1-3 nothing.
 
+The check writes (the store's `ping` updates a heartbeat row): a full disk or a read-only
+database still answers reads. A call that fails with `StoreDown` (such as "disk full") marks the
+store down at once, without waiting for the check.
+
 asyncpg bounds each step on its own (connect, pool acquire, statement, the cancel request), but
 the sum of those steps, and the cleanup of a call cut short, can take longer than any one of
 them. So every store call runs in its own task and the caller stops waiting at the deadline.
@@ -23,7 +27,13 @@ from prometheus_client import Gauge
 
 from proxy.errors import StoreUnavailable
 from proxy.telemetry.tracing import CURRENT, end_internal
-from proxy.vending.stores.base import CredentialStore, SealedRow, StoredUser
+from proxy.vending.stores.base import (
+    CredentialStore,
+    SealedRow,
+    StoreDown,
+    StoredUser,
+    StoreOrigin,
+)
 
 if TYPE_CHECKING:  # `cryptography` loads with a store backend, not with this module
     from proxy.vending.stores.cipher import Cipher
@@ -96,6 +106,8 @@ def _being_cancelled() -> bool:
 
 def error_name(exc: BaseException) -> str:
     """The class of what went wrong: the driver's error a StoreUnavailable was raised from."""
+    if isinstance(exc, StoreDown) and exc.detail:
+        return exc.detail  # e.g. SQLITE_FULL or DiskFullError
     context = exc.__context__
     if isinstance(exc, StoreUnavailable) and context is not None:
         return type(context).__name__
@@ -172,6 +184,11 @@ class StoreHealth:
         """A store call just failed: check now instead of at the next tick."""
         self._wake.set()
 
+    def mark_down(self, error: str) -> None:
+        """A call just proved the store cannot work (disk full): down now, then check again."""
+        self._record(error)
+        self.wake()
+
     async def _run(self) -> None:
         while True:
             pause = self.interval if self.up else self.recheck_interval
@@ -205,6 +222,10 @@ class GuardedStore:
         self.health = health
         self.timeout = timeout
 
+    @property
+    def origin(self) -> StoreOrigin | None:
+        return self.inner.origin
+
     async def _call(self, call: Callable[[], Awaitable[T]], op: str = "store") -> T:
         trace = CURRENT.get()  # a sampled request's trace: the call is an INTERNAL span in it
         if trace is None:
@@ -227,6 +248,9 @@ class GuardedStore:
             log.warning("store call timed out", extra={"seconds": self.timeout})
             self.health.wake()
             raise StoreUnavailable from None
+        except StoreDown as exc:
+            self.health.mark_down(error_name(exc))
+            raise
         except StoreUnavailable:
             self.health.wake()
             raise

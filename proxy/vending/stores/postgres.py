@@ -9,23 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
 from proxy.errors import StoreUnavailable
+from proxy.reporting.episodes import Episodes
 from proxy.vending.stores.base import (
     SealedRow,
+    StoreDown,
     StoredUser,
     StoreOpenError,
+    StoreOrigin,
     parse_state,
     require_user,
 )
 from proxy.vending.stores.cipher import Cipher, WrongKey
 from proxy.vending.stores.keyring import open_sealed
-from proxy.vending.stores.schema import anonymous_users_table, bootstrap, meta_table
+from proxy.vending.stores.schema import announce, anonymous_users_table, bootstrap, meta_table
 
 log = logging.getLogger("proxy.store")
 
@@ -34,6 +39,15 @@ _MIGRATIONS = {1: (anonymous_users_table("BYTEA", "TIMESTAMPTZ NOT NULL DEFAULT 
 _META_TABLE = meta_table("BYTEA")
 MIGRATION_LOCK_TIMEOUT = 10.0  # another replica may hold the lock while it migrates
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+# The server answers but cannot work (disk full, out of memory or connections, a read-only
+# standby after a failover, I/O errors, corruption): down at once, the others wake the check.
+_DOWN = (
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+    asyncpg.exceptions.PostgresSystemError,
+    asyncpg.exceptions.DataCorruptedError,
+    asyncpg.exceptions.IndexCorruptedError,
+)
 
 
 class PostgresStore:
@@ -48,11 +62,14 @@ class PostgresStore:
         password: str | None = None,
     ):
         self.dsn = dsn
+        self.address = _address(dsn)  # host:port, for failure lines (the DSN holds a password)
+        self.episodes = Episodes(log)  # an outage logs its start, a line a minute, its end
         self.password = password
         self.cipher = cipher
         self.timeout = timeout
         self.max_connections = max_connections
         self._pool: Any = None
+        self.origin: StoreOrigin | None = None
 
     async def open(self) -> None:
         try:
@@ -80,15 +97,16 @@ class PostgresStore:
                     _MIGRATION_LOCK,
                     timeout=MIGRATION_LOCK_TIMEOUT,
                 )
-                await bootstrap(_Session(conn), _META_TABLE, _MIGRATIONS, self.cipher)
+                self.origin = await bootstrap(_Session(conn), _META_TABLE, _MIGRATIONS, self.cipher)
         except (*_ERRORS, WrongKey) as exc:
             await self.close()
             raise StoreOpenError(
-                f"cannot open PostgreSQL store: {type(exc).__name__}: {exc}"
+                f"cannot open PostgreSQL store at {self.address}: {type(exc).__name__}: {exc}"
             ) from None
         except BaseException:
             await self.close()
             raise
+        announce(self.origin, "postgresql")
 
     def use_password(self, password: str) -> None:
         self.password = password  # asked for by every new pool connection
@@ -112,12 +130,21 @@ class PostgresStore:
             async with self._pool.acquire(timeout=self.timeout) as conn:
                 yield conn
         except _ERRORS as exc:
-            log.warning("store call failed", extra={"error": type(exc).__name__})
+            fields = {"error": type(exc).__name__, "address": self.address}
+            self.episodes.failed("store", "call", "store call failed", fields)
+            if isinstance(exc, _DOWN):
+                raise StoreDown(type(exc).__name__) from None
             raise StoreUnavailable from None
+        self.episodes.succeeded("store")
 
     async def ping(self) -> None:
+        # A write, not SELECT 1: a full disk or a read-only standby still answers reads.
         async with self._conn() as conn:
-            await conn.fetchval("SELECT 1")
+            await conn.execute(
+                "INSERT INTO gini_proxy_meta (name, value) VALUES ('heartbeat', $1)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                repr(time.time()).encode(),
+            )
 
     async def get(self, key: str) -> StoredUser | None:
         async with self._conn() as conn:
@@ -268,3 +295,16 @@ class _Session:
             name,
             value,
         )
+
+    async def has_users(self) -> bool:
+        return bool(await self.conn.fetchval("SELECT EXISTS (SELECT 1 FROM anonymous_users)"))
+
+
+def _address(dsn: str) -> str:
+    """host:port of the DSN, or "?" for one open() will refuse as invalid."""
+    try:
+        parts = urlsplit(dsn)
+        port = parts.port or 5432
+    except ValueError:
+        return "?"
+    return f"{parts.hostname or 'localhost'}:{port}"

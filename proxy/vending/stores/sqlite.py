@@ -2,6 +2,8 @@
 
 WAL journal with `synchronous=FULL`, so a committed row survives a crash or power cut; the
 database file is created owner-only (0600) and SQLite gives its -wal/-shm files the same mode.
+What must outlive a lost or damaged -wal file (the key checks, activated users, erasures) is
+checkpointed into the main file right after it is written.
 """
 
 from __future__ import annotations
@@ -19,21 +21,33 @@ from pathlib import Path
 import aiosqlite
 
 from proxy.errors import StoreUnavailable
+from proxy.reporting.episodes import Episodes
 from proxy.vending.stores.base import (
     SealedRow,
+    StoreDown,
     StoredUser,
     StoreOpenError,
+    StoreOrigin,
     parse_state,
     require_user,
 )
 from proxy.vending.stores.cipher import Cipher, WrongKey
 from proxy.vending.stores.keyring import open_sealed
-from proxy.vending.stores.schema import anonymous_users_table, bootstrap, meta_table
+from proxy.vending.stores.schema import announce, anonymous_users_table, bootstrap, meta_table
 
 log = logging.getLogger("proxy.store")
 
 _MIGRATIONS = {1: (anonymous_users_table("BLOB", "REAL NOT NULL"),)}
 _META_TABLE = meta_table("BLOB")
+# Not one unlucky call but a store that cannot work: down at once (the others wake the check).
+_DOWN = {
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_CORRUPT,
+    sqlite3.SQLITE_NOTADB,
+    sqlite3.SQLITE_CANTOPEN,
+}
 
 
 class SqliteStore:
@@ -43,7 +57,9 @@ class SqliteStore:
         self.path = path
         self.cipher = cipher
         self.busy_timeout = busy_timeout
+        self.episodes = Episodes(log)  # an outage logs its start, a line a minute, its end
         self._db: aiosqlite.Connection | None = None
+        self.origin: StoreOrigin | None = None
 
     async def open(self) -> None:
         self._create_private_file()
@@ -52,13 +68,15 @@ class SqliteStore:
             await self._db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             await self._enable_wal()
             await self._db.execute("PRAGMA synchronous = FULL")
-            await self._migrate()
+            self.origin = await self._migrate()
+            await self._checkpoint("TRUNCATE")
         except (sqlite3.Error, WrongKey) as exc:
             await self.close()
             raise StoreOpenError(f"cannot open SQLite store {self.path}: {exc}") from None
         except BaseException:
             await self.close()
             raise
+        announce(self.origin, "sqlite")
 
     async def _enable_wal(self) -> None:
         # Switching a fresh file to WAL can fail with SQLITE_BUSY at once, without waiting for
@@ -92,15 +110,29 @@ class SqliteStore:
         finally:
             os.close(fd)
 
-    async def _migrate(self) -> None:
+    async def _migrate(self) -> StoreOrigin:
         db = self.db
         await db.execute("BEGIN IMMEDIATE")  # one process migrates; others wait (busy_timeout)
         try:
-            await bootstrap(self, _META_TABLE, _MIGRATIONS, self.cipher)
+            origin = await bootstrap(self, _META_TABLE, _MIGRATIONS, self.cipher)
             await db.execute("COMMIT")
         except BaseException:
             await db.execute("ROLLBACK")
             raise
+        return origin
+
+    async def _checkpoint(self, mode: str = "PASSIVE") -> None:
+        """Copy what the WAL holds into the main file, so a lost -wal file cannot take it.
+        PASSIVE never waits; TRUNCATE (at open) waits for readers and empties the WAL."""
+        async with self.db.execute(f"PRAGMA wal_checkpoint({mode})") as cursor:
+            row = await cursor.fetchone()
+        if row is not None and row[0]:  # another process's reader held old pages past busy_timeout
+            log.warning("the SQLite WAL could not be checkpointed", extra={"mode": mode})
+
+    async def has_users(self) -> bool:
+        async with self.db.execute("SELECT EXISTS (SELECT 1 FROM anonymous_users)") as cursor:
+            row = await cursor.fetchone()
+        return bool(row and row[0])
 
     async def run(self, statement: str) -> None:
         await self.db.execute(statement)
@@ -138,12 +170,23 @@ class SqliteStore:
         try:
             yield self.db
         except (sqlite3.Error, ValueError) as exc:  # ValueError: connection already closed
-            log.warning("store call failed", extra={"error": type(exc).__name__})
+            code = getattr(exc, "sqlite_errorcode", None)
+            name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+            fields = {"error": name, "path": str(self.path)}
+            self.episodes.failed("store", "call", "store call failed", fields)
+            if code is not None and code & 0xFF in _DOWN:
+                raise StoreDown(name) from None
             raise StoreUnavailable from None
+        self.episodes.succeeded("store")
 
     async def ping(self) -> None:
+        # A write, not SELECT 1: a full disk or a read-only file still answers reads.
         async with self._errors() as db:
-            await db.execute("SELECT 1")
+            await db.execute(
+                "INSERT INTO gini_proxy_meta (name, value) VALUES ('heartbeat', ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (repr(time.time()).encode(),),
+            )
 
     def use_password(self, password: str) -> None:
         """A file has no password (config refuses `store.password` for SQLite)."""
@@ -197,10 +240,12 @@ class SqliteStore:
                 " WHERE user_key = ? AND email = ? AND state = 'pending'",
                 (time.time(), key, email),
             )
+            await self._checkpoint()  # the device gets this user's token next: make it last
 
     async def delete(self, key: str) -> bool:
         async with self._errors() as db:
             cursor = await db.execute("DELETE FROM anonymous_users WHERE user_key = ?", (key,))
+            await self._checkpoint()  # an erasure must not come back with an old -wal file
             return cursor.rowcount > 0
 
     async def count(self) -> int:
@@ -219,6 +264,7 @@ class SqliteStore:
                 " ON CONFLICT (name) DO NOTHING",
                 (name, value),
             )
+            await self._checkpoint("TRUNCATE")  # the identity key id: see the module docstring
             stored = await self.read_meta(name)
         if stored is None:  # only a concurrent DELETE, which nothing here issues
             raise StoreUnavailable
@@ -230,6 +276,7 @@ class SqliteStore:
                 "UPDATE gini_proxy_meta SET value = ? WHERE name = ? AND value = ?",
                 (new, name, old),
             )
+            await self._checkpoint("TRUNCATE")
             return cursor.rowcount == 1
 
     async def sealed_rows(self, after: str, limit: int) -> list[SealedRow]:

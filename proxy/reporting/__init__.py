@@ -1,0 +1,1 @@
+"""How the proxy reports on itself beyond single log lines: failure episodes."""

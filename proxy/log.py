@@ -1,4 +1,5 @@
-"""JSON logs, one object per line, with every value redacted before it is serialised.
+"""JSON logs, one object per line (or `text` lines for a terminal), with every value redacted
+before it is serialised.
 
 Redaction covers every field of every record (message, exception text, `extra` fields, any
 third-party logger), and runs on the values before JSON escaping, so it can never cut through
@@ -139,7 +140,8 @@ class JsonFormatter(logging.Formatter):
         self.converter = time.gmtime
         self.redactor = redactor
 
-    def format(self, record: logging.LogRecord) -> str:
+    def entry(self, record: logging.LogRecord) -> dict[str, Any]:
+        """The record's fields, every value redacted."""
         request_id, hidden = _scope.get()
         entry: dict[str, Any] = {
             "timestamp": self.formatTime(record, "%Y-%m-%dT%H:%M:%S")
@@ -168,15 +170,47 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = redact(value)
             else:
                 entry[key] = _redacted(value, clean)
-        line = json.dumps(entry, ensure_ascii=False)
-        if redact.spelled_in(line):
+        return entry
+
+    def render(self, entry: dict[str, Any]) -> str:
+        return json.dumps(entry, ensure_ascii=False)
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = self.entry(record)
+        line = self.render(entry)
+        if self.redactor.spelled_in(line):
             # Only a secret holding `"`, `\` or a control character can reappear through JSON
             # escaping or across fields: withhold the line's content rather than emit it.
-            line = json.dumps(
+            line = self.render(
                 {key: entry[key] for key in ("timestamp", "level", "logger")}
                 | {"message": REDACTED, "withheld": WITHHELD}
             )
         return line
+
+
+class TextFormatter(JsonFormatter):
+    """`logging.format: text`: one line for a human at a terminal, redacted the same way:
+    `2026-12-06T23:30:00.123Z info  proxy.server: ready key=value ...`."""
+
+    def render(self, entry: dict[str, Any]) -> str:
+        head = f"{entry['timestamp']} {entry['level']:<7} {entry['logger']}: {entry['message']}"
+        rest = {k: v for k, v in entry.items() if k not in _TEXT_HEAD}
+        exception = rest.pop("exception", None)
+        fields = "".join(f" {key}={_text_value(value)}" for key, value in rest.items())
+        line = head + fields
+        # Control characters from a caller must not forge a second log line.
+        line = line.translate(_TEXT_CONTROLS)
+        return f"{line}\n{exception}" if isinstance(exception, str) else line
+
+
+_TEXT_HEAD = frozenset({"timestamp", "level", "logger", "message"})
+_TEXT_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(32), 127) if code != 9}
+
+
+def _text_value(value: object) -> str:
+    if isinstance(value, str) and value and not any(c in value for c in ' "='):
+        return value
+    return json.dumps(value, ensure_ascii=False)
 
 
 _access_output: IO[str] | None = None
@@ -187,13 +221,15 @@ def access_stream() -> IO[str] | None:
     return _access_output
 
 
-def configure_logging(level: str, redactor: Redactor, stream: IO[str] | None = None) -> None:
-    """Send every logger's records to `stream` (stdout) as redacted JSON lines."""
+def configure_logging(
+    level: str, redactor: Redactor, stream: IO[str] | None = None, fmt: str = "json"
+) -> None:
+    """Send every logger's records to `stream` (stdout) as redacted lines, JSON or `text`."""
     global _access_output  # noqa: PLW0603 - logging output is process-wide by nature
     output = stream if stream is not None else sys.stdout
     _access_output = output if logging.getLevelName(level.upper()) <= logging.INFO else None
     handler = logging.StreamHandler(output)
-    handler.setFormatter(JsonFormatter(redactor))
+    handler.setFormatter(TextFormatter(redactor) if fmt == "text" else JsonFormatter(redactor))
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)

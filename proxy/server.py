@@ -231,6 +231,6 @@ def serve(config: Config) -> int:
     """`gini-auth-proxy serve`: log setup, then run until drained; returns the exit code.
 
     A StartupError propagates: cli logs it and exits 3."""
-    configure_logging(config.logging.level, Redactor(config.secrets()))
+    configure_logging(config.logging.level, Redactor(config.secrets()), fmt=config.logging.format)
 
     return run_async(lambda: run(Services(config)))

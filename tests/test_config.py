@@ -390,14 +390,14 @@ def test_unknown_keys_are_reported_at_every_level() -> None:
         upstream={"pay_api": "https://pay-api.gini.net", "timeout": 5},
         identity={"hmac_key": HMAC_KEY, "hmac": "x"},
         response_cache={"routes": [{"path": "/x", "shard": True}]},
-        logging={"format": "json"},
+        logging={"fromat": "json"},
     )
     problems = problems_of(data)
     assert has(problems, "lissten", "unknown key", "listen")
     assert has(problems, "upstream.timeout", "unknown key", "timeout_seconds")
     assert has(problems, "identity.hmac", "unknown key")
     assert has(problems, "response_cache.routes[0].shard", "unknown key", "shared")
-    assert has(problems, "logging.format", "unknown key")
+    assert has(problems, "logging.fromat", "unknown key", "format")
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:

@@ -110,7 +110,8 @@ async def test_an_unreachable_gini_is_one_episode_naming_its_address(
     errors = proxy.metrics.registry.get_sample_value(
         "gini_proxy_upstream_errors_total", {"upstream": "pay_api", "reason": "connect"}
     )
-    assert errors >= 20  # every attempt is still counted (a GET may be resent once)
+    assert errors is not None
+    assert errors >= 20  # every attempt counted (a GET may be resent)
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ class TricklingGini:
             for byte in HEAD:
                 writer.write(bytes([byte]))
                 await writer.drain()
-                await asyncio.sleep(BYTE_EVERY)
+                await asyncio.sleep(BYTE_EVERY)  # slow peer: Gini trickles its head
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the proxy gave up on us, as it should
         finally:
@@ -75,7 +75,7 @@ async def trickling() -> AsyncIterator[TricklingGini]:
 async def _pdf(pause: float = 0) -> AsyncIterator[bytes]:
     for _ in range(UPLOAD // 10_000):
         yield b"%" * 10_000
-        await asyncio.sleep(pause)
+        await asyncio.sleep(pause)  # slow peer: a caller uploading slowly
 
 
 @pytest.mark.parametrize("method", ["POST", "GET"])
@@ -124,7 +124,7 @@ class EarlyGini(TricklingGini):
             await reader.readexactly(length)
             self.body_bytes.append(length)
             for byte in b"complete":
-                await asyncio.sleep(BYTE_EVERY)
+                await asyncio.sleep(BYTE_EVERY)  # slow peer: Gini trickles its head
                 writer.write(bytes([byte]))
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):

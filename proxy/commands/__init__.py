@@ -1,1 +1,1 @@
-"""The command-line subcommands other than `serve`: `demo`, `doctor`, `rotate-store-key`."""
+"""The command-line subcommands other than `serve`: `init`, `demo`, `doctor`, `rotate-store-key`."""

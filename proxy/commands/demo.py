@@ -11,6 +11,7 @@ from pathlib import Path
 
 from proxy.app import Services
 from proxy.config import Config, build_config
+from proxy.errors import StartupError
 from proxy.log import Redactor, configure_logging
 from proxy.sandbox import GiniSimulator
 from proxy.server import run, run_async
@@ -80,9 +81,27 @@ def demo(port: int, admin_port: int) -> int:
                 client_id=DEMO_CLIENT_ID, client_secret=secrets.token_urlsafe(24)
             ) as sim:
                 config = demo_config(sim, port, admin_port, Path(folder))
-                configure_logging("info", Redactor(config.secrets()), sys.stderr)
-                return await run(
-                    Services(config), on_ready=lambda: print(banner(config, sim), flush=True)
-                )
+                configure_logging("info", Redactor(config.secrets()), sys.stderr, fmt="text")
+                try:
+                    return await run(
+                        Services(config), on_ready=lambda: print(banner(config, sim), flush=True)
+                    )
+                except StartupError as exc:
+                    raise StartupError(busy_port_hint(str(exc), port, admin_port)) from None
 
     return run_async(main)
+
+
+def busy_port_hint(message: str, port: int, admin_port: int) -> str:
+    """A taken port is the demo's most likely failure, and the fix is a flag away."""
+    if not message.startswith("cannot listen on"):
+        return message
+
+    def other(p: int) -> int:
+        return p + 100 if p + 100 <= 65535 else p - 100
+
+    free = f"--port {other(port)} --admin-port {other(admin_port)}"
+    return (
+        f"{message}. The demo uses --port {port} and --admin-port {admin_port}; choose free "
+        f"ones, e.g. `./scripts/demo {free}` (or `gini-auth-proxy demo {free}`)"
+    )

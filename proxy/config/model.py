@@ -96,6 +96,7 @@ class LoggingConfig:
     level: str
     access_log: bool
     access_log_sample_rate: float
+    format: str = "json"  # json | text (a human at a terminal; the demo)
 
 
 @dataclass(frozen=True, slots=True)

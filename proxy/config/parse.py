@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from proxy.config.audit import parse_audit
+from proxy.config.crosscheck import check_listeners, check_upstream_tls
 from proxy.config.egress import parse_egress_proxy
 from proxy.config.inbound import HEADER_NAME, parse_inbound_auth
 from proxy.config.jwt import read_auth, read_jwt
@@ -34,7 +35,7 @@ from proxy.config.model import (
     UpstreamConfig,
 )
 from proxy.config.protection import parse_protection
-from proxy.config.reader import ConfigError, Reader
+from proxy.config.reader import ConfigError, Reader, yaml_problem
 from proxy.config.response_cache import parse_response_cache
 from proxy.config.store import parse_store
 from proxy.config.tls import parse_tls
@@ -71,9 +72,7 @@ def load_config(path: Path, env: Mapping[str, str] = os.environ) -> Config:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"{path} is not valid YAML{where}"]) from None
+        raise ConfigError([yaml_problem(path, exc)]) from None
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -90,9 +89,9 @@ def build_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: Path
     r.check_keys(data, "", _TOP_KEYS)
     listen = _address(r, data, "listen", "127.0.0.1:8080")
     admin = _address(r, data, "admin_listen", "0.0.0.0:9090")
-    if listen == admin:
-        r.problem("admin_listen", "must differ from listen")
+    check_listeners(r, {"listen": listen, "admin_listen": admin})
     upstream = _upstream(r, data)
+    check_upstream_tls(r, upstream)
     client = _client(r, data)
     identity = _identity(r, data)
     anonymous = _anonymous(r, data)
@@ -275,20 +274,23 @@ def _tokens(r: Reader, data: Mapping[str, Any]) -> TokensConfig:
 
 
 def _logging(r: Reader, data: Mapping[str, Any]) -> LoggingConfig:
-    d = (
-        r.section(data, "logging", "logging", ("level", "access_log", "access_log_sample_rate"))
-        or {}
-    )
+    keys = ("level", "format", "access_log", "access_log_sample_rate")
+    d = r.section(data, "logging", "logging", keys) or {}
     level = r.string(d, "level", "logging.level", "info").lower()
     if level not in ("debug", "info", "warning", "error"):
         r.problem("logging.level", "must be one of debug, info, warning, error")
         level = "info"
+    fmt = r.string(d, "format", "logging.format", "json").lower()
+    if fmt not in ("json", "text"):
+        r.problem("logging.format", f"must be json or text, got {fmt!r}")
+        fmt = "json"
     return LoggingConfig(
         level=level,
         access_log=r.boolean(d, "access_log", "logging.access_log", True),
         access_log_sample_rate=r.number(
             d, "access_log_sample_rate", "logging.access_log_sample_rate", 1.0, 0, 1
         ),
+        format=fmt,
     )
 
 

@@ -7,10 +7,14 @@ key path (`upstream.timeout_seconds: ...`), so one run of `check-config` lists t
 from __future__ import annotations
 
 import contextlib
+import difflib
+import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+
+import yaml
 
 from proxy.config.secret import Secret, SecretSourceError, resolve_secret
 
@@ -26,6 +30,15 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def unknown_key_message(key: str, allowed: Iterable[str]) -> str:
+    """ "did you mean" the closest valid key at that level, or all of them when none is close."""
+    known = sorted(allowed)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key; did you mean {close[0]!r}?"
+    return f"unknown key (known here: {', '.join(known)})"
 
 
 class Reader:
@@ -73,8 +86,21 @@ class Reader:
         prefix = f"{path}." if path else ""
         for key in data:
             if key not in allowed:
-                hint = ", ".join(sorted(allowed))
-                self.problem(f"{prefix}{key}", f"unknown key (known here: {hint})")
+                self.problem(f"{prefix}{key}", unknown_key_message(str(key), allowed))
+
+    def shown(self, data: Mapping[str, Any], key: str, value: object) -> str:
+        """`value` for a message, with where it came from when a variable produced it:
+        `$MAX_BODY = "10MiB"`. Only for plain settings: secrets are never shown."""
+        raw = data.get(key)
+        text = json.dumps(value) if isinstance(value, str) else repr(value)
+        if isinstance(raw, str) and "${" in raw:
+            whole = _VAR.fullmatch(raw)
+            if whole is not None and whole.group(1):
+                return f"${whole.group(1)} = {text}"
+            return f"{text} (from {json.dumps(raw)})"
+        if isinstance(value, Mapping | list):
+            return f"a {'mapping' if isinstance(value, Mapping) else 'list'}"
+        return text
 
     def raw(self, data: Mapping[str, Any], key: str, path: str) -> object:
         value = data.get(key)
@@ -105,10 +131,10 @@ class Reader:
         if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
             value = int(value)  # `${PORT}` expands to text ("²".isdigit() is True too)
         if isinstance(value, bool) or not isinstance(value, int):
-            self.problem(path, "must be an integer")
+            self.problem(path, f"must be an integer, got {self.shown(data, key, value)}")
             return default
         if not lo <= value <= hi:
-            self.problem(path, f"must be between {lo} and {hi}, got {value}")
+            self.problem(path, f"must be between {lo} and {hi}, got {self.shown(data, key, value)}")
             return default
         return value
 
@@ -122,10 +148,11 @@ class Reader:
             with contextlib.suppress(ValueError):
                 value = float(value)  # `${TIMEOUT}` expands to text
         if isinstance(value, bool) or not isinstance(value, int | float):
-            self.problem(path, "must be a number")
+            self.problem(path, f"must be a number, got {self.shown(data, key, value)}")
             return default
         if not lo <= value <= hi:
-            self.problem(path, f"must be between {lo:g} and {hi:g}, got {value}")
+            got = self.shown(data, key, value)
+            self.problem(path, f"must be between {lo:g} and {hi:g}, got {got}")
             return default
         return float(value)
 
@@ -136,7 +163,7 @@ class Reader:
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
         if not isinstance(value, bool):
-            self.problem(path, "must be true or false")
+            self.problem(path, f"must be true or false, got {self.shown(data, key, value)}")
             return default
         return value
 
@@ -146,6 +173,7 @@ class Reader:
         if spec is None:
             self.problem(path, "is required (a string, {env: NAME} or {file: PATH})")
             return _PLACEHOLDER
+        before = len(self.problems)
         if isinstance(spec, str):
             spec = self.expand(spec, path)
         elif isinstance(spec, Mapping) and len(spec) == 1:
@@ -153,6 +181,8 @@ class Reader:
             ((kind, name),) = spec.items()
             if isinstance(name, str):
                 spec = {kind: self.expand(name, path)}
+        if len(self.problems) > before:  # an unset variable: "is empty" would say it twice
+            return _PLACEHOLDER
         try:
             return resolve_secret(spec, self.env, self.base_dir)
         except SecretSourceError as exc:
@@ -174,3 +204,20 @@ class Reader:
             else:
                 self.problem(f"{path}[{index}]", f"must be a {kind.__name__}")
         return good
+
+
+def yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
+    """The parser's own reason, where it found it, and where the construct it was reading
+    began (an unclosed bracket is noticed lines later): e.g.
+    `config.yaml is not valid YAML at line 3, column 1: found character '\\t' that cannot start
+    any token (indent with spaces, not tabs)`."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    message = f"{path} is not valid YAML{where}: {problem}"
+    if "'\\t'" in problem:
+        message += " (indent with spaces, not tabs)"
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and start is not None and (mark is None or start.line != mark.line):
+        message += f", {context} that began at line {start.line + 1}, column {start.column + 1}"
+    return message  # not the line itself: it may hold an inline secret

@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import contextlib
 import signal
+from pathlib import Path
 
 from proxy.sandbox.jwt_auth import JwtSettings
 from proxy.sandbox.server import GiniSimulator
+from proxy.sandbox.tls import SandboxTlsError, server_context
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -19,8 +21,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
     parser.add_argument("--port-pay", type=int, default=0, help="Pay API port (0 = any free)")
     parser.add_argument("--port-uc", type=int, default=0, help="User Center port (0 = any free)")
-    parser.add_argument("--client-id", default="sim-client")
-    parser.add_argument("--client-secret", default="sim-secret")
+    parser.add_argument("--client-id", default="sim-client", help="the client id it accepts")
+    parser.add_argument(
+        "--client-secret", default="sim-secret", help="that client's secret (default sim-secret)"
+    )
     parser.add_argument("--token-lifetime", type=int, default=3599, help="user tokens, seconds")
     parser.add_argument(
         "--jwks-url",
@@ -28,7 +32,28 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(e.g. http://127.0.0.1:9090/.well-known/jwks.json); needs --jwt-issuer",
     )
     parser.add_argument("--jwt-issuer", help="the iss claim JWTs must carry")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--tls-cert", type=Path, metavar="FILE",
+        help="serve HTTPS with this PEM certificate (chain); needs --tls-key",
+    )  # fmt: skip
+    parser.add_argument("--tls-key", type=Path, metavar="FILE", help="its unencrypted PEM key")
+    parser.add_argument(
+        "--client-ca", type=Path, metavar="FILE",
+        help="require client certificates issued by this CA (PEM), as Gini's mTLS does; "
+        "needs --tls-cert",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.client_ca is not None and args.tls_cert is None:
+        parser.error("--client-ca needs --tls-cert and --tls-key (client certificates need TLS)")
+    try:
+        args.ssl_context = (
+            server_context(args.tls_cert, args.tls_key, args.client_ca) if args.tls_cert else None
+        )
+    except SandboxTlsError as exc:
+        parser.error(str(exc))
+    return args
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -39,6 +64,7 @@ async def _serve(args: argparse.Namespace) -> None:
         host=args.host,
         pay_api_port=args.port_pay,
         user_center_port=args.port_uc,
+        ssl_context=args.ssl_context,
     )
     if args.jwks_url:
         simulator.enable_jwt(JwtSettings(args.jwks_url, args.jwt_issuer or ""))
@@ -47,6 +73,8 @@ async def _serve(args: argparse.Namespace) -> None:
         print(f"User Center:   {simulator.user_center_url}")
         print(f"client id:     {simulator.client_id}")
         print(f"client secret: {simulator.client_secret}")
+        if args.client_ca is not None:
+            print(f"client certificates required, issued by {args.client_ca}")
         print("Sandbox-only routes live under /_sandbox/ on the Pay API. Ctrl-C stops.", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -124,6 +124,7 @@ class Services:
         self.tracing = None
         if config.tracing is not None:
             self.tracing = Tracing(config.tracing, spans_dropped_counter(self.metrics.registry))
+            self.tracing.stats = self.metrics.hot  # exemplars of the duration histograms
             self.upstream.tracing = self.tracing
         self.telemetry = None
         if self.audit is not None or self.tracing is not None:

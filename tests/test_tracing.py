@@ -304,3 +304,37 @@ def test_check_config_validates_tracing() -> None:
     assert (config.tracing.sample_ratio, config.tracing.propagate_to_gini) == (0.05, False)
     assert config.tracing.service_name == "gini-auth-proxy"
     assert "collector-secret-value" in config.secrets()  # redacted from every log line
+
+
+async def test_exemplars_name_the_trace_in_openmetrics(
+    start_proxy: StartProxy, receiver: Receiver
+) -> None:
+    proxy = await traced(start_proxy, receiver, sample_ratio=0)
+    assert (await send(proxy, "GET", "/documents"))[0] == 200  # unsampled: no exemplar
+    assert (await send(proxy, "GET", "/documents", traceparent=SAMPLED))[0] == 200
+
+    async def scrape(accept: str) -> str:
+        async with proxy.client.get(proxy.admin_url + "/metrics", headers={"Accept": accept}) as r:
+            assert r.status == 200
+            return await r.text()
+
+    text = await scrape("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    exemplar = f'# {{trace_id="{CALLER_TRACE}"}}'
+    request_lines = [
+        line
+        for line in text.splitlines()
+        if line.startswith("gini_proxy_request_duration_seconds_bucket{") and exemplar in line
+    ]
+    upstream_lines = [
+        line
+        for line in text.splitlines()
+        if line.startswith("gini_proxy_upstream_request_duration_seconds_bucket{")
+        and exemplar in line
+    ]
+    assert len(request_lines) == 1, text
+    assert 'route="/documents"' in request_lines[0]
+    assert len(upstream_lines) == 1
+    assert 'upstream="pay_api"' in upstream_lines[0]
+    assert text.count("trace_id=") == 2  # the unsampled request left none
+    # The classic text format has no exemplars, and still parses as before.
+    assert "trace_id" not in await scrape("text/plain")

@@ -33,6 +33,7 @@ from prometheus_client import Counter
 from yarl import URL
 
 from proxy.config.tracing import TracingConfig
+from proxy.metrics import HotPathStats
 
 log = logging.getLogger("proxy.tracing")
 
@@ -75,13 +76,14 @@ def decide(
 class RequestTrace:
     """The spans of one sampled request: its SERVER span and what opens children under it."""
 
-    __slots__ = ("context", "server", "trace_id", "tracing")
+    __slots__ = ("context", "method", "route", "server", "trace_id", "tracing")
 
-    def __init__(self, tracing: Tracing, server: Any, context: Any):
+    def __init__(self, tracing: Tracing, server: Any, context: Any, method: str, route: str):
         self.tracing = tracing
         self.server = server
         self.context = context  # the OpenTelemetry context with `server` as current span
         self.trace_id = f"{server.get_span_context().trace_id:032x}"
+        self.method, self.route = method, route
 
     def client_call(
         self, upstream: str, method: str, url: str | URL, headers: Mapping[str, str]
@@ -98,7 +100,13 @@ class RequestTrace:
         if self.tracing.propagate:
             headers = CIMultiDict(headers)
             headers["traceparent"] = self.traceparent(span)
-        return TracedCall(span), headers
+        stats, trace_id = self.tracing.stats, self.trace_id
+
+        def answered(seconds: float) -> None:  # the upstream histogram's exemplar
+            if stats is not None:
+                stats.exemplar_upstream(upstream, seconds, trace_id)
+
+        return TracedCall(span, answered), headers
 
     def internal(self, name: str) -> Any:
         """An INTERNAL span (a store operation), started now; `name` is a fixed string."""
@@ -108,12 +116,15 @@ class RequestTrace:
         """The `traceparent` naming `span` as the parent (sent to Gini when propagating)."""
         return f"00-{self.trace_id}-{span.get_span_context().span_id:016x}-01"
 
-    def end(self, status: int) -> None:
+    def end(self, status: int, seconds: float) -> None:
         end_span(self.server, status)
+        if self.tracing.stats is not None:  # the request histogram's exemplar
+            self.tracing.stats.exemplar_request(self.method, self.route, seconds, self.trace_id)
 
 
 class Answered(Protocol):
     response: Any  # an aiohttp ClientResponse, once the answer's head is in
+    seconds: float  # until the answer's head (what the upstream histogram observed)
 
 
 A = TypeVar("A", bound=Answered)
@@ -123,10 +134,11 @@ class TracedCall(Generic[A]):
     """Wraps `Upstream.call`'s context manager: the CLIENT span ends with the call, ERROR when
     it failed (no answer, or the block raised) or the answer was a 5xx."""
 
-    __slots__ = ("inner", "span", "status")
+    __slots__ = ("answered", "inner", "span", "status")
 
-    def __init__(self, span: Any):
+    def __init__(self, span: Any, answered: Callable[[float], None]):
         self.span = span
+        self.answered = answered
         self.status: int | None = None
         self.inner: AbstractAsyncContextManager[A]
 
@@ -141,6 +153,7 @@ class TracedCall(Generic[A]):
             end_span(self.span, None)
             raise
         self.status = call.response.status
+        self.answered(call.seconds)
         return call
 
     async def __aexit__(
@@ -191,6 +204,7 @@ class Tracing:
         self.ratio = config.sample_ratio
         self.propagate = config.propagate_to_gini
         self.dropped = dropped
+        self.stats: HotPathStats | None = None  # where sampled observations leave exemplars
         self.tracer: Any = None
         self.kinds: Any = None
         self._provider: Any = None
@@ -250,7 +264,7 @@ class Tracing:
             {"http.request.method": method, "http.route": route},
             start_time=time.time_ns(),
         )
-        return RequestTrace(self, server, self._set_parent(server))
+        return RequestTrace(self, server, self._set_parent(server), method, route)
 
     async def close(self) -> None:
         """Export what is queued (for a bounded time), then stop the worker thread."""

@@ -48,7 +48,7 @@ class Observation:
         if self.trace is not None:
             assert self.trace_token is not None
             CURRENT.reset(self.trace_token)
-            self.trace.end(status)
+            self.trace.end(status, seconds)
         scope = self.scope
         if scope is not None:
             assert self.scope_token is not None

@@ -316,7 +316,7 @@ async def test_exemplars_name_the_trace_in_openmetrics(
     async def scrape(accept: str) -> str:
         async with proxy.client.get(proxy.admin_url + "/metrics", headers={"Accept": accept}) as r:
             assert r.status == 200
-            return await r.text()
+            return str(await r.text())
 
     text = await scrape("application/openmetrics-text; version=1.0.0; charset=utf-8")
     exemplar = f'# {{trace_id="{CALLER_TRACE}"}}'

@@ -20,6 +20,7 @@ from proxy.commands.doctor import Doctor
 from proxy.config import build_config
 from proxy.config.reader import ConfigError
 from proxy.identity import derive_identifier
+from proxy.metrics import Metrics
 from proxy.sandbox import GiniSimulator
 from proxy.telemetry.tracing import decide, parse_traceparent
 
@@ -338,3 +339,22 @@ async def test_exemplars_name_the_trace_in_openmetrics(
     assert text.count("trace_id=") == 2  # the unsampled request left none
     # The classic text format has no exemplars, and still parses as before.
     assert "trace_id" not in await scrape("text/plain")
+
+
+def test_an_exemplar_sits_on_the_bucket_its_value_was_counted_in() -> None:
+    metrics = Metrics()
+    metrics.observe_request("GET", "/documents", 200, 0.003)
+    metrics.hot.exemplar_request("GET", "/documents", 0.003, CALLER_TRACE)
+    metrics.hot.exemplar_request("GET", "/never-observed", 0.003, CALLER_TRACE)  # no series
+    metrics.observe_upstream("pay_api", 0.001)
+    metrics.hot.exemplar_upstream("pay_api", 0.001, CALLER_TRACE)
+    found = {
+        (sample.name, sample.labels.get("route") or sample.labels["upstream"], sample.labels["le"])
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.exemplar is not None
+    }
+    assert found == {
+        ("gini_proxy_request_duration_seconds_bucket", "/documents", "0.005"),
+        ("gini_proxy_upstream_request_duration_seconds_bucket", "pay_api", "0.001"),
+    }

@@ -16,8 +16,16 @@ from proxy.forwarding.handler import Forwarder
 from proxy.identity import CallerIdentity, IdentifierDeriver, identity_key_id
 from proxy.lifecycle import Lifecycle
 from proxy.log import register_secrets
-from proxy.metrics import TOKEN_FLOWS, Metrics, store_up_gauge
+from proxy.metrics import (
+    TOKEN_FLOWS,
+    Metrics,
+    audit_counters,
+    spans_dropped_counter,
+    store_up_gauge,
+)
 from proxy.reloading import Owners, register_sources
+from proxy.telemetry.audit import AuditLog
+from proxy.telemetry.tracing import Tracing
 from proxy.upstream import Upstream
 from proxy.vending.anonymous import AnonymousUsers
 from proxy.vending.endpoints import PROXY_ENDPOINTS, TokenEndpoints
@@ -30,6 +38,7 @@ from proxy.web.accesslog import AccessLog
 from proxy.web.expect import expect_handler
 from proxy.web.middleware import InboundKeys, inbound_check, observer
 from proxy.web.routes import GINI_TEMPLATES, RouteTable
+from proxy.web.telemetry import RequestTelemetry
 
 if TYPE_CHECKING:
     from proxy.forwarding.cache import ResponseCache
@@ -64,6 +73,9 @@ class Services:
     inbound_keys: InboundKeys | None = field(init=False)
     reloader: Reloader = field(init=False)
     jwt_signer: JwtSigner | None = field(init=False)
+    audit: AuditLog | None = field(init=False)
+    tracing: Tracing | None = field(init=False)
+    telemetry: RequestTelemetry | None = field(init=False)
 
     def __post_init__(self) -> None:
         config = self.config
@@ -105,6 +117,18 @@ class Services:
             authorizer=self.credentials.flow1,
         )
         self.access_log = AccessLog(tuple(config.secrets()))
+        self.audit = None
+        if config.audit is not None:
+            self.audit = AuditLog(config.audit, *audit_counters(self.metrics.registry))
+            self.audit.secrets = self.access_log.secrets
+        self.tracing = None
+        if config.tracing is not None:
+            self.tracing = Tracing(config.tracing, spans_dropped_counter(self.metrics.registry))
+            self.tracing.stats = self.metrics.hot  # exemplars of the duration histograms
+            self.upstream.tracing = self.tracing
+        self.telemetry = None
+        if self.audit is not None or self.tracing is not None:
+            self.telemetry = RequestTelemetry(self.audit, self.tracing, self.caller)
         self.routes = RouteTable(GINI_TEMPLATES + tuple(PROXY_ENDPOINTS))
         self.gini = GiniClient(self.upstream, self.credentials)
         self.token_caches = {flow: self._token_cache(flow) for flow in TOKEN_FLOWS}
@@ -144,12 +168,29 @@ class Services:
             self.jwt_signer,
         )
         register_sources(self.reloader, self.config, owners)
+        if self.audit is not None:
+            self.reloader.on_result = self.audit.reloaded
+
+    def start_telemetry(self) -> None:
+        """Open the audit log and start the trace exporter (in the running loop)."""
+        if self.audit is not None:
+            self.audit.open()
+        if self.tracing is not None:
+            self.tracing.start()
+
+    async def close_telemetry(self) -> None:
+        if self.audit is not None:
+            self.audit.close()
+        if self.tracing is not None:
+            await self.tracing.close()
 
     def _remember_secrets(self, values: Iterable[str]) -> None:
         """Values read on reload join the log redactor and the access log's list."""
         fresh = [value for value in values if len(value) >= 4]
         register_secrets(fresh)
         self.access_log.secrets = tuple(dict.fromkeys((*self.access_log.secrets, *fresh)))
+        if self.audit is not None:
+            self.audit.secrets = self.access_log.secrets
 
     def _store(self) -> tuple[CredentialStore | None, StoreHealth | None]:
         """The store as requests use it (deadlines, fail-fast) and its background check."""
@@ -190,6 +231,7 @@ def build_proxy_app(services: Services) -> web.Application:
         services.access_log,
         services.inbound_keys,
         services.caller,
+        services.telemetry,
     )
     app = web.Application(client_max_size=services.config.max_body_bytes)
     app[SERVICES] = services
@@ -206,6 +248,7 @@ def build_proxy_app(services: Services) -> web.Application:
                 await services.store.close()
                 raise
         await services.upstream.start()
+        services.start_telemetry()
         if services.response_cache is not None:
             await services.response_cache.start()
         services.reloader.start()
@@ -214,6 +257,7 @@ def build_proxy_app(services: Services) -> web.Application:
         finally:
             await services.reloader.close()
             services.access_log.flush()
+            await services.close_telemetry()
             if services.response_cache is not None:
                 await services.response_cache.close()
             for cache in services.token_caches.values():

@@ -9,11 +9,12 @@ measurable share of a request on the hot path.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, Exemplar, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from proxy import __version__
@@ -29,19 +30,32 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 
 class _Histogram:
-    """Bucket counts (last slot: above every bound) and the sum, for one label set."""
+    """Bucket counts (last slot: above every bound) and the sum, for one label set; and, once
+    a traced request was observed, each bucket's latest `trace_id` exemplar."""
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("counts", "exemplars", "total")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.total = 0.0
+        self.exemplars: list[Exemplar | None] | None = None
 
-    def buckets(self) -> list[tuple[str, float]]:
-        cumulative, out = 0, []
-        for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), self.counts, strict=True):
+    def note(self, seconds: float, trace_id: str) -> None:
+        """The exemplar of a traced observation (already counted) in its bucket."""
+        if self.exemplars is None:
+            self.exemplars = [None] * len(self.counts)
+        exemplar = Exemplar({"trace_id": trace_id}, seconds, time.time())
+        self.exemplars[bisect_left(LATENCY_BUCKETS, seconds)] = exemplar
+
+    def buckets(self) -> list[tuple[str, float] | tuple[str, float, Exemplar]]:
+        cumulative = 0
+        out: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
+        bounds = (*map(str, LATENCY_BUCKETS), "+Inf")
+        exemplars = self.exemplars or (None,) * len(self.counts)
+        for bound, count, exemplar in zip(bounds, self.counts, exemplars, strict=True):
             cumulative += count
-            out.append((bound, float(cumulative)))
+            total = float(cumulative)
+            out.append((bound, total, exemplar) if exemplar else (bound, total))
         return out
 
 
@@ -76,6 +90,18 @@ class HotPathStats(Collector):
             histogram = self.upstream[upstream] = _Histogram()
         histogram.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         histogram.total += seconds
+
+    # Traced requests only (`telemetry.tracing`): the observation above plus its exemplar.
+
+    def exemplar_request(self, method: str, route: str, seconds: float, trace_id: str) -> None:
+        histogram = self.durations.get((method if method in METHODS else "other", route))
+        if histogram is not None:
+            histogram.note(seconds, trace_id)
+
+    def exemplar_upstream(self, upstream: str, seconds: float, trace_id: str) -> None:
+        histogram = self.upstream.get(upstream)
+        if histogram is not None:
+            histogram.note(seconds, trace_id)
 
     def describe(self) -> Iterator[Metric]:
         return self._families(empty=True)
@@ -282,5 +308,30 @@ def store_up_gauge(registry: CollectorRegistry) -> Gauge:
     return Gauge(
         "gini_proxy_store_up",
         "1 when the credential store answered its last background check, 0 when not.",
+        registry=registry,
+    )
+
+
+def audit_counters(registry: CollectorRegistry) -> tuple[Counter, Counter]:
+    """Audit records written (by action) and lost, registered only with an `audit` section."""
+    records = Counter(
+        "gini_proxy_audit_records_total",
+        "Audit records written, by action.",
+        ("action",),
+        registry=registry,
+    )
+    errors = Counter(
+        "gini_proxy_audit_errors_total",
+        "Audit records that could not be written.",
+        registry=registry,
+    )
+    return records, errors
+
+
+def spans_dropped_counter(registry: CollectorRegistry) -> Counter:
+    """Spans that never reached the collector, registered only with a `tracing` section."""
+    return Counter(
+        "gini_proxy_trace_spans_dropped_total",
+        "Spans dropped: the collector refused or could not be reached, or the queue was full.",
         registry=registry,
     )

@@ -44,7 +44,7 @@ HMAC_KEY_NOTE = (
 class KeyHolder(Protocol):
     """`web.middleware.InboundKeys`: the inbound keys in force, replaced whole."""
 
-    keys: tuple[bytes, ...]
+    keys: tuple[tuple[bytes, str | None], ...]  # (key, caller name)
 
 
 class SigningKeys(Protocol):
@@ -127,18 +127,20 @@ def _inbound_keys(reloader: Reloader, config: Config, holder: KeyHolder | None) 
         return
     path = auth.keys[0].path
 
-    def load(contents: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    Keys = tuple[tuple[bytes, str | None], ...]
+
+    def load(contents: tuple[bytes, ...]) -> Keys:
         try:
             keys = reread_keys(path, text_value(contents))
         except ValueError as exc:
             raise InvalidSecret(str(exc)) from None
-        return tuple(key.encode() for key in keys)
+        return tuple((key.encode(), key.caller) for key in keys)
 
-    def apply(keys: tuple[bytes, ...]) -> None:
+    def apply(keys: Keys) -> None:
         holder.keys = keys
 
     source = SecretSource("inbound_auth.keys", (path,), load, holder.keys, apply)
-    source.secrets = lambda keys: [key.decode() for key in keys]
+    source.secrets = lambda keys: [key.decode() for key, _ in keys]
     reloader.register(source)
 
 

@@ -23,6 +23,7 @@ from proxy.credentials import Credentials
 from proxy.errors import ProxyError
 from proxy.metrics import Metrics
 from proxy.reporting.episodes import Episodes
+from proxy.telemetry.tracing import CURRENT, TracedCall, Tracing
 from proxy.transport.aiohttp_client import no_silent_resend
 from proxy.transport.deadlines import Deadline, Deadlines
 from proxy.transport.failures import PERMANENT_REASONS, classify
@@ -90,6 +91,7 @@ class Upstream:
             total=None, connect=config.connect_timeout_seconds
         )
         self._session: aiohttp.ClientSession | None = None
+        self.tracing: Tracing | None = None  # set by the composition root with `tracing`
         self.deadlines = Deadlines()
         # `upstream.protection`: a pause, a bound on calls in flight and a breaker per upstream.
         self.guards = {n: Guard(n, config.protection, metrics) for n in (PAY_API, USER_CENTER)}
@@ -155,7 +157,7 @@ class Upstream:
         call: Call | None = None,
         retry: bool = False,
         quiet: bool = False,
-    ) -> Exchange:
+    ) -> Exchange | TracedCall[Call]:
         """`async with upstream.call(...) as call`: send one request to the upstream `name`
         (PAY_API or USER_CENTER); the block runs once the answer's head is in and reads the
         body from `call.response`.
@@ -176,6 +178,9 @@ class Upstream:
             if name in self._plain_proxied:
                 headers = CIMultiDict(headers)
                 headers.update(proxy_headers)
+        traced = None  # a sampled request's call: a CLIENT span, and `traceparent` if propagated
+        if self.tracing is not None and (trace := CURRENT.get()) is not None:
+            traced, headers = trace.client_call(name, method, url, headers)
         streamed = (
             data is not None
             and deadline is not None
@@ -199,7 +204,7 @@ class Upstream:
             ssl=self.tls.get(),
             proxy_headers=proxy_headers,
         )
-        return exchange
+        return exchange if traced is None else traced.around(exchange)
 
     def _failed(
         self, name: str, call: Call, exc: BaseException, retry: bool, quiet: bool

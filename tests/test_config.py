@@ -29,6 +29,7 @@ from proxy.config import (
     config_path,
     load_config,
 )
+from proxy.config.model import InboundKey
 from proxy.config.reader import ConfigError
 from proxy.config.secret import Secret, resolve_secret
 
@@ -470,7 +471,7 @@ def test_network_listen_with_inbound_auth_is_accepted() -> None:
     )
     config = build(data)
     assert config.inbound_auth is not None
-    assert config.inbound_auth.keys == (Secret(INBOUND_KEY, "inline#1"),)
+    assert config.inbound_auth.keys == (InboundKey(INBOUND_KEY, "inline#1"),)
 
 
 def test_network_listen_allowed_explicitly() -> None:
@@ -997,13 +998,14 @@ def test_the_example_lists_every_key() -> None:
     # inbound_auth and jwt are there as comments (tests above and in test_jwt_config.py).
     # source_file is where the config was read from, not a key.
     keys = {f.name for f in dataclasses.fields(Config)} - {"source_file"}
-    assert set(data) | {"inbound_auth", "jwt"} == keys
+    assert set(data) | {"inbound_auth", "jwt", "tracing", "audit"} == keys
     data["inbound_auth"] = {"header": "", "keys": ""}
-    data["jwt"] = commented_section(EXAMPLE, "jwt")
+    for commented in ("jwt", "tracing", "audit"):
+        data[commented] = commented_section(EXAMPLE, commented)
     sections = _sections(Config)
     assert set(sections) == {
         "upstream", "client", "identity", "anonymous", "store", "tokens", "inbound_auth",
-        "response_cache", "logging", "client_timeouts", "jwt",
+        "response_cache", "logging", "client_timeouts", "jwt", "tracing", "audit",
     }  # fmt: skip
     for name, section_cls in sections.items():
         assert set(data[name]) == {f.name for f in dataclasses.fields(section_cls)}, name

@@ -48,6 +48,7 @@ PLACEHOLDERS: dict[str, str] = {
     "store.password": "docs-db-password",
     "inbound_auth.keys": "docs-inbound-key-0123456789\n",
     "upstream.egress_proxy.password": "docs-egress-password",
+    "tracing.headers.X-Collector-Token": "docs-collector-token",
 }
 ENV_PLACEHOLDERS: dict[str, str] = {"GINI_CLIENT_ID": "docs-client"}
 DOC_PLACEHOLDERS: dict[str, str] = {"<backend>": "memory"}
@@ -58,6 +59,7 @@ CONFIG_KEYS = frozenset(
         "store", "tokens", "shutdown_grace_seconds", "drain_delay_seconds", "max_body_bytes",
         "max_rewrite_bytes", "reload_interval_seconds", "client_timeouts", "max_connections",
         "allow_unauthenticated_network", "response_cache", "logging", "inbound_auth", "jwt",
+        "tracing", "audit",
     }
 )  # fmt: skip
 BLOCK = re.compile(r"^```yaml\n(.*?)^```", re.MULTILINE | re.DOTALL)

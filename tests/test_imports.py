@@ -16,3 +16,32 @@ def test_a_basic_mode_proxy_loads_neither_pyjwt_nor_cryptography() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_a_proxy_without_tracing_loads_no_opentelemetry() -> None:
+    code = (
+        "import sys, proxy.app, proxy.server, proxy.admin, proxy.cli, proxy.upstream;"
+        "print(sorted({m.split('.')[0] for m in sys.modules}"
+        " & {'opentelemetry', 'google', 'requests'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
+
+
+def test_tracing_loads_the_sdk_when_it_starts() -> None:
+    # The check above can fail: a configured proxy does load it.
+    code = (
+        "import sys\n"
+        "from proxy.config.tracing import TracingConfig\n"
+        "from proxy.telemetry.tracing import Tracing\n"
+        "from prometheus_client import CollectorRegistry, Counter\n"
+        "config = TracingConfig('http://127.0.0.1:9/v1/traces', (), 0.0, False, 'x')\n"
+        "Tracing(config, Counter('d', 'd', registry=CollectorRegistry())).start()\n"
+        "print('opentelemetry.sdk' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "True"

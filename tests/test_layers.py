@@ -39,6 +39,7 @@ LAYERS: dict[str, int] = {
     "proxy.identity": 1,
     "proxy.config": 1,
     "proxy.credentials": 1,
+    "proxy.telemetry": 1,
     # 2. Transport
     "proxy.transport": 2,
     # 3. Upstream

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from proxy.app import Services
 from proxy.config import MIN_INBOUND_KEY_BYTES, build_config
+from proxy.config.inbound import CALLER_NAME
 from proxy.config.reader import ConfigError
 from proxy.config.reload import InvalidSecret
 from proxy.credentials import PROBE_IDENTIFIER, basic_auth
@@ -530,17 +531,21 @@ def test_a_reloaded_key_file_reads_as_it_does_at_startup(lines: list[str], newli
         data: dict[str, Any] = {"inbound_auth": {"keys": {"file": str(key_file)}}}
         data |= {"client": {"id": "c", "secret": "s"}, "identity": {"hmac_key": HMAC_KEY}}
         load = Services(build_config(data, {}, Path("/"))).reloader.sources["inbound_auth.keys"]
-        if not expected:
-            with pytest.raises(InvalidSecret):
-                load.load((text.encode(),))
-            return
-        reloaded = load.load((text.encode(),))
-        assert reloaded == tuple(key.encode() for key in expected)
         # The same file at startup: an inline value would go through `${VAR}`/`$$` expansion,
         # which a key file never does (a key may well contain `$$`).
         key_file.write_bytes(text.encode())
-        at_startup = build_config(data, {}, Path("/"))
-    assert reloaded == tuple(key.encode() for key in (at_startup.inbound_auth or _never()).keys)
+        try:
+            at_startup = build_config(data, {}, Path("/"))
+        except ConfigError:
+            with pytest.raises(InvalidSecret):  # refused at startup: refused on reload
+                load.load((text.encode(),))
+            return
+        reloaded = load.load((text.encode(),))
+    keys = (at_startup.inbound_auth or _never()).keys
+    assert expected  # a file with no key is refused
+    named = [":" in line and CALLER_NAME.fullmatch(line.partition(":")[0]) for line in expected]
+    assert [key.caller is not None for key in keys] == [bool(n) for n in named]
+    assert reloaded == tuple((key.encode(), key.caller) for key in keys)
 
 
 def _never() -> Any:

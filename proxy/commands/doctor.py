@@ -308,6 +308,8 @@ class Doctor:
         cache = self.config.response_cache
         if cache is not None and cache.backend.startswith(("redis://", "rediss://")):
             self.add("response cache", *await checks.redis(cache.backend, self.timeout))
+        if self.config.tracing is not None:
+            self.add("trace collector", *await checks.collector(self.config.tracing, self.timeout))
 
 
 def doctor(config: Config) -> bool:

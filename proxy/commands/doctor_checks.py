@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from proxy.config import StoreConfig
+from proxy.config.tracing import TracingConfig
 from proxy.errors import ProxyError
 
 CERT_WARN_DAYS = 14
@@ -113,6 +114,30 @@ async def redis(url: str, timeout: float) -> Result:
     finally:
         await client.aclose()
     return True, f"{where}: answers PING"
+
+
+async def collector(tracing: TracingConfig, timeout: float) -> Result:
+    """`tracing`: an empty OTLP/HTTP export (valid protobuf, no spans) must be accepted."""
+    import aiohttp  # noqa: PLC0415 - only when tracing is configured
+
+    endpoint = tracing.otlp_endpoint  # holds no credentials (check-config refuses them)
+    headers = {name: secret.value for name, secret in tracing.headers}
+    headers["Content-Type"] = "application/x-protobuf"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout + 5)) as session,
+            session.post(endpoint, data=b"", headers=headers) as answer,
+        ):
+            status = answer.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return False, (
+            f"{endpoint} cannot be reached: {why(exc)}. Spans would be dropped (requests are "
+            "not affected); check tracing.otlp_endpoint."
+        )
+    if 200 <= status < 300:
+        return True, f"{endpoint} accepts an export ({status})"
+    hint = "check tracing.headers" if status in (401, 403) else "check tracing.otlp_endpoint"
+    return False, f"{endpoint} answered {status}: {hint}."
 
 
 def _name(rdns: object) -> str:

@@ -9,12 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
+
+from prometheus_client import CollectorRegistry
 
 from proxy.config import Config, ConfigError
 from proxy.errors import StartupError, StoreUnavailable
 from proxy.log import Redactor, configure_logging
+from proxy.metrics import audit_counters
+from proxy.telemetry.audit import AuditLog
 from proxy.vending.stores import StoreOpenError, make_store
 from proxy.vending.stores.keyring import RotationReport, rotate
+
+
+def _audit(config: Config) -> AuditLog | None:
+    """The audit log, open; with `audit.required` a log that cannot be written stops the
+    rotation before any row is touched."""
+    if config.audit is None:
+        return None
+    audit = AuditLog(config.audit, *audit_counters(CollectorRegistry()))
+    audit.open()
+    if config.audit.required and not audit.ready():
+        audit.close()
+        raise StartupError("the audit log cannot be written and audit.required is true")
+    return audit
 
 
 def rotate_store_key(config: Config) -> None:
@@ -23,6 +41,8 @@ def rotate_store_key(config: Config) -> None:
         raise ConfigError(["store: no credential store is configured"])
     configure_logging(config.logging.level, Redactor(config.secrets()), stream=sys.stderr)
     store = make_store(config.store)
+    audit = _audit(config)
+    started = time.perf_counter()
 
     async def main() -> RotationReport:
         await store.open()
@@ -34,7 +54,14 @@ def rotate_store_key(config: Config) -> None:
     try:
         report = asyncio.run(main())
     except (StoreOpenError, StoreUnavailable) as exc:
+        if audit is not None:
+            audit.unrequested("store.rotate", None, "error", time.perf_counter() - started)
+            audit.close()
         raise StartupError(str(exc)) from None
+    if audit is not None:
+        result = "error" if report.undecryptable else "ok"
+        audit.unrequested("store.rotate", None, result, time.perf_counter() - started)
+        audit.close()
     print(
         f"re-encrypted {report.reencrypted} stored credentials with store.encryption_key;"
         f" {report.already_current} were already current"

@@ -7,6 +7,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proxy.config.audit import AuditConfig
 from proxy.config.egress import EgressProxyConfig
 from proxy.config.jwt import JwtConfig
 from proxy.config.protection import ProtectionConfig
@@ -14,6 +15,7 @@ from proxy.config.response_cache import ResponseCacheConfig
 from proxy.config.secret import Secret
 from proxy.config.store import StoreConfig, url_password
 from proxy.config.tls import TlsConfig
+from proxy.config.tracing import TracingConfig
 
 DEFAULT_CONFIG_PATH = "config.yaml"
 CONFIG_ENV_VAR = "GINI_PROXY_CONFIG"
@@ -77,9 +79,16 @@ class TokensConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class InboundKey(Secret):
+    """One inbound key and the name of the caller it belongs to (None for a bare key)."""
+
+    caller: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class InboundAuthConfig:
     header: str
-    keys: tuple[Secret, ...]
+    keys: tuple[InboundKey, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +136,8 @@ class Config:
     source_file: Path | None = None  # the YAML file read, as named (not resolved): watched only
     jwt: JwtConfig | None = None
     max_buffered_bytes: int = 64 << 20  # bodies held in memory at once, process-wide
+    tracing: TracingConfig | None = None
+    audit: AuditConfig | None = None
 
     def secrets(self) -> list[str]:
         """Every secret value this config holds (fed to the log redactor)."""
@@ -146,6 +157,8 @@ class Config:
             found.append(egress.password.value)
         if self.jwt is not None:
             found.extend(key.value for key in self.jwt.signing_keys)
+        if self.tracing is not None:
+            found.extend(value.value for _, value in self.tracing.headers)
         return found
 
 

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from proxy.config.audit import parse_audit
 from proxy.config.crosscheck import check_listeners, check_upstream_tls
 from proxy.config.egress import parse_egress_proxy
 from proxy.config.inbound import HEADER_NAME, parse_inbound_auth
@@ -38,6 +39,7 @@ from proxy.config.reader import ConfigError, Reader, yaml_problem
 from proxy.config.response_cache import parse_response_cache
 from proxy.config.store import parse_store
 from proxy.config.tls import parse_tls
+from proxy.config.tracing import parse_tracing
 
 _DOMAIN = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
@@ -51,6 +53,7 @@ _TOP_KEYS = (
     "admin_max_connections", "max_header_bytes",
     "reload_interval_seconds", "jwt",
     "max_buffered_bytes",
+    "tracing", "audit",
 )  # fmt: skip
 
 
@@ -143,6 +146,8 @@ def build_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: Path
         max_buffered_bytes=r.integer(
             data, "max_buffered_bytes", "max_buffered_bytes", 64 << 20, 1 << 20, 1 << 40
         ),
+        tracing=parse_tracing(r, data),
+        audit=parse_audit(r, data),
     )
     if r.problems:
         raise ConfigError(r.problems)

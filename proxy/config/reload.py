@@ -99,6 +99,8 @@ class Reloader:
         self.metrics = metrics
         self.interval = interval
         self.on_secrets = on_secrets  # told every value read, before it is verified or used
+        # Told each pass's result per source (name, result, seconds): the audit log's hook.
+        self.on_result: Callable[[str, Result, float], None] | None = None
         self.sources: dict[str, SecretSource] = {}
         self._lock = asyncio.Lock()
         self.off_loop = OffLoop()  # file reads and loads: in a thread, bounded in time
@@ -159,6 +161,7 @@ class Reloader:
             for name, source in list(self.sources.items()):
                 if names and name not in names:
                     continue
+                started = time.perf_counter()
                 try:
                     results[name] = await self._check(source)
                 except Exception:  # a bug here must not end the periodic task
@@ -166,6 +169,8 @@ class Reloader:
                     results[name] = "error"
                 if source.apply is not None:  # restart-only sources are not counted
                     self.metrics.secret_reloads.labels(name, results[name]).inc()
+                    if self.on_result is not None:
+                        self.on_result(name, results[name], time.perf_counter() - started)
             return results
 
     async def _check(self, source: SecretSource) -> Result:

@@ -80,7 +80,10 @@ class Forwarder:
         self._origin = (base.scheme, base.raw_host, base.port)
         self._urls: Memo[str, URL] = Memo("upstream_urls")  # validated, of recent targets
         self.authorizer = authorizer  # Basic + X-User-Identifier, or a per-user JWT
+        # The caller's trace context stops here: Gini gets ours, and only with
+        # `tracing.propagate_to_gini` (added per call by `Upstream.call`).
         drop = set(NEVER_FORWARD) | {caller.header.lower(), "accept-encoding"}
+        drop |= {"traceparent", "tracestate"}
         if config.inbound_auth is not None:
             drop.add(config.inbound_auth.header.lower())
         self.drop = HeaderFilter(frozenset(drop))

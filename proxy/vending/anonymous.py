@@ -16,11 +16,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
+import time
 import uuid
 
-from proxy.errors import UpstreamRejected
+from proxy.errors import ProxyError, UpstreamRejected
 from proxy.log import hide
 from proxy.metrics import Metrics
+from proxy.telemetry.audit import record_sub_action
 from proxy.vending.gini import ClientTokenRejected, GiniClient, InvalidGrant, UserExists
 from proxy.vending.stores import CredentialStore, StoredUser
 from proxy.vending.tokens import Token, TokenCache
@@ -77,12 +79,19 @@ class AnonymousUsers:
         return await self.store.delete(key)
 
     async def _create(self, user: StoredUser) -> StoredUser:
+        started = time.perf_counter()
         try:
             await self._create_at_gini(user)
         except UserExists:
             log.info("anonymous user already existed at Gini; using its stored credentials")
+            # An earlier attempt (a crash, another replica) created exactly this user.
+            record_sub_action("user.create", user.key, 400, started, "ok")
+        except ProxyError as exc:
+            record_sub_action("user.create", user.key, exc.status, started)
+            raise
         else:
             self.metrics.anonymous_users_created.inc()
+            record_sub_action("user.create", user.key, 201, started)
         await self.store.activate(user.key, user.email)
         return dataclasses.replace(user, state="active")
 

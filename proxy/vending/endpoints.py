@@ -10,6 +10,7 @@ from proxy.errors import MethodNotAllowed, NotFound
 from proxy.identity import CallerIdentity
 from proxy.log import hide
 from proxy.metrics import Metrics
+from proxy.telemetry.audit import note_source
 from proxy.vending.anonymous import AnonymousUsers
 from proxy.vending.gini import GiniClient
 from proxy.vending.tokens import Token, TokenCache
@@ -66,6 +67,7 @@ class TokenEndpoints:
         key = self.caller.identifier(request.headers)
         token, cached = await self.derived_tokens.get(key, lambda: self.gini.derived_login(key))
         self.metrics.token_issued("derived", cached)
+        note_source(cached)
         return token_response(token, self.derived_tokens.clock())
 
     async def anonymous_token(self, request: web.Request) -> web.Response:
@@ -74,6 +76,7 @@ class TokenEndpoints:
         users = self._anonymous()
         token, cached = await self.anonymous_tokens.get(key, lambda: users.login(key))
         self.metrics.token_issued("anonymous", cached)
+        note_source(cached)
         return token_response(token, self.anonymous_tokens.clock())
 
     async def forget_anonymous(self, request: web.Request) -> web.Response:

@@ -78,12 +78,14 @@ class AccessLog:
         route = self._routes.entries.get(ctx.route) or self._route(ctx.route)
         upstream = ctx.upstream_seconds
         bytes_in = request.content_length
+        caller = "null" if ctx.caller is None else f'"{ctx.caller}"'  # CALLER_NAME: no escaping
         line = (
             f'{{"timestamp": "{self._timestamp(time.time())}", "level": "info", '
             f'"logger": "proxy.access", "message": "request", "request_id": "{request_id}", '
             f'"gini_request_id": {gini}, '
             f'"method": "{request.method if request.method in METHODS else "other"}", '
             f'"route": {route}, "status": {status}, '
+            f'"caller": {caller}, '
             f'"duration_ms": {seconds * 1000:.3f}, '
             f'"upstream_ms": {"null" if upstream is None else f"{upstream * 1000:.3f}"}, '
             f'"bytes_in": {"null" if bytes_in is None else bytes_in}, '

@@ -12,11 +12,12 @@ replaced by a new one."""
 
 
 class RequestContext:
-    """What one request did: its id, route template, upstream timing, bytes sent, and the
-    response once it has started (a failure can then only cut the connection)."""
+    """What one request did: its id, route template, the caller's name, upstream timing, bytes
+    sent, and the response once it has started (a failure can then only cut the connection)."""
 
     __slots__ = (
         "bytes_out",
+        "caller",
         "gini_request_id",
         "request_id",
         "response_started",
@@ -30,6 +31,7 @@ class RequestContext:
         self.upstream_seconds: float | None = None
         self.gini_request_id: str | None = None
         self.bytes_out = 0
+        self.caller: str | None = None  # the inbound key's name (`name:key`), if it has one
         self.response_started: web.StreamResponse | None = None
 
     @staticmethod

@@ -26,7 +26,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def expect_handler(
-    max_body: int, authenticated: Callable[[web.Request], bool] | None = None
+    max_body: int, authenticated: Callable[[web.Request], object] | None = None
 ) -> ExpectHandler:
     """The expect handler for every route of the proxy listener; `authenticated` is the
     inbound-auth predicate (`middleware.inbound_check`), None without inbound auth."""

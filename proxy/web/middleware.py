@@ -35,6 +35,7 @@ from proxy.metrics import Metrics
 from proxy.web.accesslog import AccessLog
 from proxy.web.context import CONTEXT, REQUEST_ID, RequestContext
 from proxy.web.routes import RouteTable
+from proxy.web.telemetry import RequestTelemetry
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -72,19 +73,21 @@ def _as_proxy_error(exc: web.HTTPException) -> ProxyError:
 
 
 class InboundKeys:
-    """The inbound keys in force. A reload replaces `keys` whole (one attribute store), so a
-    request reads either the old tuple or the new one, never a mix, and takes no lock."""
+    """The inbound keys in force, each with its caller name (None for a bare key). A reload
+    replaces `keys` whole (one attribute store), so a request reads either the old tuple or
+    the new one, never a mix, and takes no lock."""
 
     __slots__ = ("keys",)
 
     def __init__(self, auth: InboundAuthConfig):
-        self.keys = tuple(key.encode() for key in auth.keys)
+        self.keys = tuple((key.encode(), key.caller) for key in auth.keys)
 
 
 def inbound_check(
     auth: InboundAuthConfig | None, current: InboundKeys | None = None
-) -> Callable[[web.Request], bool] | None:
+) -> Callable[[web.Request], bool | str] | None:
     """A predicate for `inbound_auth` (None when not configured): does the caller hold a key?
+    The answer is the key's caller name when it has one, else a bool.
 
     `current` holds the keys (reloadable); without it they are fixed at build time.
     """
@@ -95,8 +98,9 @@ def inbound_check(
     underscored = header.replace("-", "_")
     holder = current if current is not None else InboundKeys(auth)
 
-    def authenticated(request: web.Request) -> bool:
-        """True with exactly one key header holding a key; raises `BadRequest` for two."""
+    def authenticated(request: web.Request) -> bool | str:
+        """The caller's name, or True, with exactly one key header holding a key; raises
+        `BadRequest` for two."""
         headers = request.headers
         values = headers.getall(header, ())
         copies = len(values)
@@ -107,15 +111,33 @@ def inbound_check(
             raise BadRequest(DUPLICATE_KEY)
         offered = (values[0] if values else "").encode("utf-8", "surrogateescape")
         # Compare against every key, always: timing must not reveal which one (or none) matched.
-        matched = False
-        for key in holder.keys:
-            matched |= hmac.compare_digest(offered, key)
-        return matched and bool(offered)
+        matched: bool | str = False
+        for key, name in holder.keys:
+            if hmac.compare_digest(offered, key) and offered:
+                matched = name or True
+        return matched
 
     return authenticated
 
 
-def observer(
+def _admitter(
+    authenticated: Callable[[web.Request], bool | str] | None,
+) -> Callable[[web.Request], str | None] | None:
+    """The inbound check as the observer runs it: the caller's name (None for a bare key), or
+    `Unauthenticated` raised."""
+    if authenticated is None:
+        return None
+
+    def admit(request: web.Request) -> str | None:
+        verdict = authenticated(request)
+        if not verdict:
+            raise Unauthenticated
+        return None if verdict is True else verdict
+
+    return admit
+
+
+def observer(  # noqa: PLR0915 - the one wrapper's statements (see below)
     config: Config,
     metrics: Metrics,
     routes: RouteTable,
@@ -123,6 +145,7 @@ def observer(
     access: AccessLog,
     inbound_keys: InboundKeys | None = None,
     caller: CallerIdentity | None = None,
+    telemetry: RequestTelemetry | None = None,
 ) -> Callable[[Handler], Handler]:
     """`wrap(handler)`: the handler inside the request id, inbound auth, draining, the error
     answer, metrics, the access log and the log scope. Every config-dependent choice is made
@@ -136,12 +159,14 @@ def observer(
         caller = CallerIdentity(
             config.identity.header, IdentifierDeriver(config.identity.hmac_key.encode())
         )
-    authenticated = inbound_check(config.inbound_auth, inbound_keys)
+    admit = _admitter(inbound_check(config.inbound_auth, inbound_keys))
     log_every = config.logging.access_log and config.logging.access_log_sample_rate >= 1.0
     sample_rate = config.logging.access_log_sample_rate if config.logging.access_log else 0.0
 
     def wrap(handler: Handler) -> Handler:
-        async def observed(request: web.Request) -> web.StreamResponse:
+        # One frame on purpose (see above): the branches are the concerns it folds together.
+        async def observed(request: web.Request) -> web.StreamResponse:  # noqa: PLR0912
+            observation = None
             started = time.perf_counter()
             request_id = request.headers.get("X-Request-Id")
             if request_id is None or not REQUEST_ID.fullmatch(request_id):
@@ -155,10 +180,12 @@ def observer(
             status = CLIENT_CLOSED
             try:
                 try:
-                    if authenticated is not None and not authenticated(request):
-                        raise Unauthenticated
+                    if admit is not None:
+                        ctx.caller = admit(request)
                     if lifecycle.refusing:
                         raise lifecycle.draining_error()
+                    if telemetry is not None:
+                        observation = telemetry.begin(request, ctx)
                     response = await handler(request)
                 except ProxyError as exc:
                     response = error_response(exc, request_id)
@@ -183,6 +210,8 @@ def observer(
                 metrics.observe_request(request.method, ctx.route, status, seconds)
                 if log_every or (sample_rate and random.random() < sample_rate):  # noqa: S311
                     access.write(request, ctx, status, seconds)
+                if observation is not None:
+                    observation.end(request, status, seconds)
                 end_request_scope(scope)
 
         return observed

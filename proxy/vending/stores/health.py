@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from prometheus_client import Gauge
 
 from proxy.errors import StoreUnavailable
+from proxy.telemetry.tracing import CURRENT, end_internal
 from proxy.vending.stores.base import (
     CredentialStore,
     SealedRow,
@@ -225,7 +226,20 @@ class GuardedStore:
     def origin(self) -> StoreOrigin | None:
         return self.inner.origin
 
-    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, call: Callable[[], Awaitable[T]], op: str = "store") -> T:
+        trace = CURRENT.get()  # a sampled request's trace: the call is an INTERNAL span in it
+        if trace is None:
+            return await self._guarded(call)
+        span = trace.internal(f"store.{op}")
+        try:
+            result = await self._guarded(call)
+        except BaseException:
+            end_internal(span, failed=True)
+            raise
+        end_internal(span, failed=False)
+        return result
+
+    async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
         if not self.health.up:
             raise StoreUnavailable
         try:
@@ -248,36 +262,38 @@ class GuardedStore:
         await self.inner.close()
 
     async def ping(self) -> None:
-        await self._call(self.inner.ping)
+        await self._call(self.inner.ping, "ping")
 
     def use_password(self, password: str) -> None:
         self.inner.use_password(password)
 
     async def get(self, key: str) -> StoredUser | None:
-        return await self._call(lambda: self.inner.get(key))
+        return await self._call(lambda: self.inner.get(key), "get")
 
     async def claim(self, key: str, email: str, password: str) -> StoredUser:
-        return await self._call(lambda: self.inner.claim(key, email, password))
+        return await self._call(lambda: self.inner.claim(key, email, password), "claim")
 
     async def replace(self, key: str, old_email: str, email: str, password: str) -> StoredUser:
-        return await self._call(lambda: self.inner.replace(key, old_email, email, password))
+        return await self._call(
+            lambda: self.inner.replace(key, old_email, email, password), "replace"
+        )
 
     async def activate(self, key: str, email: str) -> None:
-        await self._call(lambda: self.inner.activate(key, email))
+        await self._call(lambda: self.inner.activate(key, email), "activate")
 
     async def delete(self, key: str) -> bool:
-        return await self._call(lambda: self.inner.delete(key))
+        return await self._call(lambda: self.inner.delete(key), "delete")
 
     async def count(self) -> int:
-        return await self._call(self.inner.count)
+        return await self._call(self.inner.count, "count")
 
     # Metadata and re-sealing (identity key guard, store key rotation) go through the same gate.
 
     async def get_meta(self, name: str) -> bytes | None:
-        return await self._call(lambda: self.inner.get_meta(name))
+        return await self._call(lambda: self.inner.get_meta(name), "get_meta")
 
     async def setdefault_meta(self, name: str, value: bytes) -> bytes:
-        return await self._call(lambda: self.inner.setdefault_meta(name, value))
+        return await self._call(lambda: self.inner.setdefault_meta(name, value), "setdefault_meta")
 
     async def replace_meta(self, name: str, old: bytes, new: bytes) -> bool:
         return await self._call(lambda: self.inner.replace_meta(name, old, new))

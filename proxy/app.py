@@ -34,6 +34,7 @@ from proxy.web.routes import GINI_TEMPLATES, RouteTable
 if TYPE_CHECKING:
     from proxy.forwarding.cache import ResponseCache
     from proxy.signing.signer import JwtSigner
+    from proxy.vending.fleet.flight import Fleet
 
 REFRESH_AHEAD_SECONDS = 30.0
 """A token hit within this many seconds of its refresh margin is renewed in the background."""
@@ -64,6 +65,7 @@ class Services:
     inbound_keys: InboundKeys | None = field(init=False)
     reloader: Reloader = field(init=False)
     jwt_signer: JwtSigner | None = field(init=False)
+    fleet: Fleet | None = field(init=False)
 
     def __post_init__(self) -> None:
         config = self.config
@@ -104,6 +106,11 @@ class Services:
         self.access_log = AccessLog(tuple(config.secrets()))
         self.routes = RouteTable(GINI_TEMPLATES + tuple(PROXY_ENDPOINTS))
         self.gini = GiniClient(self.upstream, self.credentials)
+        self.fleet = None
+        if config.fleet is not None:  # redis-py loads only here
+            from proxy.vending.fleet.build import build_fleet  # noqa: PLC0415
+
+            self.fleet = build_fleet(config, self.metrics.registry)
         self.token_caches = {flow: self._token_cache(flow) for flow in TOKEN_FLOWS}
         self.store, self.store_health = self._store()
         self.anonymous = None
@@ -169,6 +176,7 @@ class Services:
             self.config.tokens.refresh_before_expiry_seconds,
             refresh_ahead=REFRESH_AHEAD_SECONDS,
             on_error=count_error,
+            shared=self.fleet,
         )
         self.metrics.token_cache_entries.labels(flow).set_function(lambda: len(cache))
         return cache
@@ -205,6 +213,8 @@ def build_proxy_app(services: Services) -> web.Application:
         await services.upstream.start()
         if services.response_cache is not None:
             await services.response_cache.start()
+        if services.fleet is not None:
+            await services.fleet.remote.start()  # a Redis outage is logged, never fatal
         services.reloader.start()
         try:
             yield
@@ -216,6 +226,8 @@ def build_proxy_app(services: Services) -> web.Application:
             for cache in services.token_caches.values():
                 await cache.close()
             await services.upstream.close()
+            if services.fleet is not None:
+                await services.fleet.remote.close()
             if services.store is not None:
                 await services.store.close()
 

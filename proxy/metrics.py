@@ -133,7 +133,7 @@ class Metrics:
         )
         self.tokens_issued = Counter(
             "gini_proxy_tokens_issued_total",
-            "Tokens handed out (flow: derived|anonymous|client; source: cache|upstream).",
+            "Tokens handed out (flow: derived|anonymous|client; source: cache|fleet|upstream).",
             ("flow", "source"),
             registry=r,
         )
@@ -180,7 +180,7 @@ class Metrics:
         )
         for flow in TOKEN_FLOWS:
             self.token_cache_entries.labels(flow).set(0)
-        self._token_children: dict[tuple[str, bool], Callable[[], None]] = {}
+        self._token_children: dict[tuple[str, str], Callable[[], None]] = {}
         self._init_connection_metrics(r)
 
     def set_build_info(self, identity_key_id: str) -> None:
@@ -197,12 +197,11 @@ class Metrics:
             registry=self.registry,
         )
 
-    def token_issued(self, flow: str, cached: bool) -> None:
-        """Count one token handed out (label children bound once)."""
-        inc = self._token_children.get((flow, cached))
+    def token_issued(self, flow: str, source: str) -> None:
+        """Count one token handed out (source: cache|fleet|upstream; children bound once)."""
+        inc = self._token_children.get((flow, source))
         if inc is None:
-            source = "cache" if cached else "upstream"
-            inc = self._token_children[(flow, cached)] = self.tokens_issued.labels(flow, source).inc
+            inc = self._token_children[(flow, source)] = self.tokens_issued.labels(flow, source).inc
         inc()
 
     def upstream_error(self, upstream: str, reason: str) -> None:
@@ -233,6 +232,35 @@ class Metrics:
     def client_timeout(self, reason: str) -> None:
         """Count one caller connection cut by `client_timeouts` (reason: CLIENT_TIMEOUT_REASONS)."""
         self.client_timeouts.labels(reason).inc()
+
+
+def fleet_metrics(registry: CollectorRegistry) -> tuple[Gauge, Counter, Counter, Counter]:
+    """The `fleet` series, registered only with a fleet section (absent otherwise): up,
+    errors by operation, lock waits and lock takeovers."""
+    return (
+        Gauge(
+            "gini_proxy_fleet_up",
+            "1 while the fleet's Redis answers, 0 while this replica acts alone.",
+            registry=registry,
+        ),
+        Counter(
+            "gini_proxy_fleet_errors_total",
+            "Fleet Redis calls that failed or timed out, by operation "
+            "(ping, get, lock, write, unlock, delete).",
+            ("op",),
+            registry=registry,
+        ),
+        Counter(
+            "gini_proxy_fleet_lock_waits_total",
+            "Token fetches that waited for another replica's fetch of the same key.",
+            registry=registry,
+        ),
+        Counter(
+            "gini_proxy_fleet_lock_takeovers_total",
+            "Token fetch locks taken over after waiting: the holder died, failed or gave up.",
+            registry=registry,
+        ),
+    )
 
 
 def store_up_gauge(registry: CollectorRegistry) -> Gauge:

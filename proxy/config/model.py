@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.config.egress import EgressProxyConfig
+from proxy.config.fleet import FleetConfig
 from proxy.config.jwt import JwtConfig
 from proxy.config.response_cache import ResponseCacheConfig
 from proxy.config.secret import Secret
@@ -123,6 +124,7 @@ class Config:
     reload_interval_seconds: float = 30.0  # {file:} secrets re-read this often; 0 = SIGHUP only
     source_file: Path | None = None  # the YAML file read, as named (not resolved): watched only
     jwt: JwtConfig | None = None
+    fleet: FleetConfig | None = None  # replicas share tokens through Redis
 
     def secrets(self) -> list[str]:
         """Every secret value this config holds (fed to the log redactor)."""
@@ -142,6 +144,8 @@ class Config:
             found.append(egress.password.value)
         if self.jwt is not None:
             found.extend(key.value for key in self.jwt.signing_keys)
+        if self.fleet is not None:
+            found.extend(self.fleet.secrets())
         return found
 
 

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from proxy.config.egress import parse_egress_proxy
+from proxy.config.fleet import parse_fleet
 from proxy.config.inbound import HEADER_NAME, parse_inbound_auth
 from proxy.config.jwt import read_auth, read_jwt
 from proxy.config.model import (
@@ -48,6 +49,7 @@ _TOP_KEYS = (
     "logging", "client_timeouts", "max_connections",
     "admin_max_connections", "max_header_bytes",
     "reload_interval_seconds", "jwt",
+    "fleet",
 )  # fmt: skip
 
 
@@ -139,6 +141,7 @@ def build_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: Path
             data, "reload_interval_seconds", "reload_interval_seconds", 30, 0, 86400
         ),
         jwt=read_jwt(r, data, client.auth),
+        fleet=parse_fleet(r, data),
     )
     if r.problems:
         raise ConfigError(r.problems)

@@ -168,12 +168,17 @@ class Fleet:
 
     async def _acquire(self, names: Names) -> Lease | None:
         owner = secrets.token_hex(16)
-        taken = await self.remote.call(
-            "lock", self.redis.set(names.lock, owner, nx=True, px=self.lock_ms)
-        )
-        if not taken:
-            return None
-        fence = await self.remote.call("lock", self.redis.incr(self.fence_key))
+        try:
+            taken = await self.remote.call(
+                "lock", self.redis.set(names.lock, owner, nx=True, px=self.lock_ms)
+            )
+            if not taken:
+                return None
+            fence = await self.remote.call("lock", self.redis.incr(self.fence_key))
+        except BaseException:
+            # Cancelled or down after SET may have taken the lock: give it back (only if ours).
+            await self._release(names, Lease(owner, 0))
+            raise
         return Lease(owner, int(fence))
 
     async def _fetch_holding(

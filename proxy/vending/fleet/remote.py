@@ -100,7 +100,9 @@ class Remote:
                 awaitable.close()  # never awaited: no "coroutine was never awaited" warning
             raise FleetDown
         try:
-            return await asyncio.wait_for(awaitable, self.timeout)
+            # Not wait_for: on 3.11 it can swallow a cancellation that races the result.
+            async with asyncio.timeout(self.timeout):
+                return await awaitable
         except (TimeoutError, RedisError, OSError) as exc:
             self.metrics.errors.labels(op).inc()
             self._down(op, exc)
@@ -125,7 +127,8 @@ class Remote:
         while True:
             await asyncio.sleep(PROBE_SECONDS)
             try:
-                await asyncio.wait_for(self.client.ping(), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    await self.client.ping()
             except (TimeoutError, RedisError, OSError):
                 continue
             self.up = True

@@ -68,7 +68,11 @@ def start_redis(
          *extra],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    _wait_listening(port)
+    try:
+        _wait_listening(port)
+    except AssertionError:
+        stop(process)
+        raise
     return port, process
 
 
@@ -90,7 +94,9 @@ def redis_cluster(tmp_path: Path) -> Iterator[list[int]]:
     """Three masters, no replicas, all 16384 slots covered."""
     cli = redis_binary("redis-cli")
     started = [
+        # The bus port is given: port + 10000 (the default) may be past 65535.
         start_redis(tmp_path / f"node-{n}", "--cluster-enabled", "yes",
+                    "--cluster-port", str(free_port()),
                     "--cluster-config-file", f"nodes-{n}.conf", "--cluster-node-timeout", "2000")
         for n in range(3)
     ]  # fmt: skip

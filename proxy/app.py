@@ -148,6 +148,10 @@ class Services:
             self.jwt_signer,
         )
         register_sources(self.reloader, self.config, owners)
+        if self.fleet is not None:
+            from proxy.vending.fleet.build import watch_password  # noqa: PLC0415
+
+            watch_password(self.reloader, self.config, self.fleet)
 
     def _remember_secrets(self, values: Iterable[str]) -> None:
         """Values read on reload join the log redactor and the access log's list."""

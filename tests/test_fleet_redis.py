@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio
 
+from proxy.commands.doctor import Doctor
+from proxy.config import build_config
 from proxy.sandbox import GiniSimulator
 from proxy.vending.fleet.flight import Fleet
 from proxy.vending.tokens import Token
@@ -20,6 +23,7 @@ from .conftest import CLIENT_ID, HMAC_KEY, RunningProxy, StartProxy
 from .fleet_support import (
     eventually,
     fleet_section,
+    free_port,
     logins,
     redis_binary,
     redis_port,
@@ -263,3 +267,47 @@ async def test_a_slow_redis_costs_callers_at_most_the_call_timeout(
     assert time.monotonic() - started < 0.2 + 1.5
     assert sample(proxy, "gini_proxy_fleet_up") == 0
     await sleeper.wait()
+
+
+async def test_a_new_redis_password_applies_on_reload(
+    start_proxy: StartProxy, tmp_path: Path
+) -> None:
+    port, server = start_redis(tmp_path / "auth", "--requirepass", "old-redis-pass-1")
+    try:
+        secret = tmp_path / "redis-password"
+        secret.write_text("old-redis-pass-1\n")
+        proxy = await start_proxy(
+            fleet=fleet_section(port, password={"file": str(secret)}), reload_interval_seconds=0
+        )
+        await vend(proxy.client, proxy.url, "uma@example.com")
+        admin = redis.asyncio.Redis(port=port, password="old-redis-pass-1")
+        await admin.config_set("requirepass", "new-redis-pass-2")
+        secret.write_text("new-redis-pass-2\n")
+        result = await proxy.services.reloader.reload("fleet.password")
+        assert result == {"fleet.password": "applied"}
+        await admin.client_kill_filter(_type="normal", skipme=True)
+        await admin.aclose()
+        await vend(proxy.client, proxy.url, "vera@example.com")  # on a new connection
+        assert sample(proxy, "gini_proxy_fleet_up") == 1
+        raw = redis.asyncio.Redis(port=port, password="new-redis-pass-2")
+        assert len([k async for k in raw.scan_iter(match="gini-auth-proxy:{*}:token")]) == 2
+        await raw.aclose()
+    finally:
+        stop(server)
+
+
+async def test_doctor_reports_on_the_fleets_redis(redis_port: int, tmp_path: Path) -> None:
+    lines: list[str] = []
+    base = {"client": {"id": "c", "secret": "s"}, "identity": {"hmac_key": HMAC_KEY}}
+    config = build_config({**base, "fleet": fleet_section(redis_port)}, {}, tmp_path)
+    await Doctor(config, lines.append).fleet()
+    assert len(lines) == 1
+    assert "fleet" in lines[0]
+    assert "answered" in lines[0]
+    dead = f"redis://:doctor-secret-pw@127.0.0.1:{free_port()}/0"
+    config = build_config({**base, "fleet": {"redis_url": dead}}, {}, tmp_path)
+    checked = Doctor(config, lines.append)
+    await checked.fleet()
+    assert not checked.ok
+    assert "unreachable" in lines[1]
+    assert "doctor-secret-pw" not in lines[1]

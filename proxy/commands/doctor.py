@@ -71,6 +71,7 @@ class Doctor:
             self.reachable[name] = await self.origin(name, url)
         await self.credentials()
         await self.store()
+        await self.fleet()
         failed = sum(1 for step in self.steps if step.ok is False)
         self.report("all checks passed" if self.ok else f"{failed} check(s) failed")
         return self.ok
@@ -255,6 +256,32 @@ class Doctor:
             self.add("store", True, f"reachable, encryption key accepted, {users} user(s)")
         finally:
             await store.close()
+
+    async def fleet(self) -> None:
+        """The fleet's Redis: reachable, authenticated, answering within the call timeout."""
+        fleet = self.config.fleet
+        if fleet is None:
+            return
+        from proxy.vending.fleet.remote import make_client, password_holder  # noqa: PLC0415
+
+        client = make_client(fleet, password_holder(fleet))
+        kind = "cluster" if fleet.cluster else "single node"
+        try:
+            async with asyncio.timeout(max(self.timeout, 5)):
+                started = asyncio.get_running_loop().time()
+                await client.ping()
+                took = (asyncio.get_running_loop().time() - started) * 1000
+        except Exception as exc:  # noqa: BLE001 - any failure is the finding
+            # The class name only: a driver message may quote the URL, which may hold a password.
+            self.add("fleet", False, f"Redis ({kind}) unreachable: {type(exc).__name__}")
+        else:
+            slow = took > fleet.call_timeout_seconds * 1000
+            detail = f"Redis ({kind}) answered in {took:.0f} ms"
+            if slow:
+                detail += f", over call_timeout_seconds ({fleet.call_timeout_seconds:g} s)"
+            self.add("fleet", not slow, detail)
+        finally:
+            await client.aclose()
 
 
 def _name(rdns: object) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from proxy.config import Config
+from proxy.config.reload import Reloader, SecretSource, text_value
 from proxy.metrics import fleet_metrics
 from proxy.vending.fleet.flight import Fleet
 from proxy.vending.fleet.remote import FleetMetrics, Remote
@@ -27,4 +28,22 @@ def build_fleet(config: Config, registry: CollectorRegistry) -> Fleet:
         Sealer(config.identity.hmac_key.encode(), fleet.key_prefix),
         fleet.lock_seconds,
         wait_seconds=fleet.lock_seconds + fetch_budget,
+    )
+
+
+def watch_password(reloader: Reloader, config: Config, fleet: Fleet) -> None:
+    """`fleet.password` read from a file reloads: new connections authenticate with it."""
+    password = config.fleet.password if config.fleet is not None else None
+    holder = fleet.remote.holder
+    if password is None or password.path is None or holder is None:
+        return
+    reloader.register(
+        SecretSource(
+            "fleet.password",
+            (password.path,),
+            text_value,
+            password.value,
+            holder.use,
+            secrets=lambda value: (value,),
+        )
     )

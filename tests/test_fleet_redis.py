@@ -311,3 +311,24 @@ async def test_doctor_reports_on_the_fleets_redis(redis_port: int, tmp_path: Pat
     assert not checked.ok
     assert "unreachable" in lines[1]
     assert "doctor-secret-pw" not in lines[1]
+
+
+async def test_status_and_metrics_show_the_fleet_only_when_configured(
+    start_proxy: StartProxy, redis_port: int
+) -> None:
+    url = f"redis://:status-secret-pw@127.0.0.1:{redis_port}/0"
+    plain, fleet = await start_proxy(), await start_proxy(fleet={"redis_url": url})
+    async with plain.client.get(plain.admin_url + "/status") as r:
+        assert (await r.json())["fleet"] is None
+    assert plain.metrics.registry.get_sample_value("gini_proxy_fleet_up") is None
+    async with fleet.client.get(fleet.admin_url + "/status") as r:
+        text = await r.text()
+    assert "status-secret-pw" not in text
+    assert str(redis_port) not in text
+    async with fleet.client.get(fleet.admin_url + "/status") as r:
+        shown = (await r.json())["fleet"]
+    assert shown["key_prefix"] == "gini-auth-proxy:"
+    assert shown["cluster"] is False
+    assert shown["up"] is (sample(fleet, "gini_proxy_fleet_up") == 1)
+    async with fleet.client.get(fleet.admin_url + "/metrics") as r:
+        assert "status-secret-pw" not in await r.text()

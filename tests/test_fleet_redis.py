@@ -5,6 +5,7 @@ Redis holds. The same behaviours across real processes are in test_fleet_replica
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -137,11 +138,11 @@ async def test_a_holder_whose_lease_was_lost_never_overwrites_a_newer_entry(
     async def quick_fetch() -> Token:
         return Token("new-token", time.monotonic() + 3600)
 
-    holder = asyncio.create_task(first.obtain("derived", "k", slow_fetch, 60, 0))
+    holder = asyncio.create_task(first.obtain("derived", "k", slow_fetch, 60, -math.inf))
     names = first.sealer.names("derived", "k")
     await eventually(lambda: lock_taken(raw, names.lock))
     await raw.delete(names.lock)  # the lease is lost (a failover, an expiry)
-    token, source = await second.obtain("derived", "k", quick_fetch, 60, 0)
+    token, source = await second.obtain("derived", "k", quick_fetch, 60, -math.inf)
     assert (token.access_token, source) == ("new-token", "upstream")
     release_first.set()
     old, _ = await holder
@@ -165,7 +166,7 @@ async def test_a_cancelled_holder_releases_its_lock(
         await never.wait()
         raise AssertionError
 
-    task = asyncio.create_task(fleet.obtain("derived", "k", hanging_fetch, 60, 0))
+    task = asyncio.create_task(fleet.obtain("derived", "k", hanging_fetch, 60, -math.inf))
     names = fleet.sealer.names("derived", "k")
     await eventually(lambda: lock_taken(raw, names.lock))
     task.cancel()
@@ -332,3 +333,40 @@ async def test_status_and_metrics_show_the_fleet_only_when_configured(
     assert shown["up"] is (sample(fleet, "gini_proxy_fleet_up") == 1)
     async with fleet.client.get(fleet.admin_url + "/metrics") as r:
         assert "status-secret-pw" not in await r.text()
+
+
+async def test_refresh_ahead_renews_once_for_the_fleet(
+    start_proxy: StartProxy, sim: GiniSimulator, redis_port: int
+) -> None:
+    # Every token is inside the refresh-ahead window (30 s) from the start: usable for 20 s.
+    margin = sim.config.token_lifetime - 20
+    first, second = [
+        await start_proxy(
+            fleet=fleet_section(redis_port), tokens={"refresh_before_expiry_seconds": margin}
+        )
+        for _ in range(2)
+    ]
+    user = "wanda@example.com"
+    key = first.services.deriver(user)
+    old = await vend(first.client, first.url, user)
+    assert await vend(second.client, second.url, user) == old  # from Redis
+    assert logins(sim) == 1
+    # Not a wait for a condition: the renewed token must expire measurably later than the old
+    # one (more than the 1 s allowed for clocks), and tokens expire lifetime after issue.
+    await asyncio.sleep(1.5)
+    # A hit at the first replica renews in the background: one more login, shared.
+    assert await vend(first.client, first.url, user) == old
+
+    async def renewed(proxy: RunningProxy) -> bool:
+        token = proxy.services.token_caches["derived"].peek(key)
+        return token is not None and token.access_token != old
+
+    await eventually(lambda: renewed(first))
+    # A hit at the second renews too, and finds the first's new token in Redis: no login.
+    assert await vend(second.client, second.url, user) == old
+    await eventually(lambda: renewed(second))
+    assert logins(sim) == 2
+    new = [p.services.token_caches["derived"].peek(key) for p in (first, second)]
+    assert new[0] is not None
+    assert new[1] is not None
+    assert new[0].access_token == new[1].access_token

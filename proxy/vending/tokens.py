@@ -52,7 +52,7 @@ class Shared(Protocol):
     """Tokens shared between replicas (`proxy.vending.fleet.flight.Fleet`)."""
 
     async def obtain(
-        self, flow: str, key: str, fetch: Fetch, margin: float, fresh_for: float
+        self, flow: str, key: str, fetch: Fetch, margin: float, newer_than: float
     ) -> tuple[Token, str]: ...
 
     async def drop(self, flow: str, key: str, token: str | None = None) -> None: ...
@@ -120,26 +120,26 @@ class TokenCache:
                 and token.expires_at - self.refresh_before - self.clock() < self.refresh_ahead
             ):
                 # Renew in the background, answer from the cache now. A shared token is taken
-                # only if it is not as old as this one, or the renewal would renew nothing.
-                self._start(key, fetch, self.refresh_ahead)
+                # only if it outlives this one, or the renewal would renew nothing.
+                self._start(key, fetch, token.expires_at)
             return token, "cache"
         # shield: cancelling this caller must not cancel the fetch the others wait on.
-        return await asyncio.shield(self._start(key, fetch, 0.0))
+        return await asyncio.shield(self._start(key, fetch, -math.inf))
 
-    def _start(self, key: str, fetch: Fetch, fresh_for: float) -> asyncio.Task[tuple[Token, str]]:
+    def _start(self, key: str, fetch: Fetch, newer_than: float) -> asyncio.Task[tuple[Token, str]]:
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._run(key, fetch, fresh_for))
+            task = asyncio.ensure_future(self._run(key, fetch, newer_than))
             self._inflight[key] = task
             task.add_done_callback(lambda done: self._finished(key, done))
         return task
 
-    async def _run(self, key: str, fetch: Fetch, fresh_for: float) -> tuple[Token, str]:
+    async def _run(self, key: str, fetch: Fetch, newer_than: float) -> tuple[Token, str]:
         if self.shared is None:
             token, source = await fetch(), "upstream"
         else:
             margin = self.refresh_before
-            token, source = await self.shared.obtain(self.flow, key, fetch, margin, fresh_for)
+            token, source = await self.shared.obtain(self.flow, key, fetch, margin, newer_than)
         if token.expires_at - self.refresh_before > self.clock():
             self._cache[key] = token
         # else: too short-lived to cache; the callers waiting now still get it once.

@@ -29,6 +29,9 @@ log = logging.getLogger("proxy.fleet")
 
 FENCE_KEY = "fence"
 POLL_FIRST, POLL_MAX = 0.01, 0.1
+SKEW = 1.0
+"""Seconds by which a shared token must outlive the one a renewal replaces: expiries cross
+replicas as wall-clock times, so the same token may read a little later elsewhere."""
 
 # KEYS: value, lock. ARGV: owner, fence, stored value, px.
 WRITE = """
@@ -98,14 +101,15 @@ class Fleet:
         }
 
     async def obtain(
-        self, flow: str, key: str, fetch: Fetch, margin: float, fresh_for: float
+        self, flow: str, key: str, fetch: Fetch, margin: float, newer_than: float
     ) -> tuple[Token, str]:
         """A token for `key`: "fleet" when another replica fetched it, "upstream" when this
-        one did. A shared token is taken only with more than `fresh_for` seconds before its
-        refresh margin (`margin` seconds before expiry) begins."""
+        one did. A shared token is taken only before its refresh margin (`margin` seconds
+        before expiry) begins, and only if it expires after `newer_than` (a renewal must not
+        take back the token it renews)."""
         names = self.sealer.names(flow, key)
         try:
-            found = await self._token_or_lease(names, margin, fresh_for)
+            found = await self._token_or_lease(names, margin, newer_than)
         except FleetDown:
             found = None
         if isinstance(found, Token):
@@ -128,29 +132,29 @@ class Fleet:
         except FleetDown:
             pass  # the entry expires by itself; Gini refuses it anyway
 
-    async def _read(self, names: Names, margin: float, fresh_for: float) -> Token | None:
+    async def _read(self, names: Names, margin: float, newer_than: float) -> Token | None:
         stored = await self.remote.call("get", self.redis.get(names.value))
         entry = self.sealer.open(names.value, stored)
         if entry is None:
             return None
         token = Token(entry.access_token, self.clock() + entry.expires_at_wall - self.wall())
-        if token.expires_at - margin - self.clock() <= fresh_for:
+        if token.expires_at - margin <= self.clock() or token.expires_at <= newer_than + SKEW:
             return None
         return token
 
     async def _token_or_lease(
-        self, names: Names, margin: float, fresh_for: float
+        self, names: Names, margin: float, newer_than: float
     ) -> Token | Lease | None:
         deadline = self.clock() + self.wait_seconds
         delay, waited = POLL_FIRST, False
         while True:
-            token = await self._read(names, margin, fresh_for)
+            token = await self._read(names, margin, newer_than)
             if token is not None:
                 return token
             lease = await self._acquire(names)
             if lease is not None:
                 # The holder may have written and released between our read and our SET NX.
-                token = await self._read(names, margin, fresh_for)
+                token = await self._read(names, margin, newer_than)
                 if token is not None:
                     await self._release(names, lease)
                     return token

@@ -370,3 +370,20 @@ async def test_refresh_ahead_renews_once_for_the_fleet(
     assert new[0] is not None
     assert new[1] is not None
     assert new[0].access_token == new[1].access_token
+
+
+async def test_a_failed_fetch_releases_its_lock_and_shares_nothing(
+    start_proxy: StartProxy, sim: GiniSimulator, redis_port: int, raw: redis.asyncio.Redis
+) -> None:
+    first, second = await fleet_proxies(start_proxy, redis_port, 2, lock_seconds=30)
+    sim.state.fail_next(3, 503, "pay")  # the first attempt and both retries
+    headers = {"X-User-Id": "xena@example.com"}
+    async with first.client.post(first.url + "/_proxy/tokens/derived", headers=headers) as r:
+        assert r.status >= 500
+    assert [key async for key in raw.scan_iter(match="gini-auth-proxy:*")] == [
+        b"gini-auth-proxy:fence"
+    ]
+    # Not held for the 30 s lease: the other replica fetches at once.
+    started = time.monotonic()
+    await vend(second.client, second.url, "xena@example.com")
+    assert time.monotonic() - started < 5

@@ -265,7 +265,6 @@ def build_proxy_app(services: Services) -> web.Application:
             yield
         finally:
             await services.reloader.close()
-            services.access_log.flush()
             await services.close_telemetry()
             if services.response_cache is not None:
                 await services.response_cache.close()
@@ -276,6 +275,7 @@ def build_proxy_app(services: Services) -> web.Application:
                 await services.fleet.remote.close()
             if services.store is not None:
                 await services.store.close()
+            services.access_log.flush()  # last: a closed stdout must not keep anything open
 
     async def store_checks(_: web.Application) -> AsyncIterator[None]:
         # Runs once `resources` has opened the store, and stops before it closes it.

@@ -102,6 +102,7 @@ async def status(request: web.Request) -> web.Response:
             "store": _store_kind(services),
             "anonymous_users_stored": await _stored_users(services),
             "store_health": _store_health(services),
+            "fleet": services.fleet.status() if services.fleet is not None else None,
             "connections": (
                 request.app[CONNECTIONS].status() if CONNECTIONS in request.app else None
             ),

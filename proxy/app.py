@@ -16,13 +16,8 @@ from proxy.forwarding.handler import Forwarder
 from proxy.identity import CallerIdentity, IdentifierDeriver, identity_key_id
 from proxy.lifecycle import Lifecycle
 from proxy.log import register_secrets
-from proxy.metrics import (
-    TOKEN_FLOWS,
-    Metrics,
-    audit_counters,
-    spans_dropped_counter,
-    store_up_gauge,
-)
+from proxy.metrics import TOKEN_FLOWS, Metrics
+from proxy.metrics.families import audit_counters, spans_dropped_counter, store_up_gauge
 from proxy.reloading import Owners, register_sources
 from proxy.telemetry.audit import AuditLog
 from proxy.telemetry.tracing import Tracing
@@ -43,6 +38,7 @@ from proxy.web.telemetry import RequestTelemetry
 if TYPE_CHECKING:
     from proxy.forwarding.cache import ResponseCache
     from proxy.signing.signer import JwtSigner
+    from proxy.vending.fleet.flight import Fleet
 
 REFRESH_AHEAD_SECONDS = 30.0
 """A token hit within this many seconds of its refresh margin is renewed in the background."""
@@ -76,6 +72,7 @@ class Services:
     audit: AuditLog | None = field(init=False)
     tracing: Tracing | None = field(init=False)
     telemetry: RequestTelemetry | None = field(init=False)
+    fleet: Fleet | None = field(init=False)
 
     def __post_init__(self) -> None:
         config = self.config
@@ -131,6 +128,11 @@ class Services:
             self.telemetry = RequestTelemetry(self.audit, self.tracing, self.caller)
         self.routes = RouteTable(GINI_TEMPLATES + tuple(PROXY_ENDPOINTS))
         self.gini = GiniClient(self.upstream, self.credentials)
+        self.fleet = None
+        if config.fleet is not None:  # redis-py loads only here
+            from proxy.vending.fleet.build import build_fleet  # noqa: PLC0415
+
+            self.fleet = build_fleet(config, self.metrics.registry)
         self.token_caches = {flow: self._token_cache(flow) for flow in TOKEN_FLOWS}
         self.store, self.store_health = self._store()
         self.anonymous = None
@@ -168,6 +170,10 @@ class Services:
             self.jwt_signer,
         )
         register_sources(self.reloader, self.config, owners)
+        if self.fleet is not None:
+            from proxy.vending.fleet.build import watch_password  # noqa: PLC0415
+
+            watch_password(self.reloader, self.config, self.fleet)
         if self.audit is not None:
             self.reloader.on_result = self.audit.reloaded
 
@@ -213,6 +219,7 @@ class Services:
             self.config.tokens.refresh_before_expiry_seconds,
             refresh_ahead=REFRESH_AHEAD_SECONDS,
             on_error=count_error,
+            shared=self.fleet,
         )
         self.metrics.token_cache_entries.labels(flow).set_function(lambda: len(cache))
         return cache
@@ -251,20 +258,24 @@ def build_proxy_app(services: Services) -> web.Application:
         services.start_telemetry()
         if services.response_cache is not None:
             await services.response_cache.start()
+        if services.fleet is not None:
+            await services.fleet.remote.start()  # a Redis outage is logged, never fatal
         services.reloader.start()
         try:
             yield
         finally:
             await services.reloader.close()
-            services.access_log.flush()
             await services.close_telemetry()
             if services.response_cache is not None:
                 await services.response_cache.close()
             for cache in services.token_caches.values():
                 await cache.close()
             await services.upstream.close()
+            if services.fleet is not None:
+                await services.fleet.remote.close()
             if services.store is not None:
                 await services.store.close()
+            services.access_log.flush()  # last: a closed stdout must not keep anything open
 
     async def store_checks(_: web.Application) -> AsyncIterator[None]:
         # Runs once `resources` has opened the store, and stops before it closes it.

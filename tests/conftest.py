@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from hypothesis import settings
 
+from proxy import log as proxy_log
 from proxy.app import Services
 from proxy.config import Config, build_config
 from proxy.metrics import Metrics
@@ -129,6 +130,19 @@ StartProxy = Callable[..., Awaitable[RunningProxy]]
 async def sim() -> AsyncIterator[GiniSimulator]:
     async with GiniSimulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET) as simulator:
         yield simulator
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_found() -> Iterator[None]:
+    """Each test starts with the logging the previous one found: a CLI run or a
+    `configure_logging` into pytest's captured output would otherwise leave the root handlers
+    and the access-log output pointing at a stream closed after that test."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, proxy_log.access_stream())
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    proxy_log._access_output = saved[2]
 
 
 @pytest.fixture

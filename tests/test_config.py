@@ -995,17 +995,17 @@ def _sections(config_cls: type[Any]) -> dict[str, type[Any]]:
 
 def test_the_example_lists_every_key() -> None:
     data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
-    # inbound_auth and jwt are there as comments (tests above and in test_jwt_config.py).
-    # source_file is where the config was read from, not a key.
+    # inbound_auth, jwt and fleet are there as comments (tests above, test_jwt_config.py and
+    # test_fleet_config.py). source_file is where the config was read from, not a key.
     keys = {f.name for f in dataclasses.fields(Config)} - {"source_file"}
-    assert set(data) | {"inbound_auth", "jwt", "tracing", "audit"} == keys
+    assert set(data) | {"inbound_auth", "jwt", "tracing", "audit", "fleet"} == keys
     data["inbound_auth"] = {"header": "", "keys": ""}
-    for commented in ("jwt", "tracing", "audit"):
+    for commented in ("jwt", "tracing", "audit", "fleet"):
         data[commented] = commented_section(EXAMPLE, commented)
     sections = _sections(Config)
     assert set(sections) == {
         "upstream", "client", "identity", "anonymous", "store", "tokens", "inbound_auth",
-        "response_cache", "logging", "client_timeouts", "jwt", "tracing", "audit",
+        "response_cache", "logging", "client_timeouts", "jwt", "tracing", "audit", "fleet",
     }  # fmt: skip
     for name, section_cls in sections.items():
         assert set(data[name]) == {f.name for f in dataclasses.fields(section_cls)}, name

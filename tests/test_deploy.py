@@ -636,6 +636,7 @@ def test_alerts_cover_the_failure_modes() -> None:
         "GiniProxyTokenFetchFailures",
         "GiniProxyAnonymousUserSpike",
         "GiniProxyStoreDown",
+        "GiniProxyFleetDown",
         "GiniProxyIdentityKeyMismatch",
         "GiniProxySecretReloadRejected",
         "GiniProxySecretReloadErrors",
@@ -712,6 +713,9 @@ ALERT_TESTS = {
                 series("gini_proxy_store_up", "1x5 0x35", pod="proxy-1"),
                 series("gini_proxy_store_up", "1x20 0x2 1x18", pod="proxy-2"),
                 series("gini_proxy_store_up", "1x40", pod="proxy-3"),
+                # the fleet's Redis away for good from one pod, a 3-minute blip on another
+                series("gini_proxy_fleet_up", "1x5 0x35", pod="proxy-1"),
+                series("gini_proxy_fleet_up", "1x20 0x3 1x17", pod="proxy-2"),
             ],
             "alert_rule_test": [
                 fires(
@@ -749,6 +753,12 @@ ALERT_TESTS = {
                     {"severity": "critical", "namespace": "ns", "pod": "proxy-1"},
                 ),
                 fires("7m", "GiniProxyStoreDown"),  # down for 2 minutes only: not yet
+                fires(
+                    "30m",
+                    "GiniProxyFleetDown",
+                    {"severity": "warning", "namespace": "ns", "pod": "proxy-1"},
+                ),
+                fires("9m", "GiniProxyFleetDown"),  # down for 4 minutes: not yet
             ],
         },
         {
@@ -870,10 +880,12 @@ def test_alerts_fire_on_synthetic_series(tmp_path: Path) -> None:
 
 def exported_series_names() -> set[str]:
     """Series names the proxy exports, read off a live registry (histograms: _bucket, ...)."""
-    from proxy.metrics import Metrics, store_up_gauge
+    from proxy.metrics import Metrics
+    from proxy.metrics.families import fleet_metrics, store_up_gauge
 
     metrics = Metrics()
     store_up_gauge(metrics.registry)  # registered only when a store is configured
+    fleet_metrics(metrics.registry)  # and these only with a fleet section
     names: set[str] = set()
     for family in metrics.registry.collect():
         if family.type == "histogram":
@@ -949,6 +961,7 @@ def test_dashboard_loads_and_has_the_panels() -> None:
         "gini_proxy_in_flight_requests",
         "gini_proxy_anonymous_users_created_total",
         "gini_proxy_store_up",
+        "gini_proxy_fleet_up",
     ):
         assert needle in exprs, needle
     for histogram in ("gini_proxy_request_duration", "gini_proxy_upstream_request_duration"):

@@ -310,6 +310,8 @@ class Doctor:
             self.add("response cache", *await checks.redis(cache.backend, self.timeout))
         if self.config.tracing is not None:
             self.add("trace collector", *await checks.collector(self.config.tracing, self.timeout))
+        if self.config.fleet is not None:
+            self.add("fleet", *await checks.fleet(self.config.fleet, self.timeout))
 
 
 def doctor(config: Config) -> bool:

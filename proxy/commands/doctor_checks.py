@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from proxy.config import StoreConfig
+from proxy.config.fleet import FleetConfig
 from proxy.config.tracing import TracingConfig
 from proxy.errors import ProxyError
 
@@ -114,6 +115,28 @@ async def redis(url: str, timeout: float) -> Result:
     finally:
         await client.aclose()
     return True, f"{where}: answers PING"
+
+
+async def fleet(config: FleetConfig, timeout: float) -> Result:
+    """The fleet's Redis: reachable, authenticated, answering within the call timeout."""
+    from proxy.vending.fleet.remote import make_client, password_holder  # noqa: PLC0415
+
+    client = make_client(config, password_holder(config))
+    kind = "cluster" if config.cluster else "single node"
+    try:
+        async with asyncio.timeout(max(timeout, 5)):
+            started = asyncio.get_running_loop().time()
+            await client.ping()
+            took = (asyncio.get_running_loop().time() - started) * 1000
+    except Exception as exc:  # noqa: BLE001 - any failure is the finding
+        # The class name only: a driver message may quote the URL, which may hold a password.
+        return False, f"Redis ({kind}) unreachable: {type(exc).__name__}. Check fleet.redis_url."
+    finally:
+        await client.aclose()
+    detail = f"Redis ({kind}) answered in {took:.0f} ms"
+    if took > config.call_timeout_seconds * 1000:
+        return False, f"{detail}, over call_timeout_seconds ({config.call_timeout_seconds:g} s)."
+    return True, detail
 
 
 async def collector(tracing: TracingConfig, timeout: float) -> Result:

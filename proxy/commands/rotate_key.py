@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from proxy.config import Config, ConfigError
 from proxy.errors import StartupError, StoreUnavailable
 from proxy.log import Redactor, configure_logging
-from proxy.metrics import audit_counters
+from proxy.metrics.families import audit_counters
 from proxy.telemetry.audit import AuditLog
 from proxy.vending.stores import StoreOpenError, make_store
 from proxy.vending.stores.keyring import RotationReport, rotate

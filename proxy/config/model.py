@@ -9,6 +9,7 @@ from pathlib import Path
 
 from proxy.config.audit import AuditConfig
 from proxy.config.egress import EgressProxyConfig
+from proxy.config.fleet import FleetConfig
 from proxy.config.jwt import JwtConfig
 from proxy.config.protection import ProtectionConfig
 from proxy.config.response_cache import ResponseCacheConfig
@@ -138,6 +139,7 @@ class Config:
     max_buffered_bytes: int = 64 << 20  # bodies held in memory at once, process-wide
     tracing: TracingConfig | None = None
     audit: AuditConfig | None = None
+    fleet: FleetConfig | None = None  # replicas share tokens through Redis
 
     def secrets(self) -> list[str]:
         """Every secret value this config holds (fed to the log redactor)."""
@@ -159,6 +161,8 @@ class Config:
             found.extend(key.value for key in self.jwt.signing_keys)
         if self.tracing is not None:
             found.extend(value.value for _, value in self.tracing.headers)
+        if self.fleet is not None:
+            found.extend(self.fleet.secrets())
         return found
 
 

@@ -18,6 +18,7 @@ import yaml
 from proxy.config.audit import parse_audit
 from proxy.config.crosscheck import check_listeners, check_upstream_tls
 from proxy.config.egress import parse_egress_proxy
+from proxy.config.fleet import parse_fleet
 from proxy.config.inbound import HEADER_NAME, parse_inbound_auth
 from proxy.config.jwt import read_auth, read_jwt
 from proxy.config.model import (
@@ -54,6 +55,7 @@ _TOP_KEYS = (
     "reload_interval_seconds", "jwt",
     "max_buffered_bytes",
     "tracing", "audit",
+    "fleet",
 )  # fmt: skip
 
 
@@ -148,6 +150,7 @@ def build_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: Path
         ),
         tracing=parse_tracing(r, data),
         audit=parse_audit(r, data),
+        fleet=parse_fleet(r, data),
     )
     if r.problems:
         raise ConfigError(r.problems)

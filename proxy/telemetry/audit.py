@@ -231,11 +231,12 @@ class AuditScope:
 SCOPE: ContextVar[AuditScope | None] = ContextVar("gini_proxy_audit_scope", default=None)
 
 
-def note_source(cached: bool) -> None:
-    """Where the request's token came from (`cache` or `gini`), for its record."""
+def note_source(source: str) -> None:
+    """Where the request's token came from, for its record: the token cache's `cache`, `fleet`
+    or `upstream` (recorded as `gini`)."""
     scope = SCOPE.get()
     if scope is not None:
-        scope.source = "cache" if cached else "gini"
+        scope.source = "gini" if source == "upstream" else source
 
 
 def record_sub_action(

@@ -101,14 +101,15 @@ class AnonymousUsers:
             try:
                 await self.gini.create_user(user.email, user.password, token.access_token)
             except ClientTokenRejected:
-                # The cached client token was revoked or expired early: fetch one more once.
-                self.client_tokens.forget(CLIENT_KEY)
+                # The cached client token was revoked or expired early: fetch one more once,
+                # and drop it for the whole fleet (only if no replica has replaced it yet).
+                await self.client_tokens.drop(CLIENT_KEY, token.access_token)
                 if attempt == 2:
                     raise UpstreamRejected from None
             else:
                 return
 
     async def client_token(self) -> Token:
-        token, cached = await self.client_tokens.get(CLIENT_KEY, self.gini.client_token)
-        self.metrics.token_issued("client", cached)
+        token, source = await self.client_tokens.get_sourced(CLIENT_KEY, self.gini.client_token)
+        self.metrics.token_issued("client", source)
         return token

@@ -65,25 +65,26 @@ class TokenEndpoints:
     async def derived(self, request: web.Request) -> web.Response:
         """Flow 2: a Pay API token for the caller's derived user."""
         key = self.caller.identifier(request.headers)
-        token, cached = await self.derived_tokens.get(key, lambda: self.gini.derived_login(key))
-        self.metrics.token_issued("derived", cached)
-        note_source(cached)
+        fetch = lambda: self.gini.derived_login(key)  # noqa: E731
+        token, source = await self.derived_tokens.get_sourced(key, fetch)
+        self.metrics.token_issued("derived", source)
+        note_source(source)
         return token_response(token, self.derived_tokens.clock())
 
     async def anonymous_token(self, request: web.Request) -> web.Response:
         """Flow 4: a token for the caller's anonymous user, created on first use."""
         key = self.caller.identifier(request.headers)
         users = self._anonymous()
-        token, cached = await self.anonymous_tokens.get(key, lambda: users.login(key))
-        self.metrics.token_issued("anonymous", cached)
-        note_source(cached)
+        token, source = await self.anonymous_tokens.get_sourced(key, lambda: users.login(key))
+        self.metrics.token_issued("anonymous", source)
+        note_source(source)
         return token_response(token, self.anonymous_tokens.clock())
 
     async def forget_anonymous(self, request: web.Request) -> web.Response:
         """Right to erasure: drop the stored credentials and cached tokens (204, or 404)."""
         key = self.caller.identifier(request.headers)
         users = self._anonymous()
-        self.anonymous_tokens.forget(key)
+        await self.anonymous_tokens.drop(key)  # every replica's source: the shared copy too
         if not await users.forget(key):
             raise NotFound("No anonymous user is stored for this user id.")
         return web.Response(status=204, headers=NO_STORE)

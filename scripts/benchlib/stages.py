@@ -20,7 +20,7 @@ _OWN: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("parse (server reads the request)", "aiohttp/http_parser.py", ()),
     ("parse (server reads the request)", "aiohttp/web_protocol.py", ("RequestHandler.data_",)),
     ("access log", "proxy/web/accesslog.py", ()),
-    ("metrics", "proxy/metrics.py", ()),
+    ("metrics", "proxy/metrics/__init__.py", ()),
     ("identity", "proxy/identity.py", ()),
     ("header filter", "proxy/forwarding/rewrite.py", ("__call__", "_verdict")),
     ("header filter", "proxy/forwarding/handler.py", ("Forwarder.upstream_headers",)),

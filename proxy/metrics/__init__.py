@@ -159,7 +159,7 @@ class Metrics:
         )
         self.tokens_issued = Counter(
             "gini_proxy_tokens_issued_total",
-            "Tokens handed out (flow: derived|anonymous|client; source: cache|upstream).",
+            "Tokens handed out (flow: derived|anonymous|client; source: cache|fleet|upstream).",
             ("flow", "source"),
             registry=r,
         )
@@ -206,7 +206,7 @@ class Metrics:
         )
         for flow in TOKEN_FLOWS:
             self.token_cache_entries.labels(flow).set(0)
-        self._token_children: dict[tuple[str, bool], Callable[[], None]] = {}
+        self._token_children: dict[tuple[str, str], Callable[[], None]] = {}
         self._init_connection_metrics(r)
         self._init_protection_metrics(r)
 
@@ -224,12 +224,11 @@ class Metrics:
             registry=self.registry,
         )
 
-    def token_issued(self, flow: str, cached: bool) -> None:
-        """Count one token handed out (label children bound once)."""
-        inc = self._token_children.get((flow, cached))
+    def token_issued(self, flow: str, source: str) -> None:
+        """Count one token handed out (source: cache|fleet|upstream; children bound once)."""
+        inc = self._token_children.get((flow, source))
         if inc is None:
-            source = "cache" if cached else "upstream"
-            inc = self._token_children[(flow, cached)] = self.tokens_issued.labels(flow, source).inc
+            inc = self._token_children[(flow, source)] = self.tokens_issued.labels(flow, source).inc
         inc()
 
     def upstream_error(self, upstream: str, reason: str) -> None:
@@ -301,37 +300,3 @@ class Metrics:
 
     def upstream_retry(self, upstream: str, result: str) -> None:
         self.upstream_retries.labels(upstream, result).inc()
-
-
-def store_up_gauge(registry: CollectorRegistry) -> Gauge:
-    """`gini_proxy_store_up`, registered only when a store is configured (absent otherwise)."""
-    return Gauge(
-        "gini_proxy_store_up",
-        "1 when the credential store answered its last background check, 0 when not.",
-        registry=registry,
-    )
-
-
-def audit_counters(registry: CollectorRegistry) -> tuple[Counter, Counter]:
-    """Audit records written (by action) and lost, registered only with an `audit` section."""
-    records = Counter(
-        "gini_proxy_audit_records_total",
-        "Audit records written, by action.",
-        ("action",),
-        registry=registry,
-    )
-    errors = Counter(
-        "gini_proxy_audit_errors_total",
-        "Audit records that could not be written.",
-        registry=registry,
-    )
-    return records, errors
-
-
-def spans_dropped_counter(registry: CollectorRegistry) -> Counter:
-    """Spans that never reached the collector, registered only with a `tracing` section."""
-    return Counter(
-        "gini_proxy_trace_spans_dropped_total",
-        "Spans dropped: the collector refused or could not be reached, or the queue was full.",
-        registry=registry,
-    )

@@ -1,0 +1,1 @@
+"""Replicas sharing tokens and one Gini fetch per key through Redis (the `fleet` section)."""

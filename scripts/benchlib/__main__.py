@@ -5,7 +5,10 @@ Sections (`--only`, comma-separated; all by default): flow1 (GET /documents: the
 the lean and the bare forwarder, alternating; direct; memory), tokens (token vending against
 flow 1, alternating on one proxy; upstream fetches), cache (response cache), tls (flow 1 from
 nginx over HTTPS: proxy, lean and bare alternating, TLS handshakes per 1,000 requests), jwt
-(client.auth jwt against basic).
+(client.auth jwt against basic), shed (an answer shed during a Retry-After pause against a 400),
+fleet (token vending with tokens shared through Redis: on against off, Redis against memory,
+Gini calls at N replicas), tracing (flow 1 at sample ratios 0, 0.05 and 1, and at 0.05 with the
+audit log, against the lean forwarder).
 See docs/performance.md for the method. Exit codes: 0 every target met, 3 a target missed,
 1 the bench itself failed, 130 interrupted. Every process it starts is stopped on the way out.
 """
@@ -19,10 +22,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from . import instructions
+from . import fleet, instructions, shed, tracing
 from .procs import Processes
 from .report import SECTIONS, Results, machine_info
 from .sections import ROOT, Bench, Timing
@@ -31,6 +35,12 @@ from .tools import ensure_tool, version_of
 from .wrk import Wrk
 
 NGINX_PATHS = ("/usr/sbin/nginx",)
+# Sections that live in a module of their own, each with a `section(bench)` function.
+MODULE_SECTIONS: dict[str, Callable[[Bench], None]] = {
+    "shed": shed.section,
+    "fleet": fleet.section,
+    "tracing": tracing.section,
+}
 
 
 def _sections(text: str) -> tuple[str, ...]:
@@ -90,8 +100,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="run only these sections, comma-separated: flow1 (GET /documents: proxy, lean and "
         "bare alternating; direct; memory), tokens (token vending against flow 1; upstream "
         "fetches), cache (response cache), tls (proxy, lean and bare alternating to nginx over "
-        "HTTPS, handshakes per 1,000 requests), jwt (client.auth jwt against basic); default: "
-        "all (with --profile: flow1)",
+        "HTTPS, handshakes per 1,000 requests), jwt (client.auth jwt against basic), shed (CPU "
+        "of an answer shed during a pause against a 400 for a bad user id), fleet (token vending "
+        "with the fleet section: on vs off, a Redis hit vs a local one, Gini calls per user "
+        "at 1-8 replicas), tracing (flow 1 at sample ratios 0, 0.05 and 1, and 0.05 with the "
+        "audit log, against lean); default: all "
+        "(with --profile: flow1)",
     )
     parser.add_argument(
         "--rounds",
@@ -204,8 +218,8 @@ def run(args: argparse.Namespace, procs: Processes, tmp: Path) -> Results:
         sections=sections,
     )
     bench = Bench(args, procs, tmp, wrk, results, aio, upstream, timing)
-    if args.profile:
-        bench.profiles(sections)
+    if args.profile:  # the module sections have no profile of their own
+        bench.profiles(tuple(name for name in sections if name not in MODULE_SECTIONS))
         return results
     if "flow1" in sections:
         bench.flow1()
@@ -217,6 +231,8 @@ def run(args: argparse.Namespace, procs: Processes, tmp: Path) -> Results:
         bench.tls(nginx_path or ensure_tool("nginx", "nginx-light", NGINX_PATHS))
     if "jwt" in sections:
         bench.jwt()
+    for name in [name for name in sections if name in MODULE_SECTIONS]:
+        MODULE_SECTIONS[name](bench)
     return results
 
 

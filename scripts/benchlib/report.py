@@ -12,14 +12,17 @@ from importlib import metadata
 from pathlib import Path
 
 from .compare import Comparison
+from .fleet import FleetResult
 from .loop import uses_uvloop
+from .shed import ShedResult
 from .tables import render
+from .tracing import TracingResult
 from .transfer import TransferResult
 from .vending import VendRun
 from .verdict import verdict_rows
 from .wrk import WrkResult
 
-SECTIONS = ("flow1", "tokens", "cache", "tls", "jwt")
+SECTIONS = ("flow1", "tokens", "cache", "tls", "jwt", "shed", "fleet", "tracing")
 
 
 def _version(package: str) -> str:
@@ -81,6 +84,14 @@ class Results:
     # jwt mode (its comparison is compare["jwt/32"]): what one signature costs when a user's
     # JWT is not cached
     jwt_sign_us: float = 0.0
+    # upstream protection: a shed answer's CPU against a 400's, on one paused proxy
+    shed: ShedResult | None = None
+    # fleet: Gini calls per user at N replicas, a Redis hit against a local one (its vending
+    # comparison is compare["fleet/32"])
+    fleet: FleetResult | None = None
+    # tracing: what the OTLP sink received and the audit proxies wrote (the comparison of the
+    # sample ratios, the audit log and the lean forwarder is compare["tracing/32"])
+    tracing: TracingResult | None = None
     notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
@@ -102,6 +113,12 @@ class Results:
             }
         for index, transfer in enumerate(self.transfers):
             data["transfers"][index]["growth_mib"] = transfer.growth_mib
+        if self.shed is not None:
+            data["shed"]["cpu_us_per_answer"] = {
+                "shed": self.shed.shed_cpu_us,
+                "refused": self.shed.refused_cpu_us,
+                "ratio": self.shed.ratio,
+            }
         data["verdict"] = [list(row) for row in self.verdict()]
         data["passed"] = self.passed()
         return data

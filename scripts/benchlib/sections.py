@@ -94,6 +94,7 @@ class Bench:
         tag: str | None = None,
         upstream: str | None = None,
         ca_file: Path | None = None,
+        extra: str = "",
     ) -> Server:
         return start_proxy(
             self.procs,
@@ -104,6 +105,7 @@ class Bench:
             cache_backend=cache_backend,
             tag=tag,
             ca_file=ca_file,
+            extra=extra,
         )
 
     def _several(self, start: Callable[[], Server]) -> list[Server]:

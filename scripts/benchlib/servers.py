@@ -151,6 +151,7 @@ def proxy_config(
     cache_backend: str | None,
     ca_file: Path | None = None,
     jwt_key: Path | None = None,
+    extra: str = "",
 ) -> str:
     text = f"""\
 listen: "127.0.0.1:{port}"
@@ -182,7 +183,7 @@ shutdown_grace_seconds: 5
             "  ttl_seconds: 300\n"
             f'  backend: "{cache_backend}"\n'
         )
-    return text
+    return text + extra  # top-level sections of the fleet and tracing sections
 
 
 def start_proxy(
@@ -196,6 +197,7 @@ def start_proxy(
     tag: str | None = None,
     ca_file: Path | None = None,
     jwt_key: Path | None = None,
+    extra: str = "",
 ) -> Server:
     """The real proxy from its console script; its stdout (the access log) goes to a file.
 
@@ -216,6 +218,7 @@ def start_proxy(
             cache_backend=cache_backend,
             ca_file=ca_file,
             jwt_key=jwt_key,
+            extra=extra,
         )
     )
     name = f"proxy ({'access log on' if access_log else 'access log off'})"
@@ -224,6 +227,8 @@ def start_proxy(
         name = f"proxy (response cache {kind}, access log {'on' if access_log else 'off'})"
     if jwt_key is not None:
         name = f"proxy (client.auth jwt, access log {'on' if access_log else 'off'})"
+    if extra:
+        name = f"proxy ({tag})"
     proc = procs.start(
         name,
         [str(root / ".venv" / "bin" / "gini-auth-proxy"), "serve", "--config", str(config)],

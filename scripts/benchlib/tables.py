@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .compare import Comparison
+from .fleet import table as fleet_table
 from .footprint import ENTRIES
+from .shed import table as shed_table
+from .tracing import table as tracing_table
 from .transfer import MIB
 from .upstream import DOCUMENTS
 from .wrk import WrkResult
@@ -210,6 +213,17 @@ def render(results: Results) -> str:
         lines += _tls(results)
     if "jwt" in results.sections:
         lines += _jwt(results)
+    if results.shed is not None:
+        lines += shed_table(results.shed)
+    if results.fleet is not None:
+        found = results.compare.get("fleet/32")
+        lines += fleet_table(results.fleet)
+        lines += comparison_table("vending from a warm local cache", found) if found else []
+    traced = results.compare.get("tracing/32")
+    if traced is not None:
+        lines += ["", "### tracing and audit: GET /documents (proxy, access log on)"]
+        lines += comparison_table("alternating", traced)
+        lines += tracing_table(results.tracing) if results.tracing else []
     lines += ["", *results.notes] if results.notes else []
     lines += [
         "",

@@ -23,6 +23,12 @@ TARGET_RSS_REQUESTS = 100_000
 TARGET_GROWTH_MIB = 20.0
 TARGET_TOKENS_RATIO = 1.5  # token vending from the cache >= this x flow-1 req/s, same proxy
 TARGET_JWT_RATIO = 0.95
+# An answer shed by upstream protection costs no more CPU than a 400 for a bad user id; the
+# 5 % margin is the noise of CPU per request between two alternating wrk loads.
+TARGET_SHED_CPU_RATIO = 1.05
+TARGET_FLEET_RATIO = 0.95  # vending from a warm local cache, fleet on >= this x fleet off
+TARGET_FLEET_REDIS_MS = 1.0  # a token from Redis adds at most this to p50 over a local one
+TARGET_AUDIT_LEAN_RATIO = 0.80  # tracing at 0.05 plus the audit log >= this x lean, 32 conns
 
 Row = tuple[str, str, str]
 VARIANTS = (("plain", ""), ("tls", "TLS: "))
@@ -188,9 +194,84 @@ def _cache_and_jwt(results: Results) -> list[Row]:
     return rows
 
 
+def _shed(results: Results) -> list[Row]:
+    shed = results.shed
+    if shed is None or shed.ratio is None:
+        return []
+    measured = f"{shed.ratio:.2f} x ({shed.shed_cpu_us:.0f} / {shed.refused_cpu_us:.0f} us)"
+    paused = shed.shed_counted > 0 and shed.upstream_calls <= 2
+    if not paused:
+        measured += f", {shed.upstream_calls} upstream calls"
+    return [
+        (
+            f"shed answer CPU <= {TARGET_SHED_CPU_RATIO} x a 400's (same proxy)",
+            measured,
+            _ok(shed.ratio <= TARGET_SHED_CPU_RATIO and paused),
+        )
+    ]
+
+
+def _fleet(results: Results) -> list[Row]:
+    rows: list[Row] = []
+    vending = results.compare.get("fleet/32")
+    if vending is not None:
+        rows += _ratio_row(
+            vending,
+            "fleet",
+            "local",
+            f"token vending, fleet on >= {TARGET_FLEET_RATIO} x off (warm cache)",
+            TARGET_FLEET_RATIO,
+        )
+    fleet = results.fleet
+    if fleet is None:
+        return rows
+    if fleet.latency_users:
+        measured = f"{fleet.added_ms:+.3f} ms ({fleet.redis_p50_ms:.3f} - {fleet.local_p50_ms:.3f})"
+        clean = fleet.latency_errors == 0 and fleet.from_fleet == fleet.latency_users
+        if not clean:
+            measured += f", {fleet.from_fleet} from Redis, {fleet.latency_errors} errors"
+        rows.append(
+            (
+                f"token p50, Redis - local memory <= {TARGET_FLEET_REDIS_MS:.0f} ms",
+                measured,
+                _ok(fleet.added_ms <= TARGET_FLEET_REDIS_MS and clean),
+            )
+        )
+    for s in fleet.spreads:
+        rows.append(
+            (
+                f"  /login per user, {s.replicas} replica(s), fleet {'on' if s.fleet else 'off'}",
+                f"{s.per_user:.2f} ({s.logins} for {s.users}, {s.errors} errors)",
+                "info",
+            )
+        )
+    return rows
+
+
+def _tracing(results: Results) -> list[Row]:
+    traced = results.compare.get("tracing/32")
+    if traced is None:
+        return []
+    rows = _ratio_row(
+        traced,
+        "audit",
+        "lean",
+        f"tracing 0.05 + audit req/s >= {TARGET_AUDIT_LEAN_RATIO:.2f} x lean (32 conns)",
+        TARGET_AUDIT_LEAN_RATIO,
+    )
+    for key in ("off", "ratio0", "ratio005", "ratio1", "audit"):
+        side = traced.sides.get(key)
+        if side is not None:
+            rows.append(
+                (f"  CPU per request, {side.label}", f"{side.cpu_us_per_request:.0f} us", "info")
+            )
+    return rows
+
+
 def verdict_rows(results: Results) -> list[Row]:
     """(target, measured, PASS|FAIL|info|n/a) for each target, in a fixed order."""
     rows: list[Row] = []
     for variant, prefix in VARIANTS:
         rows += _flow1(results, variant, prefix)
-    return rows + _memory(results) + _tokens(results) + _cache_and_jwt(results)
+    rows += _memory(results) + _tokens(results) + _cache_and_jwt(results)
+    return rows + _shed(results) + _fleet(results) + _tracing(results)

@@ -1,0 +1,61 @@
+"""The throttling upstream of the shed section: a Pay API stand-in that starts to answer 429.
+
+`GET /documents` answers the bench's usual body until `POST /_bench/throttle`; from then on
+every call gets `429 Too Many Requests` with `Retry-After: 60`, so a proxy in front of it
+pauses its Pay API calls after the first one and, whenever a pause runs out, the one call it
+lets through starts the next. `GET /_bench/calls` reports how many calls reached it, so the
+bench can show that the load was shed by the proxy and not answered here.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from aiohttp import web
+
+from .loop import run_on_fast_loop, serve_app
+from .upstream import DOCUMENTS
+
+RETRY_AFTER = 60  # seconds: the proxy's default max_pause_seconds, so it is not capped
+THROTTLED = web.AppKey("bench_throttled", list[bool])  # a cell: [on]
+CALLS = web.AppKey("bench_calls", list[int])  # a cell: [calls to /documents]
+
+
+async def documents(request: web.Request) -> web.Response:
+    request.app[CALLS][0] += 1
+    if request.app[THROTTLED][0]:
+        return web.json_response(
+            {"error": "too many requests"}, status=429, headers={"Retry-After": str(RETRY_AFTER)}
+        )
+    return web.Response(body=DOCUMENTS, content_type="application/json")
+
+
+async def throttle(request: web.Request) -> web.Response:
+    request.app[THROTTLED][0] = True
+    return web.json_response({"throttled": True})
+
+
+async def calls(request: web.Request) -> web.Response:
+    return web.json_response({"calls": request.app[CALLS][0]})
+
+
+def build_app() -> web.Application:
+    app = web.Application()
+    app[THROTTLED] = [False]
+    app[CALLS] = [0]
+    app.router.add_get("/documents", documents)
+    app.router.add_post("/_bench/throttle", throttle)
+    app.router.add_get("/_bench/calls", calls)
+    return app
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="bench upstream that throttles on request")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    return run_on_fast_loop(serve_app(build_app(), args.host, args.port))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

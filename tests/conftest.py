@@ -221,6 +221,16 @@ async def paced_load(
     await asyncio.gather(*tasks)
 
 
+def eventually_sync(
+    check: Callable[[], bool], within: float = 10.0, what: str = "condition"
+) -> None:
+    """`eventually` for code outside an event loop (starting a server process in a fixture)."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < within, f"{what} not met within {within} s"
+        time.sleep(0.02)  # polls: the one sleep of every synchronous wait
+
+
 async def eventually(
     check: Callable[[], bool | Awaitable[bool]],
     within: float = 10.0,

@@ -13,8 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import yaml
 
 from proxy.sandbox import GiniSimulator
 
-from .conftest import config_data, merge
+from .conftest import config_data, eventually_sync, merge
 
 
 def free_port() -> int:
@@ -47,13 +46,11 @@ def redis_binary(name: str = "redis-server") -> str:
 
 
 def _wait_listening(port: int, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while True:
+    def listening() -> bool:
         with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        assert time.monotonic() < deadline, f"redis-server on {port} did not start"
-        time.sleep(0.02)
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    eventually_sync(listening, within, f"redis-server listening on {port}")
 
 
 def start_redis(
@@ -106,21 +103,20 @@ def redis_cluster(tmp_path: Path) -> Iterator[list[int]]:
             [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-yes"],
             check=True, capture_output=True, timeout=30,
         )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while True:  # every node must agree the cluster is up before the test uses it
-            states = [
-                subprocess.run(
+
+        def cluster_up() -> bool:  # every node must agree before the test uses it
+            return all(
+                b"cluster_state:ok"
+                in subprocess.run(
                     [cli, "-p", str(p), "cluster", "info"],
+                    check=False,
                     capture_output=True,
                     timeout=5,
-                    check=False,
                 ).stdout
                 for p in ports
-            ]
-            if all(b"cluster_state:ok" in s for s in states):
-                break
-            assert time.monotonic() < deadline, "the cluster did not come up"
-            time.sleep(0.1)
+            )
+
+        eventually_sync(cluster_up, 20, "the cluster up")
         yield ports
     finally:
         for _, process in started:
@@ -228,13 +224,6 @@ async def metric(client: aiohttp.ClientSession, admin_url: str, name: str) -> fl
         if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{"):
             total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def logins(sim: GiniSimulator) -> int:

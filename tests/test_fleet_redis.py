@@ -20,9 +20,8 @@ from proxy.sandbox import GiniSimulator
 from proxy.vending.fleet.flight import Fleet
 from proxy.vending.tokens import Token
 
-from .conftest import CLIENT_ID, HMAC_KEY, RunningProxy, StartProxy
+from .conftest import CLIENT_ID, HMAC_KEY, RunningProxy, StartProxy, eventually
 from .fleet_support import (
-    eventually,
     fleet_section,
     free_port,
     logins,
@@ -183,7 +182,8 @@ async def test_a_renewed_lease_outlives_lock_seconds(
         start_proxy, redis_port, 2, lock_seconds=1, call_timeout_seconds=0.25
     )
     holder = asyncio.create_task(vend(first.client, first.url, "erin@example.com"))
-    await asyncio.sleep(1.5)  # past the first lease: without renewal it would have lapsed
+    # time passes: past the first lease; without renewal it would have lapsed
+    await asyncio.sleep(1.5)
     late = await vend(second.client, second.url, "erin@example.com")
     assert logins(sim) == 1
     assert late == await holder
@@ -245,7 +245,7 @@ async def test_redis_down_the_replica_acts_alone_then_rejoins(
             assert time.monotonic() < deadline, "did not rejoin"
             await vend(first.client, first.url, "probe@example.com")
             await vend(second.client, second.url, "probe@example.com")
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # paces: the probes while waiting to rejoin
         before = logins(sim)
         await asyncio.gather(*(vend(p.client, p.url, "lena@example.com") for p in (first, second)))
         assert logins(sim) == before + 1  # sharing again, with no restart
@@ -262,7 +262,7 @@ async def test_a_slow_redis_costs_callers_at_most_the_call_timeout(
     sleeper = await asyncio.create_subprocess_exec(
         cli, "-p", str(redis_port), "DEBUG", "SLEEP", "3", stdout=asyncio.subprocess.DEVNULL
     )
-    await asyncio.sleep(0.2)  # the server is now asleep
+    await asyncio.sleep(0.2)  # slow peer: lets the Redis server fall asleep first
     started = time.monotonic()
     await vend(proxy.client, proxy.url, "nina@example.com")
     assert time.monotonic() - started < 0.2 + 1.5
@@ -352,6 +352,7 @@ async def test_refresh_ahead_renews_once_for_the_fleet(
     assert logins(sim) == 1
     # Not a wait for a condition: the renewed token must expire measurably later than the old
     # one (more than the 1 s allowed for clocks), and tokens expire lifetime after issue.
+    # time passes: see above
     await asyncio.sleep(1.5)
     # A hit at the first replica renews in the background: one more login, shared.
     assert await vend(first.client, first.url, user) == old

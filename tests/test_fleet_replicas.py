@@ -14,8 +14,8 @@ import redis.asyncio
 
 from proxy.sandbox import GiniSimulator
 
+from .conftest import eventually
 from .fleet_support import (
-    eventually,
     fleet_section,
     logins,
     metric,
@@ -95,7 +95,11 @@ async def test_a_lock_holder_killed_mid_fetch_is_taken_over(
 
         await eventually(locked)
         waiting = asyncio.create_task(vend(client, other.url, "olga@example.com"))
-        await asyncio.sleep(0.2)  # the other replica is now waiting on the lock
+
+        async def other_is_waiting() -> bool:  # its token request is in flight there
+            return await metric(client, other.admin_url, "gini_proxy_in_flight_requests") >= 1
+
+        await eventually(other_is_waiting)
         holder.kill()
         killed_at = time.monotonic()
         sim.state.pay_api_delay = fetch

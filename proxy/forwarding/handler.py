@@ -73,6 +73,7 @@ class Forwarder:
         authorizer: Authorizer,
     ):
         self.upstream = upstream
+        self._guard = upstream.guards[PAY_API]  # upstream.protection of the Pay API
         self.caller = caller
         self.cache = cache
         self.base = config.upstream.pay_api
@@ -146,6 +147,10 @@ class Forwarder:
         if request.method in REFUSED_METHODS:
             raise MethodNotAllowed("This method is never forwarded to Gini.")
         identifier = self.caller.identifier(request.headers)
+        if self._guard.paused_until and self.cache is None:
+            # A pause Gini asked for is answered before any work (with a response cache, a
+            # stored answer may still be served: `Upstream.call` sheds the rest).
+            self._guard.check_pause()
         url = self.upstream_url(request.raw_path)
         headers = self.upstream_headers(request, ctx, identifier)
         miss: Miss | None = None

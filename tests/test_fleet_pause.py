@@ -15,7 +15,7 @@ import redis.asyncio
 from proxy.sandbox import GiniSimulator
 
 from .conftest import USER, RunningProxy, StartProxy, eventually
-from .fleet_support import fleet_section, redis_cluster, redis_port
+from .fleet_support import fleet_section, redis_binary, redis_cluster, redis_port
 
 __all__ = ["redis_cluster", "redis_port"]  # fixtures, imported for pytest
 
@@ -134,8 +134,11 @@ async def test_with_redis_away_each_replica_protects_itself(
     first, second = await two_replicas(start_proxy, redis_port)
     # Redis stops answering (and keeps its data): the poll notices on its own, counted as a
     # fleet error of op `pause`.
+    asleep = await asyncio.create_subprocess_exec(
+        redis_binary("redis-cli"), "-p", str(redis_port), "DEBUG", "SLEEP", "4",
+        stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
     busy = redis.asyncio.Redis(port=redis_port)
-    asleep = asyncio.create_task(busy.execute_command("DEBUG", "SLEEP", "4"))
     try:
         for proxy in (first, second):
             await eventually(partial(fleet_down, proxy), 3, "the fleet down")
@@ -152,10 +155,12 @@ async def test_with_redis_away_each_replica_protects_itself(
         sim.state.fail_next(1, status=429, app="pay", retry_after="3")
         assert (await documents(second))[0] == 429
         assert paused(second) > 0
-        await asleep
+        await asleep.wait()
         await eventually(lambda: not fleet_down(first), 5, "the fleet back")
         # Nothing was written while Redis was away: no stale pause reaches the fleet later.
         assert await busy.exists(PAUSE_KEY) == 0
     finally:
-        await asyncio.gather(asleep, return_exceptions=True)
+        if asleep.returncode is None:
+            asleep.kill()
+        await asleep.wait()
         await busy.aclose()

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from proxy.forwarding.cache import ResponseCache
     from proxy.signing.signer import JwtSigner
     from proxy.vending.fleet.flight import Fleet
+    from proxy.vending.fleet.pauses import SharedPauses
 
 REFRESH_AHEAD_SECONDS = 30.0
 """A token hit within this many seconds of its refresh margin is renewed in the background."""
@@ -73,6 +74,7 @@ class Services:
     tracing: Tracing | None = field(init=False)
     telemetry: RequestTelemetry | None = field(init=False)
     fleet: Fleet | None = field(init=False)
+    pauses: SharedPauses | None = field(init=False)
 
     def __post_init__(self) -> None:
         config = self.config
@@ -128,11 +130,12 @@ class Services:
             self.telemetry = RequestTelemetry(self.audit, self.tracing, self.caller)
         self.routes = RouteTable(GINI_TEMPLATES + tuple(PROXY_ENDPOINTS))
         self.gini = GiniClient(self.upstream, self.credentials)
-        self.fleet = None
+        self.fleet = self.pauses = None
         if config.fleet is not None:  # redis-py loads only here
-            from proxy.vending.fleet.build import build_fleet  # noqa: PLC0415
+            from proxy.vending.fleet.build import build_fleet, share_pauses  # noqa: PLC0415
 
             self.fleet = build_fleet(config, self.metrics.registry)
+            self.pauses = share_pauses(self.fleet, self.upstream.guards)
         self.token_caches = {flow: self._token_cache(flow) for flow in TOKEN_FLOWS}
         self.store, self.store_health = self._store()
         self.anonymous = None
@@ -183,6 +186,18 @@ class Services:
             self.audit.open()
         if self.tracing is not None:
             self.tracing.start()
+
+    async def start_fleet(self) -> None:
+        if self.fleet is not None:
+            await self.fleet.remote.start()  # a Redis outage is logged, never fatal
+        if self.pauses is not None:
+            self.pauses.start()
+
+    async def close_fleet(self) -> None:
+        if self.pauses is not None:
+            await self.pauses.close()
+        if self.fleet is not None:
+            await self.fleet.remote.close()
 
     async def close_telemetry(self) -> None:
         if self.audit is not None:
@@ -258,8 +273,7 @@ def build_proxy_app(services: Services) -> web.Application:
         services.start_telemetry()
         if services.response_cache is not None:
             await services.response_cache.start()
-        if services.fleet is not None:
-            await services.fleet.remote.start()  # a Redis outage is logged, never fatal
+        await services.start_fleet()
         services.reloader.start()
         try:
             yield
@@ -271,8 +285,7 @@ def build_proxy_app(services: Services) -> web.Application:
             for cache in services.token_caches.values():
                 await cache.close()
             await services.upstream.close()
-            if services.fleet is not None:
-                await services.fleet.remote.close()
+            await services.close_fleet()
             if services.store is not None:
                 await services.store.close()
             services.access_log.flush()  # last: a closed stdout must not keep anything open

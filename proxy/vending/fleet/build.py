@@ -3,12 +3,16 @@ where redis-py and cryptography load)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry
 
 from proxy.config import Config
 from proxy.config.reload import Reloader, SecretSource, text_value
 from proxy.metrics.families import fleet_metrics
+from proxy.transport.protection import Guard
 from proxy.vending.fleet.flight import Fleet
+from proxy.vending.fleet.pauses import SharedPauses
 from proxy.vending.fleet.remote import FleetMetrics, Remote
 from proxy.vending.fleet.sealing import Sealer
 
@@ -29,6 +33,14 @@ def build_fleet(config: Config, registry: CollectorRegistry) -> Fleet:
         fleet.lock_seconds,
         wait_seconds=fleet.lock_seconds + fetch_budget,
     )
+
+
+def share_pauses(fleet: Fleet, guards: Mapping[str, Guard]) -> SharedPauses:
+    """Every guard tells the fleet the pauses it hears, and the fleet's reach every guard."""
+    board = SharedPauses(fleet.remote, fleet.remote.config.key_prefix, guards)
+    for guard in guards.values():
+        guard.board = board
+    return board
 
 
 def watch_password(reloader: Reloader, config: Config, fleet: Fleet) -> None:

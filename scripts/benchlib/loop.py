@@ -67,3 +67,12 @@ async def serve_app(app: web.Application, host: str, port: int) -> int:
     finally:
         await runner.cleanup()
     return 0
+
+
+def serve_main(description: str, build: Callable[[], web.Application]) -> int:
+    """`main()` of a bench server that takes only `--host` and `--port`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    return run_on_fast_loop(serve_app(build(), args.host, args.port))

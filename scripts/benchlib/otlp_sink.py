@@ -8,11 +8,9 @@ the sampled proxies really exported.
 
 from __future__ import annotations
 
-import argparse
-
 from aiohttp import web
 
-from .loop import run_on_fast_loop, serve_app
+from .loop import serve_main
 
 RECEIVED = web.AppKey("bench_received", list[int])  # [exports, bytes]
 
@@ -39,11 +37,7 @@ def build_app() -> web.Application:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="bench OTLP/HTTP sink (discards every span)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    return run_on_fast_loop(serve_app(build_app(), args.host, args.port))
+    return serve_main("bench OTLP/HTTP sink (discards every span)", build_app)
 
 
 if __name__ == "__main__":

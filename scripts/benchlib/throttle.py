@@ -9,11 +9,9 @@ bench can show that the load was shed by the proxy and not answered here.
 
 from __future__ import annotations
 
-import argparse
-
 from aiohttp import web
 
-from .loop import run_on_fast_loop, serve_app
+from .loop import serve_main
 from .upstream import DOCUMENTS
 
 RETRY_AFTER = 60  # seconds: the proxy's default max_pause_seconds, so it is not capped
@@ -50,11 +48,7 @@ def build_app() -> web.Application:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="bench upstream that throttles on request")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    return run_on_fast_loop(serve_app(build_app(), args.host, args.port))
+    return serve_main("bench upstream that throttles on request", build_app)
 
 
 if __name__ == "__main__":

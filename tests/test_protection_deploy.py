@@ -3,12 +3,9 @@ promtool, and the dashboard has the row for them."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-import yaml
-
-from .test_deploy import _tool, alerts, dashboard_exprs, fires, rule_groups, series
+from .test_deploy import alerts, dashboard_exprs, fires, promtool_passes, series
 
 PAUSE_TESTS = {
     "rule_files": ["rules.yaml"],
@@ -58,22 +55,7 @@ def test_the_protection_alerts_exist() -> None:
 
 
 def test_the_protection_alerts_fire(tmp_path: Path) -> None:
-    promtool = _tool("promtool", "scripts/tools installs Debian's prometheus package")
-    groups = rule_groups()
-    for group in groups["groups"]:
-        for rule in group["rules"]:
-            rule.pop("annotations", None)
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(groups))
-    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(PAUSE_TESTS))
-    done = subprocess.run(
-        [promtool, "test", "rules", "tests.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    promtool_passes(tmp_path, PAUSE_TESTS)
 
 
 def test_the_dashboard_shows_pauses_breakers_and_shed_calls() -> None:

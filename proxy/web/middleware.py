@@ -175,7 +175,8 @@ def observer(  # noqa: PLR0915 - the one wrapper's statements (see below)
             request[CONTEXT] = ctx
             # Every copy of the identity header is hidden, also when duplicates get the request
             # refused.
-            scope = request_scope(request_id, caller.values(request.headers))
+            user_values = caller.values(request.headers)
+            scope = request_scope(request_id, user_values)
             lifecycle.in_flight += 1
             status = CLIENT_CLOSED
             try:
@@ -185,7 +186,7 @@ def observer(  # noqa: PLR0915 - the one wrapper's statements (see below)
                     if lifecycle.refusing:
                         raise lifecycle.draining_error()
                     if telemetry is not None:
-                        observation = telemetry.begin(request, ctx)
+                        observation = telemetry.begin(request, ctx, user_values)
                     response = await handler(request)
                 except ProxyError as exc:
                     response = error_response(exc, request_id)
@@ -211,7 +212,7 @@ def observer(  # noqa: PLR0915 - the one wrapper's statements (see below)
                 if log_every or (sample_rate and random.random() < sample_rate):  # noqa: S311
                     access.write(request, ctx, status, seconds)
                 if observation is not None:
-                    observation.end(request, status, seconds)
+                    observation.end(status, seconds)
                 end_request_scope(scope)
 
         return observed

@@ -30,10 +30,11 @@ from proxy.web.context import RequestContext
 class Observation:
     """One request's telemetry in progress; `end` once its answer is known."""
 
-    __slots__ = ("caller", "scope", "scope_token", "trace", "trace_token")
+    __slots__ = ("caller", "scope", "scope_token", "trace", "trace_token", "user_values")
 
-    def __init__(self, caller: CallerIdentity):
+    def __init__(self, caller: CallerIdentity, user_values: tuple[str, ...]):
         self.caller = caller
+        self.user_values = user_values  # the identity header's values, as the observer read them
         self.scope: AuditScope | None = None
         self.scope_token: Token[AuditScope | None] | None = None
         self.trace: RequestTrace | None = None
@@ -44,19 +45,21 @@ class Observation:
         """The sampled request's trace id (for exemplars), else None."""
         return self.trace.trace_id if self.trace is not None else None
 
-    def end(self, request: web.Request, status: int, seconds: float) -> None:
+    def end(self, status: int, seconds: float) -> None:
         if self.trace is not None:
             assert self.trace_token is not None
             CURRENT.reset(self.trace_token)
             self.trace.end(status, seconds)
         scope = self.scope
         if scope is not None:
-            assert self.scope_token is not None
-            SCOPE.reset(self.scope_token)
-            try:
-                user: str | None = self.caller.identifier(request.headers)  # memoised
-            except ProxyError:
-                user = None  # no valid user id: refused before any account was touched
+            if self.scope_token is not None:
+                SCOPE.reset(self.scope_token)
+            user = None  # no valid user id: refused before any account was touched
+            if len(self.user_values) == 1:  # two or more are refused (`user_id_from`)
+                try:
+                    user = self.caller.deriver(self.user_values[0])  # memoised
+                except ProxyError:
+                    user = None
             scope.record(scope.action, user, status, outcome(status), seconds)
 
 
@@ -68,12 +71,17 @@ class RequestTelemetry:
         self.tracing = tracing
         self.caller = caller
 
-    def begin(self, request: web.Request, ctx: RequestContext) -> Observation | None:
-        method = request.method
-        action = self._action(request, ctx)
+    def begin(
+        self, request: web.Request, ctx: RequestContext, user_values: tuple[str, ...]
+    ) -> Observation | None:
+        """`user_values`: every copy of the identity header (`CallerIdentity.values`)."""
         audit = self.audit
-        if action is not None and audit is not None and audit.required and not audit.ready():
-            raise AuditUnavailable  # before anything reaches Gini
+        action = None
+        if audit is not None:
+            action = _action(request, ctx)
+            if action is not None and audit.required and not audit.ready():
+                raise AuditUnavailable  # before anything reaches Gini
+        method = request.method
         observation = None
         trace_id = None
         tracing = self.tracing
@@ -82,27 +90,30 @@ class RequestTelemetry:
             if parent is not None:
                 trace_id = parent[0]  # the caller's trace, sampled or not, for the audit record
             if decide(parent, tracing.ratio):
-                observation = Observation(self.caller)
+                observation = Observation(self.caller, user_values)
                 trace = tracing.begin(method if method in METHODS else "_OTHER", ctx.route, parent)
                 observation.trace, observation.trace_token = trace, CURRENT.set(trace)
                 trace_id = trace.trace_id
-        if action is not None and self.audit is not None:
-            observation = observation or Observation(self.caller)
+        if action is not None:
+            assert audit is not None
+            observation = observation or Observation(self.caller, user_values)
             scope = AuditScope(
-                self.audit,
+                audit,
                 action,
                 ctx.request_id,
                 method if method in METHODS else "other",
                 ctx.route,
+                ctx.caller,
+                trace_id,
             )
-            scope.caller, scope.trace_id = ctx.caller, trace_id
-            observation.scope, observation.scope_token = scope, SCOPE.set(scope)
+            observation.scope = scope
+            if action != "forward":  # a flow-1 call takes no sub-action and tells no source
+                observation.scope_token = SCOPE.set(scope)
         return observation
 
-    def _action(self, request: web.Request, ctx: RequestContext) -> str | None:
-        """The audited action a request is, or None (an unknown endpoint, a 405)."""
-        if self.audit is None:
-            return None
-        if request.path.startswith("/_proxy/"):
-            return ENDPOINT_ACTIONS.get((request.method, ctx.route))
-        return "forward"
+
+def _action(request: web.Request, ctx: RequestContext) -> str | None:
+    """The audited action a request is, or None (an unknown endpoint, a 405)."""
+    if request.path.startswith("/_proxy/"):
+        return ENDPOINT_ACTIONS.get((request.method, ctx.route))
+    return "forward"

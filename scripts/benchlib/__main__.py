@@ -145,12 +145,27 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--instructions",
-        action="store_true",
-        help="instead of measuring time, count CPU instructions per flow-1 request of the proxy "
-        "and the bare and lean forwarders under callgrind (repeatable to about 1 %%; a few "
-        "minutes); for A/B-testing the hot path",
+        nargs="?",
+        const=",".join(instructions.NAMES),
+        type=_servers,
+        metavar="SERVERS",
+        help="instead of measuring time, count CPU instructions per flow-1 request under "
+        "callgrind (repeatable to about 1 %%; about a minute per server); SERVERS, comma-"
+        f"separated, from {', '.join(instructions.NAMES)} (default: all); for A/B-testing "
+        "the hot path",
     )
     return parser.parse_args(argv)
+
+
+def _servers(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in instructions.NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown server {', '.join(unknown) or '(none)'}; choose from "
+            + ", ".join(instructions.NAMES)
+        )
+    return names
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -199,7 +214,7 @@ def run(args: argparse.Namespace, procs: Processes, tmp: Path) -> Results:
         if not instructions.available():
             raise RuntimeError("--instructions needs valgrind: apt-get install -y valgrind")
         n1, n2 = (100, 300) if args.quick else (200, 1000)
-        counts = instructions.count(ROOT, tmp, upstream.url, procs, n1, n2)
+        counts = instructions.count(ROOT, tmp, upstream.url, procs, n1, n2, args.instructions)
         print("\n" + instructions.table(counts))
         raise SystemExit(0)
     upstream_version = (

@@ -13,13 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from proxy.commands.rotate_key import rotate_store_key
 from proxy.config import build_config
+from proxy.config.audit import AuditConfig
 from proxy.config.reader import ConfigError
 from proxy.errors import StartupError
 from proxy.identity import derive_identifier
+from proxy.metrics.families import audit_counters
 from proxy.sandbox import GiniSimulator
+from proxy.telemetry.audit import AuditLog
 
 from .conftest import CLIENT_SECRET, HMAC_KEY, STORE_KEY, RunningProxy, StartProxy, eventually
 
@@ -282,3 +286,70 @@ def test_a_store_key_rotation_is_recorded(
     with pytest.raises(StartupError, match="audit"):
         rotate_store_key(config)
     assert "re-encrypted" in capsys.readouterr().out  # the first run only
+
+
+def _writer(path: Path) -> tuple[AuditLog, CollectorRegistry]:
+    registry = CollectorRegistry()
+    audit = AuditLog(AuditConfig(path=path, required=False), *audit_counters(registry))
+    audit.open()
+    return audit, registry
+
+
+async def test_a_loop_turns_records_are_written_together_once_the_turn_ends(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    audit, registry = _writer(path)
+    # A caller's request id holding a secret is hidden; quotes and control characters in any
+    # field are escaped by json's own quoting.
+    audit.secrets = ("planted-secret-value",)
+    for n in range(3):
+        audit.write(
+            "forward",
+            f"id-{n}",
+            None,
+            'a "caller"',
+            "u" * 64,
+            "GET",
+            "/x\n",
+            200,
+            None,
+            "ok",
+            0.001 * n,
+        )
+    audit.write(
+        "forward",
+        "x-planted-secret-value-y",
+        None,
+        None,
+        None,
+        "GET",
+        "/x",
+        500,
+        None,
+        "error",
+        0.5,
+    )
+    assert path.read_text() == ""  # nothing yet: the turn is still running
+    await asyncio.sleep(0)  # the turn ends; its flush runs in the next
+    await eventually(lambda: len(records(path)) == 4, within=2)
+    found = records(path)
+    assert [r["request_id"] for r in found] == ["id-0", "id-1", "id-2", "[REDACTED]"]
+    assert found[0]["caller"] == 'a "caller"'
+    assert found[0]["route"] == "/x\n"
+    assert [r["duration_ms"] for r in found] == [0.0, 1.0, 2.0, 500.0]
+    assert "planted-secret-value" not in path.read_text()
+    assert registry.get_sample_value("gini_proxy_audit_records_total", {"action": "forward"}) == 4
+    audit.write("user.erase", "id-9", None, None, None, "DELETE", "/x", 200, None, "ok", 0.0)
+    audit.close()  # shutdown writes what is pending
+    assert records(path)[-1]["action"] == "user.erase"
+
+
+def test_without_a_loop_a_record_is_written_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    audit, _ = _writer(path)
+    audit.unrequested("store.rotate", None, "ok", 0.25)
+    (record,) = records(path)
+    assert record["action"] == "store.rotate"
+    assert record["duration_ms"] == 250.0
+    audit.close()

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio
 
@@ -86,6 +87,30 @@ async def test_replicas_share_one_login_and_one_token_per_user(
     assert await vend(late.client, late.url, users[0]) in per_user[0]
     assert logins(sim) == len(users)
     assert sample(late, "gini_proxy_tokens_issued_total", flow="derived", source="fleet") == 1
+
+
+async def test_a_burst_of_new_users_beyond_the_redis_pool_keeps_the_replica_in_the_fleet(
+    start_proxy: StartProxy, sim: GiniSimulator, redis_port: int
+) -> None:
+    """300 users at once at one replica: more Redis calls than redis-py's pool has connections
+    (100). They wait their turn; none fails, the replica stays up, and every token is shared."""
+    sim.state.pay_api_delay = 0.05  # the calls pile up while the fetches run
+    first, second = await fleet_proxies(start_proxy, redis_port, 2)
+    users = [f"burst-{n}@example.com" for n in range(300)]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
+        tokens = await asyncio.gather(*(vend(client, first.url, user) for user in users))
+    assert sample(first, "gini_proxy_fleet_up") == 1
+    assert sum(s.value for s in _samples(first, "gini_proxy_fleet_errors_total")) == 0
+    later = [await vend(second.client, second.url, user) for user in users[:20]]
+    assert later == tokens[:20]
+    assert sample(second, "gini_proxy_tokens_issued_total", flow="derived", source="fleet") == 20
+    assert logins(sim) == len(users)
+
+
+def _samples(proxy: RunningProxy, name: str) -> list[Any]:
+    return [
+        s for family in proxy.metrics.registry.collect() for s in family.samples if s.name == name
+    ]
 
 
 async def test_redis_holds_nothing_readable(

@@ -263,11 +263,6 @@ async def test_a_fifo_secret_is_counted_error_in_process_and_serving_goes_on(
 
 
 @pytest.mark.slow
-@pytest.mark.skip(
-    reason="hangs since the third-round merges: the served process stops answering flow 1 "
-    "with a file-sourced client secret; under investigation (the in-process FIFO tests cover "
-    "the behaviour meanwhile)"
-)
 async def test_sighup_with_a_fifo_secret_keeps_flow1_and_healthz_answering(
     sim: GiniSimulator, tmp_path: Path
 ) -> None:

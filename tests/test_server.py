@@ -35,27 +35,36 @@ def free_port() -> int:
 
 
 class ProxyProcess:
-    """`python -m proxy ...` in a subprocess, with its output collected."""
+    """`python -m proxy ...` in a subprocess, its output read as it comes: a pipe nobody reads
+    fills at 64 KiB, and the proxy then blocks writing its access lines."""
 
     def __init__(self, process: asyncio.subprocess.Process):
         self.process = process
         self.output = b""
+        self._grew = asyncio.Event()
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        while chunk := await self.process.stdout.read(65536):
+            self.output += chunk
+            self._grew.set()
+        self._grew.set()  # the end: waiters look once more, then give up
 
     async def wait_for(self, pattern: bytes, timeout: float = 15) -> bytes:
-        assert self.process.stdout is not None
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not re.search(pattern, self.output):
-            remaining = deadline - asyncio.get_running_loop().time()
-            line = await asyncio.wait_for(self.process.stdout.readline(), max(remaining, 0.01))
-            if not line:
-                raise AssertionError(f"process ended without {pattern!r}:\n{self.output.decode()}")
-            self.output += line
-        return self.output
+        async with asyncio.timeout(timeout):
+            while True:
+                self._grew.clear()
+                if re.search(pattern, self.output):
+                    return self.output
+                if self._reader.done():
+                    raise AssertionError(
+                        f"process ended without {pattern!r}:\n{self.output.decode()}"
+                    )
+                await self._grew.wait()
 
     async def finish(self, timeout: float = 15) -> int:
-        assert self.process.stdout is not None
-        rest = await asyncio.wait_for(self.process.stdout.read(), timeout)
-        self.output += rest
+        await asyncio.wait_for(asyncio.shield(self._reader), timeout)
         return await asyncio.wait_for(self.process.wait(), timeout)
 
 

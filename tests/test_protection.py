@@ -202,6 +202,32 @@ async def test_the_breaker_opens_probes_once_and_closes() -> None:
     assert counts.shed == ["breaker", "breaker"]
 
 
+async def test_the_early_check_refuses_what_admission_would_and_never_takes_the_probe() -> None:
+    """`check_shed` (flow 1, before any work): a pause, an open breaker and a probe in flight
+    are refused with admission's errors; a breaker open long enough lets the call on to
+    `enter`, which makes it the probe."""
+    clock, counts = Clock(), Counts()
+    g = guard(clock, counts)
+    g.check_shed()  # closed, no pause: nothing to refuse
+    g.answered(429, {"Retry-After": "2"})
+    with pytest.raises(UpstreamThrottled):
+        g.check_shed()
+    clock.now += 2
+    g.check_shed()  # the pause is over
+    for _ in range(4):
+        g.failed("connect")
+    with pytest.raises(UpstreamUnavailable) as caught:
+        g.check_shed()
+    assert caught.value.headers["Retry-After"] == "5"
+    clock.now += 5
+    g.check_shed()  # open long enough: this call may probe ...
+    g.check_shed()  # ... and the early check took nothing: so may the next one
+    await g.enter()  # the probe
+    with pytest.raises(UpstreamUnavailable):
+        g.check_shed()  # a probe in flight: refused early too
+    assert counts.shed == ["paused", "breaker", "breaker"]
+
+
 async def test_a_failed_probe_reopens_and_4xx_never_count() -> None:
     clock = Clock()
     g = guard(clock)

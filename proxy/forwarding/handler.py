@@ -147,10 +147,11 @@ class Forwarder:
         if request.method in REFUSED_METHODS:
             raise MethodNotAllowed("This method is never forwarded to Gini.")
         identifier = self.caller.identifier(request.headers)
-        if self._guard.paused_until and self.cache is None:
-            # A pause Gini asked for is answered before any work (with a response cache, a
-            # stored answer may still be served: `Upstream.call` sheds the rest).
-            self._guard.check_pause()
+        if self._guard.blocked and self.cache is None:
+            # A pause Gini asked for, or an open breaker, is answered before any work (with a
+            # response cache, a stored answer may still be served: `Upstream.call` sheds the
+            # rest).
+            self._guard.check_shed()
         url = self.upstream_url(request.raw_path)
         headers = self.upstream_headers(request, ctx, identifier)
         miss: Miss | None = None

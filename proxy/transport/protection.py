@@ -183,6 +183,15 @@ class Guard:
         if self.paused_until:
             self._admit(self.clock(), breaker=False)
 
+    def check_shed(self) -> None:
+        """Raise now the error admission would raise for a pause in force or a breaker that
+        refuses calls, so a caller is answered before any work is done for its call. It never
+        takes the breaker's probe: a breaker open long enough lets this call on to `enter`."""
+        now = self.clock()
+        self._admit(now, breaker=False)
+        if self.state == PROBING or (self.state != CLOSED and now < self.open_until):
+            raise self._shed("breaker", UpstreamUnavailable, self.open_until - now)
+
     def _admit(self, now: float, *, breaker: bool) -> None:
         if self.paused_until:
             left = self.paused_until - now

@@ -118,6 +118,8 @@ class Results:
                 "shed": self.shed.shed_cpu_us,
                 "refused": self.shed.refused_cpu_us,
                 "ratio": self.shed.ratio,
+                "breaker": self.shed.breaker_cpu_us,
+                "breaker_ratio": self.shed.breaker_ratio,
             }
         data["verdict"] = [list(row) for row in self.verdict()]
         data["passed"] = self.passed()

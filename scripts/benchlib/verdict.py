@@ -202,13 +202,28 @@ def _shed(results: Results) -> list[Row]:
     paused = shed.shed_counted > 0 and shed.upstream_calls <= 2
     if not paused:
         measured += f", {shed.upstream_calls} upstream calls"
-    return [
+    rows = [
         (
             f"shed answer CPU <= {TARGET_SHED_CPU_RATIO} x a 400's (same proxy)",
             measured,
             _ok(shed.ratio <= TARGET_SHED_CPU_RATIO and paused),
         )
     ]
+    ratio = shed.breaker_ratio
+    if ratio is not None:
+        # The breaker's proxy probes Gini once per open_seconds: a few calls, never the load.
+        opened = shed.breaker_counted > 0 and shed.breaker_upstream_calls <= 20
+        measured = f"{ratio:.2f} x ({shed.breaker_cpu_us:.0f} / {shed.refused_cpu_us:.0f} us)"
+        if not opened:
+            measured += f", {shed.breaker_upstream_calls} upstream calls"
+        rows.append(
+            (
+                f"breaker answer CPU <= {TARGET_SHED_CPU_RATIO} x a 400's",
+                measured,
+                _ok(ratio <= TARGET_SHED_CPU_RATIO and opened),
+            )
+        )
+    return rows
 
 
 def _fleet(results: Results) -> list[Row]:

@@ -95,6 +95,7 @@ class Bench:
         upstream: str | None = None,
         ca_file: Path | None = None,
         extra: str = "",
+        in_upstream: str = "",
     ) -> Server:
         return start_proxy(
             self.procs,
@@ -106,6 +107,7 @@ class Bench:
             tag=tag,
             ca_file=ca_file,
             extra=extra,
+            in_upstream=in_upstream,
         )
 
     def _several(self, start: Callable[[], Server]) -> list[Server]:

@@ -152,6 +152,7 @@ def proxy_config(
     ca_file: Path | None = None,
     jwt_key: Path | None = None,
     extra: str = "",
+    in_upstream: str = "",
 ) -> str:
     text = f"""\
 listen: "127.0.0.1:{port}"
@@ -169,6 +170,8 @@ shutdown_grace_seconds: 5
 """
     if ca_file is not None:  # after `pay_api`, still inside `upstream:`
         text = text.replace("\nclient:", f'\n  tls:\n    ca_file: "{ca_file}"\nclient:', 1)
+    if in_upstream:  # more keys of `upstream:` (indented by two spaces, one per line)
+        text = text.replace("\nclient:", f"\n{in_upstream}client:", 1)
     if not access_log:
         text += "logging:\n  access_log: false\n"
     if jwt_key is not None:  # flow 1 with per-user JWTs (client.auth: jwt)
@@ -198,6 +201,7 @@ def start_proxy(
     ca_file: Path | None = None,
     jwt_key: Path | None = None,
     extra: str = "",
+    in_upstream: str = "",
 ) -> Server:
     """The real proxy from its console script; its stdout (the access log) goes to a file.
 
@@ -219,6 +223,7 @@ def start_proxy(
             ca_file=ca_file,
             jwt_key=jwt_key,
             extra=extra,
+            in_upstream=in_upstream,
         )
     )
     name = f"proxy ({'access log on' if access_log else 'access log off'})"

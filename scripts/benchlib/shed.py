@@ -1,7 +1,7 @@
 """The shed section: what an answer shed by upstream protection costs, against a 400.
 
-One proxy (default configuration, so protection on) forwards `GET /documents` to the throttling
-upstream (`throttle.py`). Once that upstream is switched to 429 with `Retry-After: 60`, one
+One proxy (default configuration but for a 600 s pause cap; protection on) forwards `GET /documents` to the throttling
+upstream (`throttle.py`). Once that upstream is switched to 429 with `Retry-After: 600`, one
 request through the proxy hears the 429 and the proxy pauses its Pay API calls; from then on
 it answers `429 upstream_throttled` without calling Gini. The same proxy answers a caller
 whose `X-User-Id` is too long with `400 invalid_user`, the cheapest refusal it has. A second
@@ -27,6 +27,7 @@ from .compare import Side
 from .probe import counter, get_json
 from .procs import Processes, child_env, free_port, wait_http
 from .servers import Server
+from .throttle import RETRY_AFTER
 from .wrk import LUA, QUIET, Wrk, WrkResult
 
 if TYPE_CHECKING:
@@ -239,7 +240,10 @@ def section(bench: Bench) -> None:
 
     throttler = start_throttling_upstream(bench.procs, ROOT, bench.tmp, "throttling")
     broken = start_throttling_upstream(bench.procs, ROOT, bench.tmp, "failing")
-    proxy = bench._proxy(tag="shed", upstream=throttler.url)
+    # One pause for the whole run (a full run alternates three sides for about 90 s): a pause
+    # running out lets up to max_in_flight calls through before the next 429 is heard.
+    pause = f"  protection:\n    max_pause_seconds: {RETRY_AFTER}\n"
+    proxy = bench._proxy(tag="shed", upstream=throttler.url, in_upstream=pause)
     failing = bench._proxy(tag="breaker", upstream=broken.url)
     t = bench.timing
     bench.results.shed = measure_shed(

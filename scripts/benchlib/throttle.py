@@ -1,7 +1,7 @@
 """The throttling upstream of the shed section: a Pay API stand-in that starts to answer 429.
 
 `GET /documents` answers the bench's usual body until `POST /_bench/throttle`; from then on
-every call gets `429 Too Many Requests` with `Retry-After: 60`, so a proxy in front of it
+every call gets `429 Too Many Requests` with `Retry-After: 600`, so a proxy in front of it
 pauses its Pay API calls after the first one and, whenever a pause runs out, the one call it
 lets through starts the next. `POST /_bench/throttle?status=503` answers `503` without
 `Retry-After` instead: a failing Gini, which opens a proxy's breaker. `GET /_bench/calls`
@@ -16,7 +16,7 @@ from aiohttp import web
 from .loop import serve_main
 from .upstream import DOCUMENTS
 
-RETRY_AFTER = 60  # seconds: the proxy's default max_pause_seconds, so it is not capped
+RETRY_AFTER = 600  # seconds: the shed proxy's max_pause_seconds, longer than any run
 THROTTLED = web.AppKey("bench_throttled", list[int])  # a cell: [0, 429 or 503]
 CALLS = web.AppKey("bench_calls", list[int])  # a cell: [calls to /documents]
 

@@ -1,16 +1,16 @@
 """The shed section: what an answer shed by upstream protection costs, against a 400.
 
-One proxy (default configuration but for a 600 s pause cap; protection on) forwards `GET /documents` to the throttling
-upstream (`throttle.py`). Once that upstream is switched to 429 with `Retry-After: 600`, one
-request through the proxy hears the 429 and the proxy pauses its Pay API calls; from then on
-it answers `429 upstream_throttled` without calling Gini. The same proxy answers a caller
-whose `X-User-Id` is too long with `400 invalid_user`, the cheapest refusal it has. A second
-proxy, the same but for its upstream, stands in front of a second such upstream switched to
-`503` without `Retry-After`: its breaker opens after `min_calls` failures and it answers
-`503 upstream_unavailable` itself, with one probe every `open_seconds`. wrk loads the three
-in alternating runs (each run a fresh wrk, the order rotating), and each proxy process's CPU
-time per answer (`cpu.py`, from /proc) is compared: CPU per request hardly depends on how much
-CPU was left to the bench, unlike req/s.
+One proxy (default configuration but for a 600 s pause cap; protection on) forwards
+`GET /documents` to the throttling upstream (`throttle.py`). Once that upstream is switched to 429
+with `Retry-After: 600`, one request through the proxy hears the 429 and the proxy pauses its
+Pay API calls; from then on it answers `429 upstream_throttled` without calling Gini. The same
+proxy answers a caller whose `X-User-Id` is too long with `400 invalid_user`, the cheapest
+refusal it has. A second proxy, the same but for its upstream, stands in front of a second such
+upstream switched to `503` without `Retry-After`: its breaker opens after `min_calls` failures
+and it answers `503 upstream_unavailable` itself, with one probe every `open_seconds`. wrk
+loads the three in alternating runs (each run a fresh wrk, the order rotating), and each proxy
+process's CPU time per answer (`cpu.py`, from /proc) is compared: CPU per request hardly
+depends on how much CPU was left to the bench, unlike req/s.
 """
 
 from __future__ import annotations

@@ -80,6 +80,24 @@ def _hide_request_values(text: str, values: tuple[str, ...]) -> str:
     return text
 
 
+class Timestamps:
+    """RFC 3339 UTC times with milliseconds for hand-built lines (the access and audit logs):
+    the date and time are formatted once a second, not once a line."""
+
+    __slots__ = ("_second", "_stamp")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._stamp = ""
+
+    def at(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
+
+
 class Redactor:
     """Replaces known secret values and credential-shaped text in a string."""
 

@@ -221,6 +221,16 @@ async def paced_load(
     await asyncio.gather(*tasks)
 
 
+class FakeClock:
+    """A clock the test moves by hand (`clock.now += 5`)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def eventually_sync(
     check: Callable[[], bool], within: float = 10.0, what: str = "condition"
 ) -> None:

@@ -7,15 +7,20 @@ import subprocess
 import sys
 
 
+def printed(code: str) -> str:
+    """What `code` prints in a fresh interpreter (nothing imported before it)."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    return done.stdout.strip()
+
+
 def test_a_basic_mode_proxy_loads_neither_pyjwt_nor_cryptography() -> None:
     code = (
         "import sys, proxy.app, proxy.server, proxy.admin, proxy.cli;"
         "print(sorted(m for m in ('jwt', 'cryptography') if m in sys.modules))"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert done.stdout.strip() == "[]"
+    assert printed(code) == "[]"
 
 
 def test_a_proxy_without_tracing_loads_no_opentelemetry() -> None:
@@ -24,10 +29,7 @@ def test_a_proxy_without_tracing_loads_no_opentelemetry() -> None:
         "print(sorted({m.split('.')[0] for m in sys.modules}"
         " & {'opentelemetry', 'google', 'requests'}))"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert done.stdout.strip() == "[]"
+    assert printed(code) == "[]"
 
 
 def test_tracing_loads_the_sdk_when_it_starts() -> None:
@@ -41,7 +43,4 @@ def test_tracing_loads_the_sdk_when_it_starts() -> None:
         "Tracing(config, Counter('d', 'd', registry=CollectorRegistry())).start()\n"
         "print('opentelemetry.sdk' in sys.modules)"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert done.stdout.strip() == "True"
+    assert printed(code) == "True"

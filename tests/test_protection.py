@@ -22,15 +22,9 @@ from proxy.errors import (
 from proxy.transport.protection import BUDGET_FLOOR, Guard, Window
 from proxy.transport.retry_after import retry_after_seconds
 
+from .conftest import FakeClock
+
 NOW = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Counts:
@@ -45,7 +39,7 @@ class Counts:
         self.retries.append(result)
 
 
-def guard(clock: Clock, counts: Counts | None = None, **changes: object) -> Guard:
+def guard(clock: FakeClock, counts: Counts | None = None, **changes: object) -> Guard:
     breaker = BreakerConfig(failure_ratio=0.5, min_calls=4, window_seconds=10, open_seconds=5)
     config = ProtectionConfig(**{"breaker": breaker, **changes})  # type: ignore[arg-type]
     return Guard("pay_api", config, counts or Counts(), clock=clock, wall=lambda: NOW)
@@ -84,7 +78,7 @@ def test_a_huge_number_is_only_large() -> None:
 
 
 async def test_a_429_with_retry_after_pauses_until_then() -> None:
-    clock, counts = Clock(), Counts()
+    clock, counts = FakeClock(), Counts()
     g = guard(clock, counts)
     assert g.try_enter()
     g.answered(429, {"Retry-After": "3"})
@@ -106,7 +100,7 @@ async def test_a_429_with_retry_after_pauses_until_then() -> None:
 
 
 async def test_a_503_pause_answers_503_and_is_capped() -> None:
-    clock = Clock()
+    clock = FakeClock()
     g = guard(clock, max_pause_seconds=10)
     g.answered(503, {"Retry-After": "3600"})
     with pytest.raises(UpstreamThrottledUnavailable) as caught:
@@ -118,7 +112,7 @@ async def test_a_503_pause_answers_503_and_is_capped() -> None:
 
 
 async def test_retry_after_is_ignored_when_not_honoured() -> None:
-    g = guard(Clock(), honor_retry_after=False)
+    g = guard(FakeClock(), honor_retry_after=False)
     g.answered(429, {"Retry-After": "3"})
     assert g.try_enter()
 
@@ -127,7 +121,7 @@ async def test_retry_after_is_ignored_when_not_honoured() -> None:
 
 
 async def test_slots_are_bounded_and_handed_over_in_order() -> None:
-    g = guard(Clock(), max_in_flight=2, queue_seconds=5)
+    g = guard(FakeClock(), max_in_flight=2, queue_seconds=5)
     assert g.try_enter()
     assert g.try_enter()
     assert not g.try_enter()
@@ -150,7 +144,7 @@ async def test_slots_are_bounded_and_handed_over_in_order() -> None:
 
 async def test_a_full_queue_sheds_after_queue_seconds() -> None:
     counts = Counts()
-    g = guard(Clock(), counts, max_in_flight=1, queue_seconds=0.05)
+    g = guard(FakeClock(), counts, max_in_flight=1, queue_seconds=0.05)
     assert g.try_enter()
     with pytest.raises(UpstreamBusy) as caught:
         await g.enter()
@@ -161,7 +155,7 @@ async def test_a_full_queue_sheds_after_queue_seconds() -> None:
 
 
 async def test_a_cancelled_waiter_leaves_the_queue_at_once() -> None:
-    g = guard(Clock(), max_in_flight=1, queue_seconds=60)
+    g = guard(FakeClock(), max_in_flight=1, queue_seconds=60)
     assert g.try_enter()
     first = asyncio.create_task(g.enter())
     second = asyncio.create_task(g.enter())
@@ -180,7 +174,7 @@ async def test_a_cancelled_waiter_leaves_the_queue_at_once() -> None:
 
 
 async def test_the_breaker_opens_probes_once_and_closes() -> None:
-    clock, counts = Clock(), Counts()
+    clock, counts = FakeClock(), Counts()
     g = guard(clock, counts)
     for _ in range(3):
         g.failed("connect")
@@ -206,7 +200,7 @@ async def test_the_early_check_refuses_what_admission_would_and_never_takes_the_
     """`check_shed` (flow 1, before any work): a pause, an open breaker and a probe in flight
     are refused with admission's errors; a breaker open long enough lets the call on to
     `enter`, which makes it the probe."""
-    clock, counts = Clock(), Counts()
+    clock, counts = FakeClock(), Counts()
     g = guard(clock, counts)
     g.check_shed()  # closed, no pause: nothing to refuse
     g.answered(429, {"Retry-After": "2"})
@@ -229,7 +223,7 @@ async def test_the_early_check_refuses_what_admission_would_and_never_takes_the_
 
 
 async def test_a_failed_probe_reopens_and_4xx_never_count() -> None:
-    clock = Clock()
+    clock = FakeClock()
     g = guard(clock)
     for _ in range(10):
         g.answered(404, {})
@@ -254,7 +248,7 @@ async def test_a_failed_probe_reopens_and_4xx_never_count() -> None:
 
 
 async def test_failures_age_out_of_the_window() -> None:
-    clock = Clock()
+    clock = FakeClock()
     g = guard(clock)
     for _ in range(3):
         g.failed("connect")
@@ -267,7 +261,7 @@ async def test_failures_age_out_of_the_window() -> None:
 
 
 def test_the_budget_has_a_floor_and_a_ratio() -> None:
-    clock, counts = Clock(), Counts()
+    clock, counts = FakeClock(), Counts()
     g = guard(clock, counts)
     assert [g.spend_retry() for _ in range(BUDGET_FLOOR + 1)] == [True] * BUDGET_FLOOR + [False]
     for _ in range(50 + BUDGET_FLOOR):  # 50 first calls and the retries' own calls
@@ -313,7 +307,7 @@ async def test_a_pause_is_told_to_the_board_and_one_heard_elsewhere_is_obeyed() 
         def heard(self, upstream: str, until: float, status: int) -> None:
             told.append((upstream, until, status))
 
-    clock = Clock()
+    clock = FakeClock()
     config = ProtectionConfig(max_pause_seconds=30)
     g = Guard("user_center", config, Counts(), clock=clock, wall=lambda: NOW, board=Recorder())
     g.answered(503, {"Retry-After": "120"})

@@ -12,13 +12,7 @@ from hypothesis import strategies as st
 
 from proxy.vending.tokens import DEFAULT_LIFETIME, Token, TokenCache, lifetime_from
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from .conftest import FakeClock
 
 
 class Upstream:

@@ -187,12 +187,11 @@ class Guard:
         """Raise now the error admission would raise for a pause in force or a breaker that
         refuses calls, so a caller is answered before any work is done for its call. It never
         takes the breaker's probe: a breaker open long enough lets this call on to `enter`."""
-        now = self.clock()
-        self._admit(now, breaker=False)
-        if self.state == PROBING or (self.state != CLOSED and now < self.open_until):
-            raise self._shed("breaker", UpstreamUnavailable, self.open_until - now)
+        self._admit(self.clock(), breaker=True, probe=False)
 
-    def _admit(self, now: float, *, breaker: bool) -> None:
+    def _admit(self, now: float, *, breaker: bool, probe: bool = True) -> None:
+        """Raise the error of a pause in force, or (`breaker`) of a breaker that refuses calls;
+        a breaker open long enough makes this call its probe unless `probe` is false."""
         if self.paused_until:
             left = self.paused_until - now
             if left > 0:
@@ -204,7 +203,8 @@ class Guard:
         if breaker and self.state != CLOSED:
             if self.state == PROBING or now < self.open_until:
                 raise self._shed("breaker", UpstreamUnavailable, self.open_until - now)
-            self.state = PROBING  # open long enough: this call is the one probe
+            if probe:
+                self.state = PROBING  # open long enough: this call is the one probe
         self.blocked = self.paused_until > 0 or self.state != CLOSED
 
     def _shed(self, reason: str, error: type[ProxyError], seconds: float) -> ProxyError:

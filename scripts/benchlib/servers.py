@@ -61,17 +61,27 @@ class Server:
         return self.proc.pid
 
 
-def start_aiohttp_upstream(procs: Processes, root: Path, tmp: Path) -> Server:
+def start_helper(
+    procs: Processes, root: Path, tmp: Path, name: str, module: str, ready: str, log: str
+) -> Server:
+    """`python -m benchlib.<module> --port P`, up once `ready` (a path) answers; its stderr
+    goes to `<tmp>/<log>.stderr`."""
     port = free_port()
     proc = procs.start(
-        "upstream (aiohttp)",
-        [sys.executable, "-m", "benchlib.upstream", "--port", str(port)],
+        name,
+        [sys.executable, "-m", f"benchlib.{module}", "--port", str(port)],
         env=child_env(root),
-        stderr=(tmp / "upstream.stderr").open("wb"),
+        stderr=(tmp / f"{log}.stderr").open("wb"),
     )
     url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/documents", proc, "the aiohttp upstream")
-    return Server("upstream (aiohttp)", proc, url)
+    wait_http(url + ready, proc, f"the {name}")
+    return Server(name, proc, url)
+
+
+def start_aiohttp_upstream(procs: Processes, root: Path, tmp: Path) -> Server:
+    return start_helper(
+        procs, root, tmp, "upstream (aiohttp)", "upstream", "/documents", "upstream"
+    )
 
 
 def start_nginx(procs: Processes, nginx: str, tmp: Path, aio: Server) -> Server:

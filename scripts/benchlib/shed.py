@@ -16,7 +16,6 @@ depends on how much CPU was left to the bench, unlike req/s.
 from __future__ import annotations
 
 import json
-import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -25,8 +24,8 @@ from typing import TYPE_CHECKING
 
 from .compare import Side
 from .probe import counter, get_json
-from .procs import Processes, child_env, free_port, wait_http
-from .servers import Server
+from .procs import Processes
+from .servers import Server, start_helper
 from .throttle import RETRY_AFTER
 from .wrk import LUA, QUIET, Wrk, WrkResult
 
@@ -81,16 +80,7 @@ class ShedResult:
 
 
 def start_throttling_upstream(procs: Processes, root: Path, tmp: Path, name: str) -> Server:
-    port = free_port()
-    proc = procs.start(
-        "upstream (throttling)",
-        [sys.executable, "-m", "benchlib.throttle", "--port", str(port)],
-        env=child_env(root),
-        stderr=(tmp / f"{name}.stderr").open("wb"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/documents", proc, "the throttling upstream")
-    return Server("upstream (throttling)", proc, url)
+    return start_helper(procs, root, tmp, "upstream (throttling)", "throttle", "/documents", name)
 
 
 def _answer(url: str, user_id: str) -> tuple[int, str]:

@@ -10,7 +10,6 @@ the same minutes.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,8 @@ from typing import TYPE_CHECKING
 
 from .compare import Contender
 from .probe import get_json
-from .procs import Processes, child_env, free_port, wait_http
-from .servers import Server, start_lean
+from .procs import Processes
+from .servers import Server, start_helper, start_lean
 
 if TYPE_CHECKING:
     from .sections import Bench
@@ -51,16 +50,7 @@ def tracing_yaml(endpoint: str, ratio: float, audit: Path | None = None) -> str:
 
 
 def start_sink(procs: Processes, root: Path, tmp: Path) -> Server:
-    port = free_port()
-    proc = procs.start(
-        "OTLP sink",
-        [sys.executable, "-m", "benchlib.otlp_sink", "--port", str(port)],
-        env=child_env(root),
-        stderr=(tmp / "otlp-sink.stderr").open("wb"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/_bench/exports", proc, "the OTLP sink")
-    return Server("OTLP sink", proc, url)
+    return start_helper(procs, root, tmp, "OTLP sink", "otlp_sink", "/_bench/exports", "otlp-sink")
 
 
 def _lines(paths: list[Path]) -> int:

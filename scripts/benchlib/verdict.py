@@ -194,33 +194,43 @@ def _cache_and_jwt(results: Results) -> list[Row]:
     return rows
 
 
+def _refusal_row(
+    target: str, cpu_us: float, refused_us: float, counted: int, calls: int, max_calls: int
+) -> Row:
+    """A refusal's CPU against the 400's; it fails as well if the proxy refused nothing this
+    way or more than `max_calls` calls reached the upstream meanwhile."""
+    ratio = cpu_us / refused_us
+    measured = f"{ratio:.2f} x ({cpu_us:.0f} / {refused_us:.0f} us)"
+    held = counted > 0 and calls <= max_calls
+    if not held:
+        measured += f", {calls} upstream calls"
+    return (target, measured, _ok(ratio <= TARGET_SHED_CPU_RATIO and held))
+
+
 def _shed(results: Results) -> list[Row]:
     shed = results.shed
     if shed is None or shed.ratio is None:
         return []
-    measured = f"{shed.ratio:.2f} x ({shed.shed_cpu_us:.0f} / {shed.refused_cpu_us:.0f} us)"
-    paused = shed.shed_counted > 0 and shed.upstream_calls <= 2
-    if not paused:
-        measured += f", {shed.upstream_calls} upstream calls"
     rows = [
-        (
+        _refusal_row(
             f"shed answer CPU <= {TARGET_SHED_CPU_RATIO} x a 400's (same proxy)",
-            measured,
-            _ok(shed.ratio <= TARGET_SHED_CPU_RATIO and paused),
+            shed.shed_cpu_us,
+            shed.refused_cpu_us,
+            shed.shed_counted,
+            shed.upstream_calls,
+            2,
         )
     ]
-    ratio = shed.breaker_ratio
-    if ratio is not None:
+    if shed.breaker_ratio is not None:
         # The breaker's proxy probes Gini once per open_seconds: a few calls, never the load.
-        opened = shed.breaker_counted > 0 and shed.breaker_upstream_calls <= 20
-        measured = f"{ratio:.2f} x ({shed.breaker_cpu_us:.0f} / {shed.refused_cpu_us:.0f} us)"
-        if not opened:
-            measured += f", {shed.breaker_upstream_calls} upstream calls"
         rows.append(
-            (
+            _refusal_row(
                 f"breaker answer CPU <= {TARGET_SHED_CPU_RATIO} x a 400's",
-                measured,
-                _ok(ratio <= TARGET_SHED_CPU_RATIO and opened),
+                shed.breaker_cpu_us,
+                shed.refused_cpu_us,
+                shed.breaker_counted,
+                shed.breaker_upstream_calls,
+                20,
             )
         )
     return rows

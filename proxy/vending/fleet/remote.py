@@ -28,10 +28,10 @@ log = logging.getLogger("proxy.fleet")
 T = TypeVar("T")
 PROBE_SECONDS = 1.0
 MAX_CONCURRENT_CALLS = 64
-"""Redis calls one replica has in flight at once; more wait their turn (within their call
-timeout). redis-py's pools hold 100 connections (per node, for a cluster) and fail a call
-beyond that: a burst of 300 new users at one replica took the whole replica out of the fleet
-for a second. 64 calls of about 0.2 ms each still serve 100,000 calls a second."""
+"""Redis calls one replica has in flight at once; more wait their turn (the wait is not part
+of their call timeout). redis-py's pools hold 100 connections (per node, for a cluster) and
+fail a call beyond that: a burst of 300 new users at one replica took the whole replica out
+of the fleet for a second. 64 calls of about 0.2 ms each still serve 100,000 calls a second."""
 
 
 class FleetDown(Exception):
@@ -100,24 +100,31 @@ class Remote:
         metrics.up.set(1)
 
     async def call(self, op: str, awaitable: Awaitable[T]) -> T:
-        """The result of one Redis call; FleetDown (at once while down) on timeout or error."""
-        if not self.up:
-            if asyncio.iscoroutine(awaitable):
-                awaitable.close()  # never awaited: no "coroutine was never awaited" warning
-            raise FleetDown
+        """The result of one Redis call; FleetDown (at once while down) on timeout or error.
+        A call first waits for one of the replica's slots: that wait is this replica's own
+        load, so it is not held against Redis (each slot's holder is bounded by the call
+        timeout, and once Redis is marked down the waiters leave at once)."""
         started = False
         try:
+            if self.up:
+                async with self._slots:
+                    if self.up:
+                        started = True
+                        return await self._timed(op, awaitable)
+            raise FleetDown
+        finally:
+            if not started and asyncio.iscoroutine(awaitable):
+                awaitable.close()  # never awaited: no "coroutine was never awaited" warning
+
+    async def _timed(self, op: str, awaitable: Awaitable[T]) -> T:
+        try:
             # Not wait_for: on 3.11 it can swallow a cancellation that races the result.
-            async with asyncio.timeout(self.timeout), self._slots:
-                started = True
+            async with asyncio.timeout(self.timeout):
                 return await awaitable
         except (TimeoutError, RedisError, OSError) as exc:
             self.metrics.errors.labels(op).inc()
             self._down(op, exc)
             raise FleetDown from None
-        finally:
-            if not started and asyncio.iscoroutine(awaitable):
-                awaitable.close()  # timed out or cancelled while waiting its turn
 
     def _down(self, op: str, exc: BaseException) -> None:
         if not self.up:

@@ -478,6 +478,35 @@ async def test_sqlite_stores_opening_one_fresh_file_together_all_succeed(tmp_pat
                 await store.close()
 
 
+async def test_sqlite_users_on_three_connections_to_one_file_interleave_without_errors(
+    tmp_path: Path,
+) -> None:
+    # Three replicas on one volume, each with its own connection and many users in flight.
+    # A statement of one call must never run while another call's cursor is open on the same
+    # connection: a checkpoint then fails with SQLITE_LOCKED, and a write with SQLITE_BUSY.
+    path = tmp_path / "shared.db"
+    stores = [SqliteStore(path, Cipher(STORE_KEY)) for _ in range(3)]
+
+    async def one_user(i: int) -> None:
+        key, email = f"{i:064x}", f"user-{i}@anon.example.com"
+        for store in stores:
+            assert await store.get(key) is None
+        claimed = await stores[i % 3].claim(key, email, "pw")
+        assert await stores[(i + 1) % 3].get(key) == claimed
+        await stores[(i + 2) % 3].activate(key, claimed.email)
+        user = await stores[i % 3].get(key)
+        assert user is not None
+        assert user.state == "active"
+
+    try:
+        await asyncio.gather(*(store.open() for store in stores))
+        await asyncio.gather(*(one_user(i) for i in range(60)))
+        assert await stores[0].count() == 60
+    finally:
+        for store in stores:
+            await store.close()
+
+
 async def test_sqlite_damaged_key_check_is_refused_at_open(sqlite_backend: SqliteBackend) -> None:
     async with opened(sqlite_backend.new_store()):
         pass

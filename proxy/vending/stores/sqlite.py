@@ -59,6 +59,12 @@ class SqliteStore:
         self.busy_timeout = busy_timeout
         self.episodes = Episodes(log)  # an outage logs its start, a line a minute, its end
         self._db: aiosqlite.Connection | None = None
+        # aiosqlite runs one statement at a time but lets another coroutine's statement in
+        # while a cursor is open. That statement then runs inside the open read transaction:
+        # a checkpoint fails with SQLITE_LOCKED, and a write whose snapshot another process has
+        # moved past fails with SQLITE_BUSY at once, without busy_timeout. So every store call
+        # has the connection to itself until its cursors are closed.
+        self._turn = asyncio.Lock()
         self.origin: StoreOrigin | None = None
 
     async def open(self) -> None:
@@ -168,7 +174,8 @@ class SqliteStore:
     @asynccontextmanager
     async def _errors(self) -> AsyncIterator[aiosqlite.Connection]:
         try:
-            yield self.db
+            async with self._turn:
+                yield self.db
         except (sqlite3.Error, ValueError) as exc:  # ValueError: connection already closed
             code = getattr(exc, "sqlite_errorcode", None)
             name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__

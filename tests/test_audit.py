@@ -9,10 +9,13 @@ import logging
 import os
 import re
 import stat
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from proxy.commands.rotate_key import rotate_store_key
@@ -23,9 +26,17 @@ from proxy.errors import StartupError
 from proxy.identity import derive_identifier
 from proxy.metrics.families import audit_counters
 from proxy.sandbox import GiniSimulator
-from proxy.telemetry.audit import AuditLog
+from proxy.telemetry.audit import AuditLog, AuditScope
 
-from .conftest import CLIENT_SECRET, HMAC_KEY, STORE_KEY, RunningProxy, StartProxy, eventually
+from .conftest import (
+    CLIENT_SECRET,
+    HMAC_KEY,
+    STORE_KEY,
+    RunningProxy,
+    StartProxy,
+    eventually,
+    examples,
+)
 
 KEY = "billing:audit-test-key-0123456789"
 HEADERS = {"X-Proxy-Key": "audit-test-key-0123456789"}
@@ -353,3 +364,53 @@ def test_without_a_loop_a_record_is_written_at_once(tmp_path: Path) -> None:
     assert record["action"] == "store.rotate"
     assert record["duration_ms"] == 250.0
     audit.close()
+
+
+_NAME = st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True)
+
+
+@settings(max_examples=examples(300))
+@given(
+    request_id=st.from_regex(r"[A-Za-z0-9._:+/=-]{1,128}", fullmatch=True),
+    trace_id=st.none() | st.from_regex(r"[0-9a-f]{32}", fullmatch=True),
+    caller=st.none() | _NAME,
+    route=st.text(max_size=40),
+    status=st.integers(100, 599),
+    action=st.sampled_from(["forward", "token.derived", "token.anonymous", "user.erase"]),
+    source=st.none() | st.sampled_from(["cache", "fleet", "gini"]),
+)
+def test_a_request_record_is_json_with_its_fields_as_given(
+    tmp_path_factory: pytest.TempPathFactory,
+    request_id: str,
+    trace_id: str | None,
+    caller: str | None,
+    route: str,
+    status: int,
+    action: str,
+    source: str | None,
+) -> None:
+    # The request record is formatted without json's quoting for the fields validated on the
+    # way in (ids, caller names, methods, identifiers): any value they admit stays valid JSON.
+    path = tmp_path_factory.mktemp("audit") / "audit.jsonl"
+    audit, _ = _writer(path)
+    deriver = partial(derive_identifier, HMAC_KEY.encode())
+    scope = AuditScope(audit, action, request_id, "GET", route, caller, trace_id, deriver, ("u1",))
+    scope.source = source
+    scope.end(status, 0.0125)
+    audit.close()
+    (record,) = records(path)
+    assert record == {
+        "time": record["time"],
+        "action": action,
+        "request_id": request_id,
+        "trace_id": trace_id,
+        "caller": caller,
+        "user": derive_identifier(HMAC_KEY.encode(), "u1"),
+        "method": "GET",
+        "route": route,
+        "status": status,
+        "source": source if action.startswith("token.") else None,
+        "outcome": "refused" if 400 <= status < 500 else "ok" if status < 400 else "error",
+        "duration_ms": 12.5,
+    }
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["time"])

@@ -23,7 +23,8 @@ import logging
 import os
 import sys
 import time
-from contextvars import ContextVar
+from collections.abc import Callable
+from contextvars import ContextVar, Token
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
@@ -174,6 +175,35 @@ class AuditLog:
             f'"source": {"null" if source is None else q(source)}, "outcome": "{result}", '
             f'"duration_ms": {seconds * 1000:.3f}}}\n'
         ).encode()
+        self._queue(action, line)
+
+    def requested(self, scope: AuditScope, user: str | None, status: int, seconds: float) -> None:
+        """The record of a request's own action. Every text in it but the route is validated to
+        characters JSON needs no escaping for: request ids (`REQUEST_ID`), caller names, methods
+        from a fixed set, hex trace ids and identifiers. So only the route is quoted by json: a
+        flow-1 request's record costs a third less than through `write`."""
+        request_id = scope.request_id
+        for secret in self.secrets:  # chosen by the caller: it may hold a secret
+            if secret in request_id:
+                request_id = REDACTED
+                break
+        action, trace_id, caller = scope.action, scope.trace_id, scope.caller
+        source = scope.source if scope.source is not None and action.startswith("token.") else None
+        result = "refused" if 400 <= status < 500 else "ok" if status < 400 else "error"
+        traced = "null" if trace_id is None else f'"{trace_id}"'
+        named = "null" if caller is None else f'"{caller}"'
+        derived = "null" if user is None else f'"{user}"'
+        told = "null" if source is None else f'"{source}"'
+        line = (
+            f'{{"time": "{self._timestamp(time.time())}", "action": "{action}", '
+            f'"request_id": "{request_id}", "trace_id": {traced}, "caller": {named}, '
+            f'"user": {derived}, "method": "{scope.method}", '
+            f'"route": {encode_basestring_ascii(scope.route)}, "status": {status}, '
+            f'"source": {told}, "outcome": "{result}", "duration_ms": {seconds * 1000:.3f}}}\n'
+        ).encode()
+        self._queue(action, line)
+
+    def _queue(self, action: str, line: bytes) -> None:
         scheduled = bool(self._lines)
         self._lines.append(line)
         self._actions[action] = self._actions.get(action, 0) + 1
@@ -230,9 +260,22 @@ class AuditLog:
 
 
 class AuditScope:
-    """One request's audit facts, filled in as it runs; written by `record`."""
+    """One audited request's facts, filled in as it runs: `record` writes a sub-action's
+    record, `end` the request's own once its answer is known."""
 
-    __slots__ = ("action", "audit", "caller", "method", "request_id", "route", "source", "trace_id")
+    __slots__ = (
+        "action",
+        "audit",
+        "caller",
+        "deriver",
+        "method",
+        "request_id",
+        "route",
+        "source",
+        "token",
+        "trace_id",
+        "user_values",
+    )
 
     def __init__(
         self,
@@ -243,6 +286,8 @@ class AuditScope:
         route: str,
         caller: str | None,
         trace_id: str | None,
+        deriver: Callable[[str], str],
+        user_values: tuple[str, ...],
     ):
         self.audit = audit
         self.action = action
@@ -251,7 +296,10 @@ class AuditScope:
         self.route = route
         self.caller = caller
         self.trace_id = trace_id
+        self.deriver = deriver  # user id -> X-User-Identifier (memoised)
+        self.user_values = user_values  # the identity header's values, as the observer read them
         self.source: str | None = None
+        self.token: Token[AuditScope | None] | None = None  # set in SCOPE for sub-actions
 
     def record(
         self, action: str, user: str | None, status: int, result: str, seconds: float
@@ -269,6 +317,19 @@ class AuditScope:
             result,
             seconds,
         )
+
+    def end(self, status: int, seconds: float) -> None:
+        """The request's own record (and the sub-actions' scope closed)."""
+        if self.token is not None:
+            SCOPE.reset(self.token)
+        user = None  # no valid user id: refused before any account was touched
+        values = self.user_values
+        if len(values) == 1:  # two or more are refused (`user_id_from`)
+            try:
+                user = self.deriver(values[0])
+            except ProxyError:
+                user = None
+        self.audit.requested(self, user, status, seconds)
 
 
 SCOPE: ContextVar[AuditScope | None] = ContextVar("gini_proxy_audit_scope", default=None)

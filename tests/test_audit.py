@@ -1,5 +1,5 @@
-"""The audit log (proxy/telemetry/audit.py, web/telemetry.py) against real requests through
-the proxy to the Gini simulator."""
+"""The audit log (proxy/telemetry/audit.py, scope.py, web/telemetry.py) against real requests
+through the proxy to the Gini simulator."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from proxy.errors import StartupError
 from proxy.identity import derive_identifier
 from proxy.metrics.families import audit_counters
 from proxy.sandbox import GiniSimulator
-from proxy.telemetry.audit import AuditLog, AuditScope
+from proxy.telemetry.audit import AuditLog
+from proxy.telemetry.scope import AuditScope
 
 from .conftest import (
     CLIENT_SECRET,

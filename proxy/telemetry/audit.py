@@ -11,9 +11,7 @@ only whole lines. A write that fails marks the log unhealthy until the file can 
 again; with `required`, `ready` is then false and the actions it would record are refused
 before anything reaches Gini (`AuditUnavailable`).
 
-Sub-actions of a request (an anonymous user created while its token is fetched) are written
-through the request's `AuditScope`, found in a context variable the observer sets, so the
-flow code needs no handle on the request.
+What a request's records hold is gathered in its `scope.AuditScope`.
 """
 
 from __future__ import annotations
@@ -23,10 +21,9 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
-from contextvars import ContextVar, Token
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import Counter
 
@@ -61,12 +58,16 @@ class AuditUnavailable(ProxyError):
     retry_after = "5"
 
 
-def outcome(status: int, refused: bool = False) -> str:
-    """`ok` below 400, `refused` for the caller's or the proxy's no (4xx, or `refused`),
-    `error` for everything else."""
-    if refused or 400 <= status < 500:
-        return "refused"
-    return "ok" if status < 400 else "error"
+class RequestFacts(Protocol):
+    """What a request's record takes from its scope (`scope.AuditScope`)."""
+
+    action: str
+    request_id: str
+    trace_id: str | None
+    caller: str | None
+    method: str
+    route: str
+    source: str | None
 
 
 class AuditLog:
@@ -177,7 +178,7 @@ class AuditLog:
         ).encode()
         self._queue(action, line)
 
-    def requested(self, scope: AuditScope, user: str | None, status: int, seconds: float) -> None:
+    def requested(self, scope: RequestFacts, user: str | None, status: int, seconds: float) -> None:
         """The record of a request's own action. Every text in it but the route is validated to
         characters JSON needs no escaping for: request ids (`REQUEST_ID`), caller names, methods
         from a fixed set, hex trace ids and identifiers. So only the route is quoted by json: a
@@ -257,97 +258,3 @@ class AuditLog:
                 extra={"path": str(self.path), "required": self.required},
             )
         self.healthy = False
-
-
-class AuditScope:
-    """One audited request's facts, filled in as it runs: `record` writes a sub-action's
-    record, `end` the request's own once its answer is known."""
-
-    __slots__ = (
-        "action",
-        "audit",
-        "caller",
-        "deriver",
-        "method",
-        "request_id",
-        "route",
-        "source",
-        "token",
-        "trace_id",
-        "user_values",
-    )
-
-    def __init__(
-        self,
-        audit: AuditLog,
-        action: str,
-        request_id: str,
-        method: str,
-        route: str,
-        caller: str | None,
-        trace_id: str | None,
-        deriver: Callable[[str], str],
-        user_values: tuple[str, ...],
-    ):
-        self.audit = audit
-        self.action = action
-        self.request_id = request_id
-        self.method = method
-        self.route = route
-        self.caller = caller
-        self.trace_id = trace_id
-        self.deriver = deriver  # user id -> X-User-Identifier (memoised)
-        self.user_values = user_values  # the identity header's values, as the observer read them
-        self.source: str | None = None
-        self.token: Token[AuditScope | None] | None = None  # set in SCOPE for sub-actions
-
-    def record(
-        self, action: str, user: str | None, status: int, result: str, seconds: float
-    ) -> None:
-        self.audit.write(
-            action,
-            self.request_id,
-            self.trace_id,
-            self.caller,
-            user,
-            self.method,
-            self.route,
-            status,
-            self.source if action.startswith("token.") else None,
-            result,
-            seconds,
-        )
-
-    def end(self, status: int, seconds: float) -> None:
-        """The request's own record (and the sub-actions' scope closed)."""
-        if self.token is not None:
-            SCOPE.reset(self.token)
-        user = None  # no valid user id: refused before any account was touched
-        values = self.user_values
-        if len(values) == 1:  # two or more are refused (`user_id_from`)
-            try:
-                user = self.deriver(values[0])
-            except ProxyError:
-                user = None
-        self.audit.requested(self, user, status, seconds)
-
-
-SCOPE: ContextVar[AuditScope | None] = ContextVar("gini_proxy_audit_scope", default=None)
-
-
-def note_source(source: str) -> None:
-    """Where the request's token came from, for its record: the token cache's `cache`, `fleet`
-    or `upstream` (recorded as `gini`)."""
-    scope = SCOPE.get()
-    if scope is not None:
-        scope.source = "gini" if source == "upstream" else source
-
-
-def record_sub_action(
-    action: str, user: str, status: int, started: float, result: str | None = None
-) -> None:
-    """A record for an action taken inside the current request (`user.create`)."""
-    scope = SCOPE.get()
-    if scope is not None:
-        seconds = time.perf_counter() - started
-        scope.record(action, user, status, result or outcome(status), seconds)

@@ -8,11 +8,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from prometheus_client import Counter
 
@@ -26,7 +25,7 @@ class CountingExporter(SpanExporter):
 
     `queued` tracks the batch processor's queue from outside (spans ended minus spans handed
     to the exporter): a span ended while it is full pushes the oldest one out, uncounted by
-    the SDK, so it is counted here (`QueueWatch`)."""
+    the SDK, so it is counted here (`ended`, called by the span recorder before it queues)."""
 
     def __init__(self, inner: SpanExporter, dropped: Counter, capacity: int):
         self.inner = inner
@@ -63,25 +62,6 @@ class CountingExporter(SpanExporter):
 
     def shutdown(self) -> None:
         self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
-
-
-class QueueWatch(SpanProcessor):
-    """Tells the exporter of every span ended, before the batch processor queues it."""
-
-    def __init__(self, exporter: CountingExporter):
-        self.exporter = exporter
-
-    def on_end(self, span: ReadableSpan) -> None:
-        self.exporter.ended()
-
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
-        return None
-
-    def shutdown(self) -> None:
-        return None
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True

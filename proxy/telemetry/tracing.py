@@ -2,9 +2,10 @@
 INTERNAL spans for store operations, exported in batches over OTLP/HTTP (protobuf).
 
 Sampling is decided before any span exists, from the caller's `traceparent` and the ratio
-(`decide`): an unsampled request builds no SDK object at all, and the flow code finds no
-`RequestTrace` in `CURRENT`. The SDK itself is imported only by `Tracing.start`, so a proxy
-without a `tracing` section never loads it.
+(`decide`): an unsampled request builds no span at all, and the flow code finds no
+`RequestTrace` in `CURRENT`. A sampled request's spans are recorded by `spans.Recorder` and
+reach the SDK's batch processor as finished spans (that module says why). The SDK itself is
+imported only by `Tracing.start`, so a proxy without a `tracing` section never loads it.
 
 Spans carry only what is listed in `SERVER_ATTRIBUTES`/`CLIENT_ATTRIBUTES`: methods, route
 templates, host names, statuses and the upstream's config name. No header value, path, query,
@@ -21,7 +22,6 @@ import asyncio
 import logging
 import random
 import re
-import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
@@ -78,11 +78,11 @@ class RequestTrace:
 
     __slots__ = ("context", "method", "route", "server", "trace_id", "tracing")
 
-    def __init__(self, tracing: Tracing, server: Any, context: Any, method: str, route: str):
+    def __init__(self, tracing: Tracing, server: Any, method: str, route: str):
         self.tracing = tracing
-        self.server = server
-        self.context = context  # the OpenTelemetry context with `server` as current span
-        self.trace_id = f"{server.get_span_context().trace_id:032x}"
+        self.server = server  # a `spans.OpenSpan`
+        self.context = server.context()  # the parent of every child span
+        self.trace_id = f"{server.trace_id:032x}"
         self.method, self.route = method, route
 
     def client_call(
@@ -94,13 +94,14 @@ class RequestTrace:
         host = URL(url).host
         if host:
             attributes["server.address"] = host
-        span = self.tracing.tracer.start_span(
-            method, self.context, self.tracing.kinds.CLIENT, attributes
+        tracing = self.tracing
+        span = tracing.recorder.start(
+            method, tracing.kinds.CLIENT, self.server.trace_id, self.context, attributes
         )
-        if self.tracing.propagate:
+        if tracing.propagate:
             headers = CIMultiDict(headers)
             headers["traceparent"] = self.traceparent(span)
-        stats, trace_id = self.tracing.stats, self.trace_id
+        stats, trace_id = tracing.stats, self.trace_id
 
         def answered(seconds: float) -> None:  # the upstream histogram's exemplar
             if stats is not None:
@@ -110,11 +111,14 @@ class RequestTrace:
 
     def internal(self, name: str) -> Any:
         """An INTERNAL span (a store operation), started now; `name` is a fixed string."""
-        return self.tracing.tracer.start_span(name, self.context, self.tracing.kinds.INTERNAL)
+        tracing = self.tracing
+        return tracing.recorder.start(
+            name, tracing.kinds.INTERNAL, self.server.trace_id, self.context, {}
+        )
 
     def traceparent(self, span: Any) -> str:
         """The `traceparent` naming `span` as the parent (sent to Gini when propagating)."""
-        return f"00-{self.trace_id}-{span.get_span_context().span_id:016x}-01"
+        return f"00-{self.trace_id}-{span.span_id:016x}-01"
 
     def end(self, status: int, seconds: float) -> None:
         end_span(self.server, status)
@@ -196,7 +200,7 @@ CURRENT: ContextVar[RequestTrace | None] = ContextVar("gini_proxy_trace", defaul
 
 
 class Tracing:
-    """The tracer provider and its exporter; `start` inside the running loop, `close` at
+    """The span recorder and its exporter; `start` inside the running loop, `close` at
     shutdown."""
 
     def __init__(self, config: TracingConfig, dropped: Counter):
@@ -205,78 +209,78 @@ class Tracing:
         self.propagate = config.propagate_to_gini
         self.dropped = dropped
         self.stats: HotPathStats | None = None  # where sampled observations leave exemplars
-        self.tracer: Any = None
+        self.recorder: Any = None
         self.kinds: Any = None
-        self._provider: Any = None
         self._processor: Any = None
         self._exporter: Any = None
-        self._set_parent: Any = None
-        self._span_context: Any = None
+        self._remote: Any = None
 
     def start(self) -> None:
         # The SDK loads here only: about 15 MiB and 100 ms a proxy without tracing skips.
         global _ERROR  # noqa: PLW0603 - one immutable value, set once the SDK is loaded
         from opentelemetry import trace  # noqa: PLC0415
         from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
-        from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
         from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
-        from opentelemetry.sdk.trace.sampling import ALWAYS_ON  # noqa: PLC0415
         from opentelemetry.trace import Status, StatusCode  # noqa: PLC0415
 
-        from proxy.telemetry.export import QueueWatch, counting_exporter  # noqa: PLC0415
+        from proxy.telemetry.export import counting_exporter  # noqa: PLC0415
+        from proxy.telemetry.spans import SAMPLED, Recorder  # noqa: PLC0415
 
         # The SDK logs a line per dropped span and per failed batch: counted and logged once
         # per episode by `counting_exporter` instead.
         logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
         _ERROR = Status(StatusCode.ERROR)
         self.kinds = trace.SpanKind
-        self._exporter = counting_exporter(self.config, self.dropped, QUEUE_SPANS)
-        self._processor = BatchSpanProcessor(
-            self._exporter,
+        exporter = self._exporter = counting_exporter(self.config, self.dropped, QUEUE_SPANS)
+        processor = self._processor = BatchSpanProcessor(
+            exporter,
             max_queue_size=QUEUE_SPANS,
             schedule_delay_millis=1000,
             export_timeout_millis=EXPORT_TIMEOUT_SECONDS * 1000,
         )
+        queue = processor.on_end
+
+        def on_end(span: Any) -> None:
+            exporter.ended()  # counted before the queue may push the oldest span out
+            queue(span)
+
         resource = Resource.create({"service.name": self.config.service_name})
-        # Sampling is decided before a span is started (`decide`): every span started is kept.
-        self._provider = TracerProvider(sampler=ALWAYS_ON, resource=resource)
-        self._provider.add_span_processor(QueueWatch(self._exporter))
-        self._provider.add_span_processor(self._processor)
-        self.tracer = self._provider.get_tracer("gini-auth-proxy")
-        self._set_parent = trace.set_span_in_context
-        self._span_context = (trace.SpanContext, trace.TraceFlags, trace.NonRecordingSpan)
+        self.recorder = Recorder(resource, on_end)
+        span_context = trace.SpanContext
+        self._remote = lambda trace_id, span_id: span_context(
+            trace_id, span_id, is_remote=True, trace_flags=SAMPLED
+        )
 
     def begin(
         self, method: str, route: str, parent: tuple[str, str, bool, str | None] | None
     ) -> RequestTrace:
         """The SERVER span of a sampled request, a child of the caller's span if it sent one."""
-        context = None
-        if parent is not None:
-            span_context, flags, remote = self._span_context
-            caller = span_context(
-                int(parent[0], 16), int(parent[1], 16), is_remote=True, trace_flags=flags(1)
-            )
-            context = self._set_parent(remote(caller))
-        server = self.tracer.start_span(
+        recorder = self.recorder
+        if parent is None:
+            trace_id, caller = recorder.new_trace_id(), None
+        else:
+            trace_id = int(parent[0], 16)
+            caller = self._remote(trace_id, int(parent[1], 16))
+        server = recorder.start(
             f"{method} {route}",
-            context,
             self.kinds.SERVER,
+            trace_id,
+            caller,
             {"http.request.method": method, "http.route": route},
-            start_time=time.time_ns(),
         )
-        return RequestTrace(self, server, self._set_parent(server), method, route)
+        return RequestTrace(self, server, method, route)
 
     async def close(self) -> None:
         """Export what is queued (for a bounded time), then stop the worker thread."""
-        if self._provider is None:
+        if self._processor is None:
             return
-        provider, exporter = self._provider, self._exporter
-        self._provider = None
+        processor, exporter = self._processor, self._exporter
+        self._processor = None
 
         def shut() -> None:
-            provider.force_flush(int(CLOSE_SECONDS * 1000))
+            processor.force_flush(int(CLOSE_SECONDS * 1000))
             exporter.shutdown()  # a collector still down: the final export fails at once
-            provider.shutdown()
+            processor.shutdown()
 
         try:
             await asyncio.wait_for(asyncio.to_thread(shut), CLOSE_SECONDS + 2)

@@ -22,7 +22,7 @@ import uuid
 from proxy.errors import ProxyError, UpstreamRejected
 from proxy.log import hide
 from proxy.metrics import Metrics
-from proxy.telemetry.audit import record_sub_action
+from proxy.telemetry.scope import record_sub_action
 from proxy.vending.gini import ClientTokenRejected, GiniClient, InvalidGrant, UserExists
 from proxy.vending.stores import CredentialStore, StoredUser
 from proxy.vending.tokens import Token, TokenCache

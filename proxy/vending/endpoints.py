@@ -10,7 +10,7 @@ from proxy.errors import MethodNotAllowed, NotFound
 from proxy.identity import CallerIdentity
 from proxy.log import hide
 from proxy.metrics import Metrics
-from proxy.telemetry.audit import note_source
+from proxy.telemetry.scope import note_source
 from proxy.vending.anonymous import AnonymousUsers
 from proxy.vending.gini import GiniClient
 from proxy.vending.tokens import Token, TokenCache

@@ -14,13 +14,8 @@ from aiohttp import web
 
 from proxy.identity import CallerIdentity
 from proxy.metrics import METHODS
-from proxy.telemetry.audit import (
-    ENDPOINT_ACTIONS,
-    SCOPE,
-    AuditLog,
-    AuditScope,
-    AuditUnavailable,
-)
+from proxy.telemetry.audit import ENDPOINT_ACTIONS, AuditLog, AuditUnavailable
+from proxy.telemetry.scope import SCOPE, AuditScope
 from proxy.telemetry.tracing import CURRENT, RequestTrace, Tracing, decide, parse_traceparent
 from proxy.web.context import RequestContext
 

@@ -25,6 +25,7 @@ import aiohttp
 from .jwt_mode import write_key
 from .procs import Processes, free_port
 from .servers import CLIENT_ID, CLIENT_SECRET, HMAC_KEY, proxy_config
+from .tracing import start_sink, tracing_yaml
 
 CONNECTIONS = 4
 USERS = 8  # a few identities, as from one backend
@@ -85,7 +86,10 @@ def _instructions(
     return int(found.group(1))
 
 
-NAMES = ("proxy", "proxy-audit", "proxy-jwt", "bare", "lean")
+NAMES = ("proxy", "proxy-audit", "proxy-jwt", "proxy-traced", "proxy-sampled", "bare", "lean")
+# Tracing to an OTLP sink: at 0.05 with the audit log (the tracing target's proxy), and at 1
+# (every request sampled: the cost of one sampled request, export included).
+TRACED = {"proxy-traced": 0.05, "proxy-sampled": 1.0}
 
 
 def count(
@@ -98,10 +102,13 @@ def count(
     names: tuple[str, ...] = NAMES,
 ) -> list[Count]:
     """Instructions per request of the proxy (access log on; in basic mode, with the audit log
-    to a file, and in jwt mode), the bare and the lean forwarder."""
+    to a file, in jwt mode, and traced as in `TRACED`), the bare and the lean forwarder."""
     python = str(root / ".venv" / "bin" / "python")
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(root / "scripts"))
     counts = []
+    sink = None
+    if any(name in TRACED for name in names):
+        sink = start_sink(procs, root, tmp)
     for name in names:
         port = free_port()
         url = f"http://127.0.0.1:{port}/documents"
@@ -109,7 +116,12 @@ def count(
             admin = free_port()
             config = tmp / f"instructions-{name}.yaml"
             jwt_key = write_key(tmp) if name == "proxy-jwt" else None
-            audit = f'audit:\n  path: "{tmp / "instructions-audit.jsonl"}"\n'
+            audit = tmp / "instructions-audit.jsonl"
+            extra = f'audit:\n  path: "{audit}"\n' if name == "proxy-audit" else ""
+            if name in TRACED:
+                assert sink is not None
+                ratio = TRACED[name]
+                extra = tracing_yaml(f"{sink.url}/v1/traces", ratio, audit if ratio < 1 else None)
             config.write_text(
                 proxy_config(
                     port,
@@ -118,7 +130,7 @@ def count(
                     access_log=True,
                     cache_backend=None,
                     jwt_key=jwt_key,
-                    extra=audit if name == "proxy-audit" else "",
+                    extra=extra,
                 )
             )
             argv = [python, "-m", "proxy", "serve", "--config", str(config)]

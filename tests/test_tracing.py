@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from proxy.commands.doctor import Doctor
 from proxy.config import build_config
@@ -22,6 +25,8 @@ from proxy.config.reader import ConfigError
 from proxy.identity import derive_identifier
 from proxy.metrics import Metrics
 from proxy.sandbox import GiniSimulator
+from proxy.telemetry.spans import SAMPLED as SAMPLED_FLAGS
+from proxy.telemetry.spans import SCOPE_NAME, Recorder
 from proxy.telemetry.tracing import decide, parse_traceparent
 
 from .conftest import CLIENT_SECRET, HMAC_KEY, RunningProxy, StartProxy, eventually, examples
@@ -358,3 +363,42 @@ def test_an_exemplar_sits_on_the_bucket_its_value_was_counted_in() -> None:
         ("gini_proxy_request_duration_seconds_bucket", "/documents", "0.005"),
         ("gini_proxy_upstream_request_duration_seconds_bucket", "pay_api", "0.001"),
     }
+
+
+def test_the_sdk_surface_the_span_recorder_uses() -> None:
+    # spans.Recorder builds the SDK's ReadableSpan itself instead of going through a tracer.
+    # If an SDK release changes that constructor or what its OTLP encoder reads, this names it.
+    ended: list[Any] = []
+    recorder = Recorder(Resource.create({"service.name": "surface"}), ended.append)
+    caller = SpanContext(int(CALLER_TRACE, 16), int(CALLER_SPAN, 16), True, SAMPLED_FLAGS)
+    before = time.time_ns()
+    server = recorder.start("GET /documents", SpanKind.SERVER, caller.trace_id, caller, {})
+    client = recorder.start("GET", SpanKind.CLIENT, server.trace_id, server.context(), {"a": 1})
+    client.set_status(Status(StatusCode.ERROR))
+    client.end()
+    server.set_attribute("http.response.status_code", 200)
+    server.end()
+    assert len(ended) == 2
+
+    request = encode_spans(ended)
+    (resource_spans,) = request.resource_spans
+    assert {kv.key: kv.value.string_value for kv in resource_spans.resource.attributes}[
+        "service.name"
+    ] == "surface"
+    (scope_spans,) = resource_spans.scope_spans
+    assert scope_spans.scope.name == SCOPE_NAME
+    encoded_client, encoded_server = scope_spans.spans
+    assert encoded_server.trace_id.hex() == CALLER_TRACE
+    assert encoded_server.parent_span_id.hex() == CALLER_SPAN
+    assert encoded_server.kind == 2  # SPAN_KIND_SERVER
+    assert encoded_server.attributes[0].key == "http.response.status_code"
+    assert encoded_server.attributes[0].value.int_value == 200
+    assert encoded_client.parent_span_id == encoded_server.span_id
+    assert encoded_client.trace_id == encoded_server.trace_id
+    assert encoded_client.kind == 3  # SPAN_KIND_CLIENT
+    assert encoded_client.status.code == 2  # STATUS_CODE_ERROR
+    assert encoded_server.status.code == 0  # unset
+    assert before <= encoded_server.start_time_unix_nano <= encoded_client.start_time_unix_nano
+    assert encoded_client.end_time_unix_nano <= encoded_server.end_time_unix_nano
+    assert encoded_server.span_id != encoded_client.span_id
+    assert len(encoded_server.span_id) == 8

@@ -192,6 +192,7 @@ async def test_the_audit_record_names_the_trace(
         assert response.status == 200
     async with proxy.client.get(proxy.url + "/documents", headers={"X-User-Id": ALICE}) as r:
         assert r.status == 200
+    await eventually(lambda: audit.read_text().count("\n") == 2, within=5)  # one batch
     records = [json.loads(line) for line in audit.read_text().splitlines()]
     assert [r["trace_id"] for r in records] == [CALLER_TRACE, None]
 

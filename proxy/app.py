@@ -31,7 +31,7 @@ from proxy.vending.stores.health import GuardedStore, StoreHealth
 from proxy.vending.tokens import TokenCache
 from proxy.web.accesslog import AccessLog
 from proxy.web.expect import expect_handler
-from proxy.web.middleware import InboundKeys, inbound_check, observer
+from proxy.web.middleware import Handler, InboundKeys, inbound_check, observer
 from proxy.web.routes import GINI_TEMPLATES, RouteTable
 from proxy.web.telemetry import RequestTelemetry
 
@@ -241,6 +241,9 @@ class Services:
 
 
 SERVICES = web.AppKey("gini_proxy_services", Services)
+FORWARD: web.AppKey[Handler] = web.AppKey("gini_proxy_forward")
+"""Flow 1's observed handler: the catch-all route's, which pre-routing also calls directly
+(`web.targets.routed_to_forward`)."""
 
 
 def build_proxy_app(services: Services) -> web.Application:
@@ -310,7 +313,6 @@ def build_proxy_app(services: Services) -> web.Application:
     # Every route is observed, so every answer is: the catch-alls leave no path to the router's
     # own 404/405.
     services.endpoints.add_routes(app.router, expect, observed)
-    app.router.add_route(
-        "*", "/{tail:.*}", observed(services.forwarder.handle), expect_handler=expect
-    )
+    forward = app[FORWARD] = observed(services.forwarder.handle)
+    app.router.add_route("*", "/{tail:.*}", forward, expect_handler=expect)
     return app

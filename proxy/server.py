@@ -20,7 +20,7 @@ from aiohttp import web
 
 from proxy import __version__, exitcodes
 from proxy.admin import Connections, build_admin_app, json_errors
-from proxy.app import Services, build_proxy_app
+from proxy.app import FORWARD, Services, build_proxy_app
 from proxy.config import Address, Config
 from proxy.config.summary import startup_summary
 from proxy.errors import StartupError
@@ -108,10 +108,11 @@ def make_runners(services: Services) -> tuple[ListenerRunner, ListenerRunner]:
         services.inbound_keys,
         services.caller,
     )
+    proxy_app = build_proxy_app(services)
     proxy_runner = ListenerRunner(
-        build_proxy_app(services),
+        proxy_app,
         guard,
-        pre_routing(observe, config.max_header_bytes),
+        pre_routing(observe, config.max_header_bytes, proxy_app[FORWARD]),
         handler_cancellation=True,  # a caller that disconnects cancels its upstream call
         access_log=None,  # the middleware writes the access log, with route templates
         # The grace period is waited for in `_drain`; aiohttp only cancels the stragglers.

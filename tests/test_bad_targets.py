@@ -7,6 +7,7 @@ request id, is counted and logged, and closes the connection; nothing reaches Gi
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 from collections.abc import AsyncIterator
@@ -16,16 +17,19 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+from proxy.app import FORWARD, Services, build_proxy_app
 from proxy.config import InboundAuthConfig, build_config
 from proxy.errors import BadRequest
 from proxy.log import Redactor, configure_logging
 from proxy.web.middleware import inbound_check
+from proxy.web.targets import routed_to_forward
 
-from .conftest import INBOUND_KEY, RunningProxy, StartProxy
+from .conftest import HMAC_KEY as HMAC
+from .conftest import INBOUND_KEY, RunningProxy, StartProxy, examples
 from .test_client_timeouts import connect, parse_answer, read_until_closed
 
 USER_LINE = b"X-User-Id: alice@example.com\r\n"
@@ -304,3 +308,48 @@ def test_exactly_one_key_header_in_any_spelling_is_required(
     else:
         hyphenated = bool(spellings) and not spellings[0][1]
         assert check(request) is (valid and hyphenated)
+
+
+@functools.cache
+def _proxy_app() -> web.Application:
+    # The listener's real routes (not started): what the router decides is read off them.
+    config = build_config(
+        {
+            "client": {"id": "c", "secret": "client-secret-0123456789"},
+            "identity": {"hmac_key": HMAC},
+        },
+        {},
+        Path("."),
+    )
+    return build_proxy_app(Services(config))
+
+
+_TOKENS = ["a", "_", "-", ".", "%2F", "%5F", "%0a", "%0D", "\n", ":", " ", "*", "?", "#", "/", "%"]
+_SEGMENT = st.lists(st.sampled_from(_TOKENS), max_size=8).map("".join)
+
+
+@settings(max_examples=examples(400), deadline=None)
+@given(
+    prefix=st.sampled_from(["/", "/_proxy/", "/_proxy", "/%5Fproxy/", "/_proxy%2F", "", "*"]),
+    rest=_SEGMENT,
+    method=st.sampled_from(["GET", "POST", "DELETE", "PATCH", "CONNECT", "OPTIONS"]),
+    expect=st.booleans(),
+)
+def test_the_flow_1_shortcut_takes_exactly_what_the_router_gives_flow_1(
+    prefix: str, rest: str, method: str, expect: bool
+) -> None:
+    # Pre-routing calls flow 1's handler itself when the router would: the shortcut must
+    # never take a request the router gives to another route (a /_proxy/ endpoint, a refusal),
+    # and should take every other one, except with `Expect` (the router runs its handler).
+    app = _proxy_app()
+    headers = CIMultiDict({"Expect": "100-continue"} if expect else {})
+    try:
+        request = make_mocked_request(method, prefix + rest, headers=headers, app=app)
+        resolved = asyncio.run(app.router.resolve(request))
+    except ValueError:  # not a target yarl can parse: never reaches the router either
+        return
+    router_forwards = resolved.handler is app[FORWARD]
+    if expect:
+        assert not routed_to_forward(request)
+    else:
+        assert routed_to_forward(request) == router_forwards

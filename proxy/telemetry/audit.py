@@ -63,6 +63,14 @@ class AuditUnavailable(ProxyError):
     retry_after = "5"
 
 
+def outcome(status: int) -> str:
+    """`ok` below 400, `refused` for the caller's or the proxy's no (4xx), `error` for
+    everything else."""
+    if 400 <= status < 500:
+        return "refused"
+    return "ok" if status < 400 else "error"
+
+
 class RequestFacts(Protocol):
     """What a request's record takes from its scope (`scope.AuditScope`)."""
 
@@ -205,8 +213,7 @@ class AuditLog:
                 request_id = REDACTED
                 break
         action, trace_id, caller = scope.action, scope.trace_id, scope.caller
-        source = scope.source if scope.source is not None and action.startswith("token.") else None
-        result = "refused" if 400 <= status < 500 else "ok" if status < 400 else "error"
+        source = scope.source if action.startswith("token.") else None
         traced = "null" if trace_id is None else f'"{trace_id}"'
         named = "null" if caller is None else f'"{caller}"'
         derived = "null" if user is None else f'"{user}"'
@@ -216,7 +223,8 @@ class AuditLog:
             f'"request_id": "{request_id}", "trace_id": {traced}, "caller": {named}, '
             f'"user": {derived}, "method": "{scope.method}", '
             f'"route": {encode_basestring_ascii(scope.route)}, "status": {status}, '
-            f'"source": {told}, "outcome": "{result}", "duration_ms": {seconds * 1000:.3f}}}\n'
+            f'"source": {told}, "outcome": "{outcome(status)}", '
+            f'"duration_ms": {seconds * 1000:.3f}}}\n'
         ).encode()
 
     def _queue(self, action: str, line: bytes | _Request) -> None:

@@ -12,15 +12,7 @@ from collections.abc import Callable
 from contextvars import ContextVar, Token
 
 from proxy.errors import ProxyError
-from proxy.telemetry.audit import AuditLog
-
-
-def outcome(status: int, refused: bool = False) -> str:
-    """`ok` below 400, `refused` for the caller's or the proxy's no (4xx, or `refused`),
-    `error` for everything else."""
-    if refused or 400 <= status < 500:
-        return "refused"
-    return "ok" if status < 400 else "error"
+from proxy.telemetry.audit import AuditLog, outcome
 
 
 class AuditScope:

@@ -44,6 +44,10 @@ class Recorder:
         self.new_span_id = ids.generate_span_id
         self.new_trace_id = ids.generate_trace_id
 
+    def remote(self, trace_id: int, span_id: int) -> SpanContext:
+        """A sampled caller's span, as the parent of a SERVER span."""
+        return SpanContext(trace_id, span_id, is_remote=True, trace_flags=SAMPLED)
+
     def start(
         self,
         name: str,

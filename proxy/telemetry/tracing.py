@@ -213,7 +213,6 @@ class Tracing:
         self.kinds: Any = None
         self._processor: Any = None
         self._exporter: Any = None
-        self._remote: Any = None
 
     def start(self) -> None:
         # The SDK loads here only: about 15 MiB and 100 ms a proxy without tracing skips.
@@ -224,7 +223,7 @@ class Tracing:
         from opentelemetry.trace import Status, StatusCode  # noqa: PLC0415
 
         from proxy.telemetry.export import counting_exporter  # noqa: PLC0415
-        from proxy.telemetry.spans import SAMPLED, Recorder  # noqa: PLC0415
+        from proxy.telemetry.spans import Recorder  # noqa: PLC0415
 
         # The SDK logs a line per dropped span and per failed batch: counted and logged once
         # per episode by `counting_exporter` instead.
@@ -246,10 +245,6 @@ class Tracing:
 
         resource = Resource.create({"service.name": self.config.service_name})
         self.recorder = Recorder(resource, on_end)
-        span_context = trace.SpanContext
-        self._remote = lambda trace_id, span_id: span_context(
-            trace_id, span_id, is_remote=True, trace_flags=SAMPLED
-        )
 
     def begin(
         self, method: str, route: str, parent: tuple[str, str, bool, str | None] | None
@@ -260,7 +255,7 @@ class Tracing:
             trace_id, caller = recorder.new_trace_id(), None
         else:
             trace_id = int(parent[0], 16)
-            caller = self._remote(trace_id, int(parent[1], 16))
+            caller = recorder.remote(trace_id, int(parent[1], 16))
         server = recorder.start(
             f"{method} {route}",
             self.kinds.SERVER,
